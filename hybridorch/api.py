@@ -1,0 +1,146 @@
+"""The library entry points: everything the CLI does, callable from Python (`import hybridorch.api`)."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .errors import PolicyError, Problem, SpecError
+from .plan import Plan, build_plan
+from .policy import PROFILES, Overhead, Profile, make_profile
+from .schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
+from .spec import API_VERSION, Stack, load_stack
+
+if TYPE_CHECKING:
+    from .backends.base import WorkloadStatus
+    from .render import Rendered
+
+_OVERHEAD = Obj({"cpu": Field(Quantity("cpu"), required=True), "memory": Field(Quantity("memory"), required=True)})
+
+POLICY_FILE = Obj({
+    "apiVersion": Field(Scalar(str, enum=(API_VERSION,)), required=True),
+    "kind": Field(Scalar(str, enum=("Policy",)), required=True),
+    "metadata": Field(Obj({"name": Field(Scalar(str, pattern=DNS_LABEL), required=True)}), required=True),
+    "spec": Field(Obj({
+        "base": Field(Scalar(str, enum=tuple(PROFILES)), default="balanced"),
+        "untrustedRuntime": Field(Scalar(str, enum=("sandboxed", "vm"))),
+        "internalRuntime": Field(Scalar(str, enum=("container", "sandboxed"))),
+        "privilegedTrustedAsContainer": Field(Scalar(bool)),
+        "separateTenants": Field(Scalar(bool)),
+        "spreadReplicas": Field(Scalar(bool)),
+        "headroomPercent": Field(Scalar(int, minimum=0, maximum=90)),
+        "emulationCpuFactor": Field(Scalar(int, minimum=1, maximum=100)),
+        "overheads": Field(Obj({"sandboxed": Field(_OVERHEAD), "vm": Field(_OVERHEAD)})),
+    }), required=True),
+}, description="A hybridorch placement policy: a built-in profile with fields overridden.")
+
+_POLICY_KEYS = {"untrustedRuntime": "untrusted_runtime", "internalRuntime": "internal_runtime",
+                "privilegedTrustedAsContainer": "trusted_privileged_container", "separateTenants": "separate_tenants",
+                "spreadReplicas": "spread_replicas", "headroomPercent": "headroom_percent",
+                "emulationCpuFactor": "emulation_cpu_factor"}
+
+
+def _overhead(v: dict[str, str]) -> Overhead:
+    cpu, mem = parse_quantity(v["cpu"]), parse_quantity(v["memory"])
+    assert cpu is not None and mem is not None
+    return Overhead(int(cpu * 1000), int(mem))
+
+
+def load_policy(path: str) -> Profile:
+    """A user policy file (kind: Policy) turned into a Profile."""
+    doc: Document = check_document(path, POLICY_FILE)
+    spec = doc.values["spec"]
+    overrides: dict[str, Any] = {_POLICY_KEYS[k]: v for k, v in spec.items() if k in _POLICY_KEYS and v is not None}
+    overheads = spec.get("overheads") or {}
+    if overheads.get("sandboxed"):
+        overrides["sandbox_overhead"] = _overhead(overheads["sandboxed"])
+    if overheads.get("vm"):
+        overrides["vm_overhead"] = _overhead(overheads["vm"])
+    overrides["name"] = doc.values["metadata"]["name"]
+    return make_profile(spec["base"], overrides)
+
+
+def resolve_policy(stack: Stack, override: str | None = None) -> Profile:
+    """The profile a stack uses: --policy wins over spec.policy; a name is built in, anything else a file path.
+
+    A relative policy path in a stack file is relative to the stack file."""
+    ref = override or stack.policy
+    if ref in PROFILES:
+        return PROFILES[ref]
+    path = ref
+    if not override and not os.path.isabs(ref):
+        path = os.path.join(os.path.dirname(stack.file), ref)
+    if not os.path.exists(path):
+        message = f"policy {ref!r} is neither {', '.join(PROFILES)} nor an existing file"
+        if override:
+            raise PolicyError(message)
+        raise SpecError([Problem(stack.file, stack.policy_line, "spec.policy", message)])
+    return load_policy(path)
+
+
+def plan_stack(path: str, policy: str | None = None) -> Plan:
+    """Load a stack file and decide every workload's runtime and host."""
+    stack = load_stack(path)
+    return build_plan(stack, resolve_policy(stack, policy))
+
+
+def validate_files(paths: list[str], policy: str | None = None) -> list[Plan]:
+    """Check each file completely (spec, policy contradictions, packing); raises SpecError with all problems."""
+    plans: list[Plan] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            plans.append(plan_stack(path, policy))
+        except SpecError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise SpecError(problems)
+    return plans
+
+
+# --- rendering and running (each delegates to the module that owns the concept) --------------------
+
+def render(path: str, target: str = "kubernetes", templates: str | None = None, policy: str | None = None,
+           namespace_prefix: str = "") -> "Rendered":
+    """Plan a stack and render it (validated, nothing written): Kubernetes/KubeVirt objects or local VM files."""
+    from .render import render_plan
+
+    return render_plan(plan_stack(path, policy), target=target, templates_dir=templates,
+                       namespace_prefix=namespace_prefix)
+
+
+def _backend_run(path: str, target: str, policy: str | None, options: dict[str, Any]) -> tuple[Plan, Any]:
+    from .backends.base import get_backend
+
+    plan = plan_stack(path, policy)
+    return plan, get_backend(target, **options)
+
+
+def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 300, policy: str | None = None,
+       templates: str | None = None, **options: Any) -> list["WorkloadStatus"]:
+    """Make every workload of the stack run on the target (idempotent)."""
+    from .render import render_plan
+
+    plan, backend = _backend_run(path, target, policy, options)
+    render_target = "kubernetes" if target == "kubernetes" else "local"
+    rendered = render_plan(plan, target=render_target, templates_dir=templates,
+                           namespace_prefix=options.get("namespace_prefix", ""))
+    return backend.up(plan, rendered, wait=wait, timeout=timeout)
+
+
+def status(path: str, target: str = "local", *, policy: str | None = None, **options: Any) -> list["WorkloadStatus"]:
+    plan, backend = _backend_run(path, target, policy, options)
+    return backend.status(plan)
+
+
+def logs(path: str, workload: str, target: str = "local", *, tail: int | None = None, follow: bool = False,
+         policy: str | None = None, **options: Any) -> Iterator[str]:
+    plan, backend = _backend_run(path, target, policy, options)
+    if workload not in {w.name for w in plan.stack.workloads}:
+        raise SpecError([Problem(path, 0, "", f"no workload named {workload!r} in stack {plan.stack.name}")])
+    return backend.logs(plan, workload, tail=tail, follow=follow)
+
+
+def down(path: str, target: str = "local", *, policy: str | None = None, **options: Any) -> list[str]:
+    """Remove everything the tool created for the stack on the target, and nothing else."""
+    plan, backend = _backend_run(path, target, policy, options)
+    return backend.down(plan)

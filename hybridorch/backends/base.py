@@ -1,0 +1,87 @@
+"""The small interface every backend implements, and the registry that finds backends by name.
+
+Backends are imported lazily by name so that commands which do not touch a runtime never pay for the
+docker or kubernetes SDK import.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..errors import BackendError
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..render import Rendered
+
+# target name -> "module:Class"; adding a backend is a new module plus one line here
+REGISTRY: dict[str, str] = {
+    "local": "hybridorch.backends.local:LocalBackend",
+    "docker": "hybridorch.backends.docker:DockerBackend",
+    "qemu": "hybridorch.backends.qemu:QemuBackend",
+    "kubernetes": "hybridorch.backends.kubernetes:KubernetesBackend",
+}
+
+MANAGED_BY = "hybridorch"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+LABEL_STACK = "hybridorch.dev/stack"
+LABEL_WORKLOAD = "hybridorch.dev/workload"
+LABEL_RUNTIME = "hybridorch.dev/runtime"
+LABEL_TENANT = "hybridorch.dev/tenant"
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    name: str
+    runtime: str
+    state: str                      # running | ready | pending | stopped | failed | absent
+    ports: tuple[str, ...] = ()     # e.g. "127.0.0.1:8080->8080/tcp"
+    accelerator: str | None = None  # kvm | tcg for VMs
+    uptime_seconds: float | None = None
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, "runtime": self.runtime, "state": self.state, "ports": list(self.ports),
+               "accelerator": self.accelerator,
+               "uptimeSeconds": None if self.uptime_seconds is None else round(self.uptime_seconds, 1),
+               "detail": self.detail}
+        out.update(self.extra)
+        return out
+
+
+class Backend(ABC):
+    """up/status/logs/down for one kind of runtime. Each backend owns its SDK and raises only BackendError."""
+
+    name = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
+        """Make the plan real; idempotent (unchanged workloads are left alone, changed ones replaced)."""
+
+    @abstractmethod
+    def status(self, plan: Plan) -> list[WorkloadStatus]:
+        """The state of every workload of the plan (absent ones included)."""
+
+    @abstractmethod
+    def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """Container logs or VM console lines of one workload."""
+
+    @abstractmethod
+    def down(self, plan: Plan) -> list[str]:
+        """Remove everything this tool created for the stack, and nothing else; returns what was removed."""
+
+
+def get_backend(target: str, **options: Any) -> Backend:
+    try:
+        module_name, cls_name = REGISTRY[target].split(":")
+    except KeyError:
+        raise BackendError(f"unknown target {target!r}: use one of {', '.join(sorted(REGISTRY))}") from None
+    module = importlib.import_module(module_name)
+    backend: Backend = getattr(module, cls_name)(**options)
+    return backend

@@ -1,0 +1,243 @@
+"""The command line: parse, call one library function, print. No logic lives here.
+
+Every HybridorchError is turned into a message and an exit code in exactly one place (HybridorchGroup.invoke).
+Backends are imported inside the commands that use them, so `--help` and `plan` start fast.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import HybridorchError, SpecError
+
+
+class HybridorchGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HybridorchError as err:
+            if ctx.params.get("debug"):
+                raise
+            for line in err.lines():
+                click.echo(line if isinstance(err, SpecError) else f"error: {line}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=HybridorchGroup, context_settings={"auto_envvar_prefix": "HYBRIDORCH",
+                                                    "help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hybridorch")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors (env HYBRIDORCH_DEBUG).")
+def cli(debug: bool) -> None:
+    """Place every workload of a stack as a container, a sandboxed container, a VM or containers nested in a
+    VM, explain each choice, and make it real on Kubernetes (kind, KubeVirt) or on this machine (Docker, QEMU)."""
+
+
+policy_option = click.option("--policy", metavar="NAME|PATH",
+                             help="secure, balanced, efficient or a policy file (overrides spec.policy).")
+stack_file = click.argument("file", type=click.Path(dir_okay=False))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@policy_option
+def validate(files: tuple[str, ...], policy: str | None) -> None:
+    """Check stack files: fields, types, quantities, names and placement contradictions."""
+    from .api import validate_files
+
+    plans = validate_files(list(files), policy)
+    for plan in plans:
+        click.echo(f"{plan.stack.file}: ok ({len(plan.placements)} workloads)")
+
+
+@cli.command()
+@stack_file
+@policy_option
+@click.option("--output", "-o", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+def plan(file: str, policy: str | None, output: str) -> None:
+    """Decide and explain the runtime of every workload, and pack them onto hosts."""
+    from .api import plan_stack
+
+    result = plan_stack(file, policy)
+    if output == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif output == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(result.to_dict(), sort_keys=False), nl=False)
+    else:
+        from .report import plan_table
+
+        click.echo(plan_table(result))
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@cli.command()
+@stack_file
+@click.option("--target", type=click.Choice(["kubernetes", "local"]), default="kubernetes", show_default=True)
+@click.option("--out", "out", default="-", show_default=True, metavar="DIR|-",
+              help="Directory to write one file per workload (plus tenants and kustomization), or - for stdout.")
+@click.option("--templates", type=click.Path(file_okay=False, exists=True),
+              help="Directory of templates searched before the built-in ones.")
+@click.option("--namespace-prefix", default="", help="Prefix for every tenant namespace.")
+@policy_option
+def render(file: str, target: str, out: str, templates: str | None, namespace_prefix: str,
+           policy: str | None) -> None:
+    """Render the plan to Kubernetes/KubeVirt manifests or local VM definitions, validated before writing."""
+    from . import api
+
+    rendered = api.render(file, target=target, templates=templates, policy=policy,
+                          namespace_prefix=namespace_prefix)
+    if out == "-":
+        click.echo(rendered.stream(), nl=False)
+    else:
+        for path in rendered.write(out):
+            click.echo(f"wrote {path}", err=True)
+
+
+target_option = click.option("--target", type=click.Choice(["local", "kubernetes"]), default="local",
+                             show_default=True, help="This machine (Docker + QEMU) or a Kubernetes cluster.")
+context_option = click.option("--context", help="kubeconfig context (target kubernetes).")
+
+
+def _k8s_options(context: str | None, namespace_prefix: str = "") -> dict[str, str]:
+    out = {}
+    if context:
+        out["context"] = context
+    if namespace_prefix:
+        out["namespace_prefix"] = namespace_prefix
+    return out
+
+
+def _print_status(statuses: list, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
+        return
+    from .report import status_table
+
+    click.echo(status_table(statuses))
+
+
+@cli.command()
+@stack_file
+@target_option
+@context_option
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every workload is ready.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for readiness.")
+@click.option("--templates", type=click.Path(file_okay=False, exists=True))
+@policy_option
+def up(file: str, target: str, context: str | None, wait: bool, timeout: float, templates: str | None,
+       policy: str | None) -> None:
+    """Run the stack: containers in Docker and VMs in QEMU (local), or apply it to a cluster (kubernetes)."""
+    from . import api
+
+    _print_status(api.up(file, target, wait=wait, timeout=timeout, policy=policy, templates=templates,
+                         **_k8s_options(context)), "table")
+
+
+@cli.command()
+@stack_file
+@context_option
+@click.option("--namespace-prefix", default="", help="Prefix for every tenant namespace.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=300, show_default=True)
+@click.option("--templates", type=click.Path(file_okay=False, exists=True))
+@policy_option
+def apply(file: str, context: str | None, namespace_prefix: str, wait: bool, timeout: float,
+          templates: str | None, policy: str | None) -> None:
+    """Render, dry-run on the server, then kubectl apply --server-side and prune what left the stack."""
+    from . import api
+
+    _print_status(api.up(file, "kubernetes", wait=wait, timeout=timeout, policy=policy, templates=templates,
+                         **_k8s_options(context, namespace_prefix)), "table")
+
+
+@cli.command()
+@stack_file
+@target_option
+@context_option
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@policy_option
+def status(file: str, target: str, context: str | None, output: str, policy: str | None) -> None:
+    """Name, runtime, state, ports, accelerator (kvm/tcg) and uptime of every workload."""
+    from . import api
+
+    _print_status(api.status(file, target, policy=policy, **_k8s_options(context)), output)
+
+
+@cli.command()
+@stack_file
+@click.argument("workload")
+@target_option
+@context_option
+@click.option("--tail", type=int, help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+def logs(file: str, workload: str, target: str, context: str | None, tail: int | None, follow: bool) -> None:
+    """Container logs, or a VM's serial console."""
+    from . import api
+
+    for line in api.logs(file, workload, target, tail=tail, follow=follow, **_k8s_options(context)):
+        click.echo(line)
+
+
+@cli.command()
+@stack_file
+@target_option
+@context_option
+@policy_option
+def down(file: str, target: str, context: str | None, policy: str | None) -> None:
+    """Remove every container, network, VM and file the tool created for the stack, and nothing else."""
+    from . import api
+
+    removed = api.down(file, target, policy=policy, **_k8s_options(context))
+    for item in removed:
+        click.echo(f"removed {item}")
+    if not removed:
+        click.echo("nothing to remove")
+
+
+@cli.command()
+@stack_file
+@context_option
+@click.option("--namespace-prefix", default="", help="Prefix for every tenant namespace.")
+@policy_option
+def delete(file: str, context: str | None, namespace_prefix: str, policy: str | None) -> None:
+    """Delete the stack's objects from the cluster (only objects carrying its labels)."""
+    from . import api
+
+    for item in api.down(file, "kubernetes", policy=policy, **_k8s_options(context, namespace_prefix)):
+        click.echo(f"deleted {item}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the stack file (for editor autocompletion)."""
+    from .spec import stack_json_schema
+
+    click.echo(json.dumps(stack_json_schema(), indent=2))
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(hybridorch completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "hybridorch", "_HYBRIDORCH_COMPLETE").source())
+
+
+def main() -> None:
+    cli(prog_name="hybridorch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

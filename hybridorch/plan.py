@@ -1,0 +1,52 @@
+"""The plan: every workload's placement plus the host packing, built purely from a Stack and a Profile."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PolicyError, Problem, SpecError
+from .packing import Packing, pack
+from .policy import Placement, Profile, place_workload
+from .spec import Stack, problem
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: Stack
+    profile: Profile
+    placements: tuple[Placement, ...]
+    packing: Packing
+
+    def placement(self, name: str) -> Placement:
+        for p in self.placements:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for p in self.placements for w in p.warnings]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stack": self.stack.name, "file": self.stack.file, "policy": self.profile.name,
+                "placements": [p.to_dict() for p in self.placements], "packing": self.packing.to_dict(),
+                "warnings": self.warnings}
+
+
+def build_plan(stack: Stack, profile: Profile) -> Plan:
+    """Place every workload, then pack. Contradictions are reported for all workloads at once, at their lines."""
+    placements: list[Placement] = []
+    problems: list[Problem] = []
+    for w in stack.workloads:
+        try:
+            placements.append(place_workload(w, profile, stack.hosts))
+        except PolicyError as err:
+            fld = "runtime" if w.runtime != "auto" else ""
+            problems.append(problem(stack, w, fld, str(err)))
+    if problems:
+        raise SpecError(problems)
+    try:
+        packing = pack(placements, stack.hosts, profile)
+    except PolicyError as err:
+        raise SpecError([Problem(stack.file, 0, "spec.hosts", str(err))]) from err
+    return Plan(stack, profile, tuple(placements), packing)

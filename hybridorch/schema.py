@@ -1,0 +1,393 @@
+"""Declarative field types for YAML inputs: validate a YAML node tree keeping line numbers, and emit JSON Schema.
+
+The same declarations drive validation (spec.py) and the shipped JSON Schema, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+import yaml
+
+from .errors import Problem, SpecError
+
+try:  # the C loader is several times faster; fall back when libyaml is absent
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _Loader = yaml.SafeLoader
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def read_nodes(path: str, text: str | None = None) -> yaml.Node | None:
+    """Parse one YAML document into nodes (which carry line numbers); a syntax error is a SpecError."""
+    if text is None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as err:
+            raise SpecError([Problem(path, 0, "", f"cannot read file: {err.strerror}")]) from err
+    try:
+        docs = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError([Problem(path, line, "", f"YAML syntax error: {reason}")]) from err
+    docs = [d for d in docs if d is not None]
+    if len(docs) > 1:
+        raise SpecError([Problem(path, docs[1].start_mark.line + 1, "", "expected one YAML document, found several")])
+    return docs[0] if docs else None
+
+
+def line_of(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+# --- quantities ----------------------------------------------------------------------------------
+
+_BIN = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DEC = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1), "k": Decimal(10**3),
+        "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15), "E": Decimal(10**18)}
+_QUANTITY = re.compile(r"^([+]?[0-9]+(?:\.[0-9]*)?|[+]?\.[0-9]+)(?:(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]+))?$")
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """A Kubernetes resource quantity ('500m', '1.5', '256Mi', '1e9') as a Decimal, or None if it is not one."""
+    m = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        return None
+    try:
+        number = Decimal(m.group(1))
+    except InvalidOperation:  # pragma: no cover - the regex admits only decimals
+        return None
+    suffix, exponent = m.group(2), m.group(3)
+    if exponent is not None:
+        return number * (Decimal(10) ** int(exponent))
+    if suffix in _BIN:
+        return number * _BIN[suffix]
+    return number * _DEC[suffix or ""]
+
+
+# --- types ---------------------------------------------------------------------------------------
+
+class Errors:
+    """Collects problems while a whole file is checked, so that all of them are reported at once."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def add(self, node_or_line: yaml.Node | int, path: str, message: str) -> None:
+        line = node_or_line if isinstance(node_or_line, int) else line_of(node_or_line)
+        self.problems.append(Problem(self.file, line, path, message))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise SpecError(sorted(self.problems, key=lambda p: (p.line, p.path)))
+
+
+class Invalid(Exception):
+    """Internal: a value failed a check; converted into a Problem at the node."""
+
+
+class Type:
+    description = ""
+
+    def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
+        raise NotImplementedError
+
+    def json_schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    try:
+        return _CONSTRUCTOR.construct_object(node, deep=True)
+    except yaml.YAMLError:
+        return node.value
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return f"{_scalar(node)!r}"
+
+
+@dataclass
+class Scalar(Type):
+    """A string/int/bool with an optional check returning an error message (or None)."""
+
+    py: type
+    description: str = ""
+    enum: tuple[Any, ...] = ()
+    pattern: str = ""
+    minimum: int | None = None
+    maximum: int | None = None
+    validate: Callable[[Any], str | None] | None = None
+    what: str = ""
+
+    def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
+        lines[path] = line_of(node)
+        if not isinstance(node, yaml.ScalarNode):
+            errors.add(node, path, f"expected {self._what()}, got {_kind(node)}")
+            return None
+        value = _scalar(node)
+        if self.py is str and isinstance(value, (int, float)) and not isinstance(value, bool) and not self.enum:
+            value = node.value  # '8080' or 1.5 written bare is still usable as text where text is wanted
+        ok = isinstance(value, self.py) and not (self.py is int and isinstance(value, bool))
+        if not ok:
+            errors.add(node, path, f"{value!r} is not {self._what()}")
+            return None
+        if self.enum and value not in self.enum:
+            errors.add(node, path, f"{value!r} is not one of: {', '.join(map(str, self.enum))}")
+            return None
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            errors.add(node, path, f"{value!r} is not {self.what or 'valid'}")
+            return None
+        if self.minimum is not None and value < self.minimum:
+            errors.add(node, path, f"{value!r} is below the minimum {self.minimum}")
+            return None
+        if self.maximum is not None and value > self.maximum:
+            errors.add(node, path, f"{value!r} is above the maximum {self.maximum}")
+            return None
+        if self.validate:
+            message = self.validate(value)
+            if message:
+                errors.add(node, path, message)
+                return None
+        return value
+
+    def _what(self) -> str:
+        return self.what or {str: "a string", int: "an integer", bool: "true or false"}.get(self.py, "a value")
+
+    def json_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": {str: "string", int: "integer", bool: "boolean"}[self.py]}
+        if self.enum:
+            out["enum"] = list(self.enum)
+        if self.pattern:
+            out["pattern"] = f"^{self.pattern}$"
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass
+class Quantity(Type):
+    """A Kubernetes quantity; `cpu` quantities may also be written as bare numbers."""
+
+    kind: str  # "cpu" or "memory"
+    description: str = ""
+
+    def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
+        lines[path] = line_of(node)
+        if not isinstance(node, yaml.ScalarNode):
+            errors.add(node, path, f"expected a {self.kind} quantity, got {_kind(node)}")
+            return None
+        value = parse_quantity(str(node.value))
+        if value is None or value <= 0:
+            errors.add(node, path, f"{node.value!r} is not a {'CPU' if self.kind == 'cpu' else 'memory'} quantity"
+                       + (" (e.g. 500m, 2)" if self.kind == "cpu" else " (e.g. 256Mi, 2Gi)"))
+            return None
+        if self.kind == "memory" and value != value.to_integral_value():
+            errors.add(node, path, f"{node.value!r} is not a whole number of bytes")
+            return None
+        if self.kind == "cpu" and (value * 1000) != (value * 1000).to_integral_value():
+            errors.add(node, path, f"{node.value!r} is finer than 1m (one millicore)")
+            return None
+        return str(node.value)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"anyOf": [{"type": "string", "pattern": _QUANTITY.pattern}, {"type": "number", "exclusiveMinimum": 0}],
+                "description": self.description or f"Kubernetes {self.kind} quantity"}
+
+
+@dataclass
+class ListOf(Type):
+    item: Type
+    description: str = ""
+    min_items: int = 0
+
+    def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
+        lines[path] = line_of(node)
+        if not isinstance(node, yaml.SequenceNode):
+            errors.add(node, path, f"expected a list, got {_kind(node)}")
+            return None
+        if len(node.value) < self.min_items:
+            errors.add(node, path, f"needs at least {self.min_items} item(s)")
+        return [self.item.check(child, f"{path}[{i}]", errors, lines) for i, child in enumerate(node.value)]
+
+    def json_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "array", "items": self.item.json_schema()}
+        if self.min_items:
+            out["minItems"] = self.min_items
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass
+class MapOf(Type):
+    """A mapping from free-form string keys to values of one type (env, labels)."""
+
+    value: Type
+    description: str = ""
+    key_pattern: str = ""
+
+    def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
+        lines[path] = line_of(node)
+        if not isinstance(node, yaml.MappingNode):
+            errors.add(node, path, f"expected a mapping, got {_kind(node)}")
+            return None
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in out:
+                errors.add(key_node, f"{path}.{key}", "duplicate key")
+                continue
+            if self.key_pattern and not re.fullmatch(self.key_pattern, key):
+                errors.add(key_node, f"{path}.{key}", f"{key!r} is not a valid key")
+                continue
+            out[key] = self.value.check(value_node, f"{path}.{key}", errors, lines)
+        return out
+
+    def json_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "object", "additionalProperties": self.value.json_schema()}
+        if self.key_pattern:
+            out["propertyNames"] = {"pattern": f"^{self.key_pattern}$"}
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass
+class Field:
+    type: Type
+    required: bool = False
+    default: Any = None
+    doc: str = ""
+
+
+@dataclass
+class Obj(Type):
+    """A mapping with known fields; unknown fields are errors (typos must not pass silently)."""
+
+    fields: dict[str, Field]
+    description: str = ""
+    shorthand: Type | None = None  # e.g. a port written as a bare integer
+    shorthand_key: str = ""
+
+    def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
+        lines[path] = line_of(node)
+        if self.shorthand is not None and isinstance(node, yaml.ScalarNode):
+            value = self.shorthand.check(node, path, errors, lines)
+            lines[f"{path}.{self.shorthand_key}"] = line_of(node)
+            return None if value is None else self._defaults({self.shorthand_key: value})
+        if not isinstance(node, yaml.MappingNode):
+            errors.add(node, path, f"expected a mapping, got {_kind(node)}")
+            return None
+        out: dict[str, Any] = {}
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            sub = f"{path}.{key}" if path else key
+            if key in seen:
+                errors.add(key_node, sub, "duplicate key")
+                continue
+            seen.add(key)
+            if key not in self.fields:
+                hint = _close_match(key, self.fields)
+                errors.add(key_node, sub, "unknown field" + (f" (did you mean {hint!r}?)" if hint else ""))
+                continue
+            if isinstance(value_node, yaml.ScalarNode) and value_node.tag == "tag:yaml.org,2002:null" \
+                    and not self.fields[key].required:
+                lines[sub] = line_of(value_node)
+                continue  # `field:` with no value means "use the default"
+            out[key] = self.fields[key].type.check(value_node, sub, errors, lines)
+        for name, f in self.fields.items():
+            if f.required and name not in seen:
+                errors.add(node, f"{path}.{name}" if path else name, "required field is missing")
+        return self._defaults(out)
+
+    def _defaults(self, out: dict[str, Any]) -> dict[str, Any]:
+        for name, f in self.fields.items():
+            if name not in out and not f.required:
+                out[name] = f.default() if callable(f.default) else f.default
+        return out
+
+    def json_schema(self) -> dict[str, Any]:
+        props = {}
+        for name, f in self.fields.items():
+            prop = f.type.json_schema()
+            if f.doc:
+                prop["description"] = f.doc
+            if f.default is not None and not callable(f.default):
+                prop["default"] = f.default
+            props[name] = prop
+        out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+        required = [n for n, f in self.fields.items() if f.required]
+        if required:
+            out["required"] = required
+        if self.description:
+            out["description"] = self.description
+        if self.shorthand is not None:
+            return {"anyOf": [self.shorthand.json_schema(), out]}
+        return out
+
+
+def _close_match(key: str, names: dict[str, Any]) -> str | None:
+    import difflib  # only on the error path
+
+    found = difflib.get_close_matches(key, list(names), n=1, cutoff=0.7)
+    return found[0] if found else None
+
+
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+
+
+@dataclass
+class Document:
+    """A whole input file: the checked plain values and the line of every field path."""
+
+    file: str
+    values: dict[str, Any] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def line(self, path: str) -> int:
+        """The line of `path`, or of its nearest parent that has one."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.lines.get("", 1)
+
+
+def check_document(file: str, root: Obj, text: str | None = None, errors: Errors | None = None,
+                   raise_errors: bool = True) -> Document:
+    """Read and type-check a file against `root`; raises SpecError listing every problem (unless asked not to,
+    so the caller can add cross-field problems first)."""
+    node = read_nodes(file, text)
+    errors = errors or Errors(file)
+    doc = Document(file)
+    if node is None:
+        errors.add(1, "", "the file is empty")
+        errors.raise_if_any()
+    doc.values = root.check(node, "", errors, doc.lines) or {}
+    doc.lines[""] = line_of(node)
+    if raise_errors:
+        errors.raise_if_any()
+    return doc

@@ -1,0 +1,409 @@
+"""The stack spec: parse `kind: Stack` YAML into frozen, typed objects, reporting every error with file and line.
+
+Nothing downstream re-validates input; what leaves this module is known to be well formed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import Problem, SpecError
+from .schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
+                     parse_quantity)
+
+API_VERSION = "hybridorch.dev/v1alpha1"
+RUNTIMES = ("container", "sandboxed", "vm", "nested")
+OSES = ("linux", "windows")
+ARCHES = ("amd64", "arm64", "riscv64")
+TRUST = ("trusted", "internal", "untrusted")
+REQUIREMENTS = ("privileged", "kernel-modules", "custom-kernel", "host-devices", "host-network")
+
+_name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+_text = Scalar(str)
+_labels = MapOf(Scalar(str), key_pattern=r"([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_port_number = Scalar(int, minimum=1, maximum=65535, what="a port number")
+
+
+PORT = Obj({
+    "port": Field(_port_number, required=True, doc="Port the workload listens on."),
+    "protocol": Field(Scalar(str, enum=("TCP", "UDP")), default="TCP"),
+    "name": Field(Scalar(str, pattern=r"[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?", what="a port name (IANA_SVC_NAME)")),
+    "hostPort": Field(_port_number, doc="Port published on the host by the local target (default: same as port)."),
+    "public": Field(Scalar(bool), default=False,
+                    doc="Publish on all host addresses instead of 127.0.0.1 (local target)."),
+}, shorthand=_port_number, shorthand_key="port", description="A port, or a bare port number.")
+
+RESOURCES = Obj({
+    "cpu": Field(Quantity("cpu"), default="250m", doc="CPU request and limit (both are always set)."),
+    "memory": Field(Quantity("memory"), default="256Mi", doc="Memory request and limit (both are always set)."),
+})
+
+VOLUME = Obj({
+    "name": Field(_name, required=True),
+    "mountPath": Field(Scalar(str, pattern=r"/.*", what="an absolute path"), required=True),
+    "size": Field(Quantity("memory"), default="1Gi"),
+}, description="A persistent volume; a workload with volumes renders as a StatefulSet.")
+
+INNER_CONTAINER = Obj({
+    "name": Field(_name, required=True),
+    "image": Field(_text, required=True),
+    "command": Field(ListOf(_text)),
+    "env": Field(MapOf(_text), default=dict),
+    "ports": Field(ListOf(PORT), default=list),
+}, description="A container run inside the VM of a `nested` workload.")
+
+VM = Obj({
+    "cpus": Field(Scalar(int, minimum=1, maximum=64), doc="vCPUs (default: the CPU resource rounded up)."),
+    "machine": Field(_text, doc="QEMU/KubeVirt machine type (default: q35 on amd64, virt on arm64/riscv64)."),
+    "disk": Field(Obj({
+        "image": Field(_text, doc="containerDisk image holding the boot disk."),
+        "pvc": Field(_name, doc="An existing PersistentVolumeClaim holding the boot disk."),
+        "size": Field(Quantity("memory"), doc="Size of a DataVolume created for the boot disk."),
+    })),
+    "userData": Field(_text, doc="Extra cloud-init user data (a #cloud-config document)."),
+    "guest": Field(Scalar(str, enum=("busybox",)), default="busybox",
+                   doc="Local guest built from Debian packages (kernel + busybox initramfs)."),
+})
+
+READY = Obj({
+    "port": Field(_port_number, doc="Ready when this port accepts connections (default: the first port)."),
+    "marker": Field(_text, doc="Ready when this text appears in the log/console."),
+    "timeout": Field(Scalar(int, minimum=1, maximum=3600), default=120, doc="Seconds to wait for readiness."),
+})
+
+WORKLOAD = Obj({
+    "name": Field(_name, required=True, doc="DNS-1123 label, unique in the stack."),
+    "image": Field(_text, doc="Container image (container, sandboxed) or containerDisk image (vm)."),
+    "command": Field(ListOf(_text), doc="Entrypoint override."),
+    "args": Field(ListOf(_text)),
+    "env": Field(MapOf(_text, key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"), default=dict),
+    "ports": Field(ListOf(PORT), default=list),
+    "replicas": Field(Scalar(int, minimum=0, maximum=1000), default=1),
+    "resources": Field(RESOURCES, default=lambda: {"cpu": "250m", "memory": "256Mi"}),
+    "os": Field(Scalar(str, enum=OSES), default="linux"),
+    "arch": Field(Scalar(str, enum=ARCHES), default="amd64"),
+    "trust": Field(Scalar(str, enum=TRUST), default="internal",
+                   doc="trusted: our own code; internal: another team's; untrusted: third-party or user code."),
+    "tenant": Field(_name, doc="Isolation boundary (namespace/network); default: the stack name."),
+    "requires": Field(ListOf(Scalar(str, enum=REQUIREMENTS)), default=list),
+    "runtime": Field(Scalar(str, enum=("auto",) + RUNTIMES), default="auto"),
+    "volumes": Field(ListOf(VOLUME), default=list),
+    "containers": Field(ListOf(INNER_CONTAINER, min_items=1), doc="Containers run inside the VM (nested)."),
+    "vm": Field(VM, doc="VM settings for vm and nested placements."),
+    "ready": Field(READY, doc="How the local target decides the workload is ready."),
+    "labels": Field(_labels, default=dict),
+})
+
+HOST_POOL = Obj({
+    "name": Field(_name, required=True),
+    "os": Field(Scalar(str, enum=OSES), default="linux"),
+    "arch": Field(Scalar(str, enum=ARCHES), default="amd64"),
+    "virtualization": Field(Scalar(bool), default=True, doc="Hardware virtualisation (KVM) is available."),
+    "cpu": Field(Quantity("cpu"), default="8"),
+    "memory": Field(Quantity("memory"), default="32Gi"),
+    "count": Field(Scalar(int, minimum=1, maximum=10000), default=10, doc="Hosts available in this pool."),
+    "labels": Field(_labels, default=dict),
+})
+
+STACK = Obj({
+    "apiVersion": Field(Scalar(str, enum=(API_VERSION,)), required=True),
+    "kind": Field(Scalar(str, enum=("Stack",)), required=True),
+    "metadata": Field(Obj({"name": Field(_name, required=True), "labels": Field(_labels, default=dict)}),
+                      required=True),
+    "spec": Field(Obj({
+        "policy": Field(_text, default="balanced", doc="secure | balanced | efficient, or a policy file path."),
+        "hosts": Field(ListOf(HOST_POOL, min_items=1), doc="Host pools (default: linux/amd64 with KVM)."),
+        "workloads": Field(ListOf(WORKLOAD, min_items=1), required=True),
+    }), required=True),
+}, description="A hybridorch stack: workloads to place as containers, sandboxed containers, VMs or nested.")
+
+
+# --- typed model ---------------------------------------------------------------------------------
+
+def cpu_millis(quantity: str) -> int:
+    value = parse_quantity(quantity)
+    assert value is not None  # checked at load time
+    return int(value * 1000)
+
+
+def memory_bytes(quantity: str) -> int:
+    value = parse_quantity(quantity)
+    assert value is not None
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Port:
+    port: int
+    protocol: str = "TCP"
+    name: str | None = None
+    host_port: int | None = None
+    public: bool = False
+
+    @property
+    def published(self) -> int:
+        return self.host_port or self.port
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str = "250m"
+    memory: str = "256Mi"
+
+    @property
+    def cpu_millis(self) -> int:
+        return cpu_millis(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        return memory_bytes(self.memory)
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    mount_path: str
+    size: str = "1Gi"
+
+
+@dataclass(frozen=True)
+class InnerContainer:
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[Port, ...] = ()
+
+
+@dataclass(frozen=True)
+class VmSettings:
+    cpus: int | None = None
+    machine: str | None = None
+    disk_image: str | None = None
+    disk_pvc: str | None = None
+    disk_size: str | None = None
+    user_data: str | None = None
+    guest: str = "busybox"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    port: int | None = None
+    marker: str | None = None
+    timeout: int = 120
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    image: str | None = None
+    command: tuple[str, ...] | None = None
+    args: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[Port, ...] = ()
+    replicas: int = 1
+    resources: Resources = Resources()
+    os: str = "linux"
+    arch: str = "amd64"
+    trust: str = "internal"
+    tenant: str = "default"
+    requires: tuple[str, ...] = ()
+    runtime: str = "auto"
+    volumes: tuple[Volume, ...] = ()
+    containers: tuple[InnerContainer, ...] = ()
+    vm: VmSettings = VmSettings()
+    ready: Readiness | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # where each field was written, for errors found after loading (policy contradictions)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def line(self, fld: str = "") -> int:
+        return self.lines.get(fld) or self.lines.get("", 0)
+
+    @property
+    def vcpus(self) -> int:
+        return self.vm.cpus or max(1, math.ceil(self.resources.cpu_millis / 1000))
+
+
+@dataclass(frozen=True)
+class HostPool:
+    name: str
+    os: str = "linux"
+    arch: str = "amd64"
+    virtualization: bool = True
+    cpu: str = "8"
+    memory: str = "32Gi"
+    count: int = 10
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def cpu_millis(self) -> int:
+        return cpu_millis(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        return memory_bytes(self.memory)
+
+
+DEFAULT_HOSTS = (HostPool(name="default"),)
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    file: str
+    policy: str = "balanced"
+    hosts: tuple[HostPool, ...] = DEFAULT_HOSTS
+    workloads: tuple[Workload, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    policy_line: int = 0
+
+    def workload(self, name: str) -> Workload:
+        for w in self.workloads:
+            if w.name == name:
+                return w
+        raise KeyError(name)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _port(v: dict[str, Any]) -> Port:
+    return Port(port=v["port"], protocol=v["protocol"], name=v.get("name"), host_port=v.get("hostPort"),
+                public=v["public"])
+
+
+def _tuple(v: list[str] | None) -> tuple[str, ...] | None:
+    return None if v is None else tuple(v)
+
+
+def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int]) -> Workload:
+    vm = v.get("vm") or {}
+    disk = vm.get("disk") or {}
+    ready = v.get("ready")
+    return Workload(
+        name=v["name"], image=v.get("image"), command=_tuple(v.get("command")), args=_tuple(v.get("args")),
+        env=dict(v["env"]), ports=tuple(_port(p) for p in v["ports"]), replicas=v["replicas"],
+        resources=Resources(**v["resources"]), os=v["os"], arch=v["arch"], trust=v["trust"],
+        tenant=v.get("tenant") or stack_name, requires=tuple(dict.fromkeys(v["requires"])), runtime=v["runtime"],
+        volumes=tuple(Volume(x["name"], x["mountPath"], x["size"]) for x in v["volumes"]),
+        containers=tuple(InnerContainer(c["name"], c["image"], _tuple(c.get("command")), dict(c["env"]),
+                                        tuple(_port(p) for p in c["ports"])) for c in v.get("containers") or ()),
+        vm=VmSettings(cpus=vm.get("cpus"), machine=vm.get("machine"), disk_image=disk.get("image"),
+                      disk_pvc=disk.get("pvc"), disk_size=disk.get("size"), user_data=vm.get("userData"),
+                      guest=vm.get("guest") or "busybox"),
+        ready=Readiness(ready.get("port"), ready.get("marker"), ready["timeout"]) if ready else None,
+        labels=dict(v["labels"]), lines=lines)
+
+
+def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors) -> None:
+    """Checks that need several fields of one workload."""
+    runtime = w["runtime"]
+    if w.get("containers") and runtime not in ("auto", "nested"):
+        errors.add(doc.line(f"{path}.containers"), f"{path}.containers",
+                   f"inner containers need runtime nested, not {runtime}")
+    if runtime == "nested" and not w.get("containers"):
+        errors.add(doc.line(f"{path}.runtime"), f"{path}.runtime", "runtime nested needs a `containers` list")
+    if runtime in ("container", "sandboxed") and not w.get("image"):
+        errors.add(doc.line(path), f"{path}.image", f"runtime {runtime} needs an image")
+    if runtime == "auto" and not w.get("image") and not w.get("containers") and not w.get("vm"):
+        errors.add(doc.line(path), f"{path}.image", "an image is required (or `vm`/`containers` settings)")
+    if w["os"] == "windows" and w["arch"] == "riscv64":
+        errors.add(doc.line(f"{path}.arch"), f"{path}.arch", "there is no Windows for riscv64")
+    if w["os"] == "windows" and w.get("containers"):
+        errors.add(doc.line(f"{path}.containers"), f"{path}.containers",
+                   "nested containers run in a Linux guest; os must be linux")
+    seen: dict[tuple[int, str], int] = {}
+    for i, p in enumerate(w["ports"]):
+        if p is None:
+            continue
+        key = (p["port"], p["protocol"])
+        if key in seen:
+            errors.add(doc.line(f"{path}.ports[{i}]"), f"{path}.ports[{i}]",
+                       f"port {p['port']}/{p['protocol']} is listed twice")
+        seen[key] = i
+    vols = [x["name"] for x in w["volumes"] if x]
+    for i, name in enumerate(vols):
+        if name in vols[:i]:
+            errors.add(doc.line(f"{path}.volumes[{i}].name"), f"{path}.volumes[{i}].name",
+                       f"volume {name!r} is listed twice")
+    disk = ((w.get("vm") or {}).get("disk") or {})
+    if disk.get("image") and disk.get("pvc"):
+        errors.add(doc.line(f"{path}.vm.disk"), f"{path}.vm.disk", "give either image or pvc, not both")
+    ready = w.get("ready") or {}
+    if ready.get("port") and ready["port"] not in {p["port"] for p in w["ports"] if p}:
+        errors.add(doc.line(f"{path}.ready.port"), f"{path}.ready.port",
+                   f"port {ready['port']} is not one of the workload's ports")
+
+
+def _none_in(value: Any) -> bool:
+    """True when a nested value failed its check (None where a value was required)."""
+    if isinstance(value, dict):
+        return any(_none_in(v) for v in value.values())
+    if isinstance(value, list):
+        return any(v is None or _none_in(v) for v in value)
+    return False
+
+
+def load_stack(path: str, text: str | None = None) -> Stack:
+    """Load and check a stack file; raises SpecError naming file, line and field of every problem."""
+    errors = Errors(path)
+    doc = check_document(path, STACK, text, errors, raise_errors=False)
+    spec = doc.values.get("spec") or {}
+    meta = doc.values.get("metadata") or {}
+    # cross-field checks run on the parts that typed correctly, so one pass reports both kinds of problem
+    workloads = [(i, w) for i, w in enumerate(spec.get("workloads") or []) if w and not _none_in(w)]
+    names: dict[str, int] = {}
+    host_ports: dict[int, str] = {}
+    for i, w in workloads:
+        p = f"spec.workloads[{i}]"
+        if w["name"] in names:
+            errors.add(doc.line(f"{p}.name"), f"{p}.name",
+                       f"duplicate workload name {w['name']!r} (first at spec.workloads[{names[w['name']]}])")
+        names.setdefault(w["name"], i)
+        _check_workload(w, p, doc, errors)
+        for j, port in enumerate(w["ports"]):
+            hp = port["hostPort"] or port["port"]
+            if hp in host_ports and host_ports[hp] != w["name"]:
+                errors.add(doc.line(f"{p}.ports[{j}]"), f"{p}.ports[{j}]",
+                           f"host port {hp} is already published by workload {host_ports[hp]!r}"
+                           " (set hostPort to another port)")
+            host_ports.setdefault(hp, w["name"])
+    pools = [h for h in spec.get("hosts") or [] if h and not _none_in(h)]
+    pool_names = [h["name"] for h in pools]
+    for i, name in enumerate(pool_names):
+        if name in pool_names[:i]:
+            errors.add(doc.line(f"spec.hosts[{i}].name"), f"spec.hosts[{i}].name", f"duplicate host pool {name!r}")
+    errors.raise_if_any()
+
+    def sub_lines(prefix: str) -> dict[str, int]:
+        cut = len(prefix) + 1
+        out = {k[cut:]: v for k, v in doc.lines.items() if k.startswith(prefix + ".")}
+        out[""] = doc.lines.get(prefix, 0)
+        return out
+
+    return Stack(
+        name=meta["name"], file=path, policy=spec["policy"], labels=dict(meta["labels"]),
+        hosts=tuple(HostPool(**h) for h in pools) or DEFAULT_HOSTS,
+        workloads=tuple(_workload(w, meta["name"], sub_lines(f"spec.workloads[{i}]")) for i, w in workloads),
+        policy_line=doc.line("spec.policy"))
+
+
+def problem(stack: Stack, workload: Workload, fld: str, message: str) -> Problem:
+    """A Problem located at a workload's field, for checks made after loading (policy contradictions)."""
+    index = stack.workloads.index(workload)
+    path = f"spec.workloads[{index}]" + (f".{fld}" if fld else "")
+    return Problem(stack.file, workload.line(fld), path, message)
+
+
+def stack_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the stack file, generated from the declarations above (shipped in data/)."""
+    schema = STACK.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://hybridorch.dev/schemas/stack-v1alpha1.json"
+    schema["title"] = "hybridorch Stack"
+    return schema
+
+
+__all__ = ["Stack", "Workload", "HostPool", "Port", "Resources", "Volume", "InnerContainer", "VmSettings",
+           "Readiness", "load_stack", "problem", "stack_json_schema", "SpecError", "RUNTIMES", "API_VERSION"]
