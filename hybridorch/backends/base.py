@@ -24,12 +24,8 @@ REGISTRY: dict[str, str] = {
     "kubernetes": "hybridorch.backends.kubernetes:KubernetesBackend",
 }
 
-MANAGED_BY = "hybridorch"
-LABEL_MANAGED = "app.kubernetes.io/managed-by"
-LABEL_STACK = "hybridorch.dev/stack"
-LABEL_WORKLOAD = "hybridorch.dev/workload"
-LABEL_RUNTIME = "hybridorch.dev/runtime"
-LABEL_TENANT = "hybridorch.dev/tenant"
+from ..labels import (LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD,  # noqa: F401
+                      MANAGED_BY, object_labels, selector)
 
 
 @dataclass(frozen=True)
