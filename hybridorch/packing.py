@@ -162,8 +162,12 @@ def lower_bound(items: Sequence[Item], pools: Sequence[HostPool], profile: Profi
         b = max(math.ceil(sum(i.cpu_millis for i in part) / cpu), math.ceil(sum(i.memory_bytes for i in part) / mem))
         if profile.spread_replicas:
             b = max(b, max(sum(1 for i in part if i.workload == w) for w in {i.workload for i in part}))
-        if profile.separate_tenants:
-            b = max(b, len({i.tenant for i in part}))
         return b
 
-    return sum(bound(p) for p in parts)
+    def tenant_bound(part: list[Item]) -> int:
+        # tenants never share a host: each tenant's bound adds up
+        if not profile.separate_tenants:
+            return bound(part)
+        return sum(bound([i for i in part if i.tenant == t]) for t in {i.tenant for i in part})
+
+    return sum(tenant_bound(p) for p in parts)

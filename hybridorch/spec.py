@@ -336,15 +336,6 @@ def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors)
                    f"port {ready['port']} is not one of the workload's ports")
 
 
-def _none_in(value: Any) -> bool:
-    """True when a nested value failed its check (None where a value was required)."""
-    if isinstance(value, dict):
-        return any(_none_in(v) for v in value.values())
-    if isinstance(value, list):
-        return any(v is None or _none_in(v) for v in value)
-    return False
-
-
 def load_stack(path: str, text: str | None = None) -> Stack:
     """Load and check a stack file; raises SpecError naming file, line and field of every problem."""
     errors = Errors(path)
@@ -352,15 +343,23 @@ def load_stack(path: str, text: str | None = None) -> Stack:
     spec = doc.values.get("spec") or {}
     meta = doc.values.get("metadata") or {}
     # cross-field checks run on the parts that typed correctly, so one pass reports both kinds of problem
-    workloads = [(i, w) for i, w in enumerate(spec.get("workloads") or []) if w and not _none_in(w)]
+    def typed_ok(prefix: str) -> bool:
+        return not any(p.path == prefix or p.path.startswith(prefix + ".") or p.path.startswith(prefix + "[")
+                       for p in errors.problems)
+
+    workloads = [(i, w) for i, w in enumerate(spec.get("workloads") or [])
+                 if w and typed_ok(f"spec.workloads[{i}]")]
     names: dict[str, int] = {}
     host_ports: dict[int, str] = {}
+    for i, w in enumerate(spec.get("workloads") or []):
+        name = (w or {}).get("name")
+        if name and name in names:
+            errors.add(doc.line(f"spec.workloads[{i}].name"), f"spec.workloads[{i}].name",
+                       f"duplicate workload name {name!r} (first at spec.workloads[{names[name]}])")
+        if name:
+            names.setdefault(name, i)
     for i, w in workloads:
         p = f"spec.workloads[{i}]"
-        if w["name"] in names:
-            errors.add(doc.line(f"{p}.name"), f"{p}.name",
-                       f"duplicate workload name {w['name']!r} (first at spec.workloads[{names[w['name']]}])")
-        names.setdefault(w["name"], i)
         _check_workload(w, p, doc, errors)
         for j, port in enumerate(w["ports"]):
             hp = port["hostPort"] or port["port"]
@@ -369,7 +368,7 @@ def load_stack(path: str, text: str | None = None) -> Stack:
                            f"host port {hp} is already published by workload {host_ports[hp]!r}"
                            " (set hostPort to another port)")
             host_ports.setdefault(hp, w["name"])
-    pools = [h for h in spec.get("hosts") or [] if h and not _none_in(h)]
+    pools = [h for i, h in enumerate(spec.get("hosts") or []) if h and typed_ok(f"spec.hosts[{i}]")]
     pool_names = [h["name"] for h in pools]
     for i, name in enumerate(pool_names):
         if name in pool_names[:i]:

@@ -1,0 +1,134 @@
+"""The local images hybridorch knows how to build offline, and the build contexts it assembles for them.
+
+There is no registry: `hybridorch.local/<name>:<tag>` is built from `images/<name>/Dockerfile` (next to the
+stack file, or the repository's examples/images); the Docker backend does the building, this module only plans it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BackendError
+
+LOCAL_REGISTRY = "hybridorch.local"
+# Debian's busybox-static installs here; the dynamically linked `busybox` package uses the same path
+BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
+_REPO_IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"
+_FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
+_COPY_BUSYBOX = re.compile(r"^\s*(?:COPY|ADD)\s+(?:--\S+\s+)*busybox\s", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build one local image: its Dockerfile directory and the local images it is built FROM."""
+
+    ref: str
+    directory: Path
+    parents: tuple[str, ...]
+    needs_busybox: bool
+
+    @property
+    def dockerfile(self) -> Path:
+        return self.directory / "Dockerfile"
+
+    def assemble(self, dest: Path) -> Path:
+        """Copy the recipe into `dest` (an empty build context), adding the static busybox when it is COPYed."""
+        shutil.copytree(self.directory, dest, dirs_exist_ok=True)
+        if self.needs_busybox and not (dest / "busybox").exists():
+            shutil.copy2(static_busybox(), dest / "busybox")
+        return dest
+
+
+def is_local(ref: str) -> bool:
+    return ref.startswith(LOCAL_REGISTRY + "/")
+
+
+def image_dirs(stack_file: str | None = None) -> list[Path]:
+    """Where recipes are looked up, first match wins: $HYBRIDORCH_IMAGES, <stack dir>/images, examples/images."""
+    dirs = [Path(p) for p in os.environ.get("HYBRIDORCH_IMAGES", "").split(os.pathsep) if p]
+    if stack_file:
+        dirs.append(Path(stack_file).resolve().parent / "images")
+    dirs.append(_REPO_IMAGES)
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def find_recipe(ref: str, dirs: list[Path]) -> Recipe | None:
+    """The recipe of a hybridorch.local image, or None when the image is not one hybridorch can build."""
+    if not is_local(ref):
+        return None
+    name = ref[len(LOCAL_REGISTRY) + 1:].split(":", 1)[0].split("@", 1)[0]
+    for base in dirs:
+        directory = base / name
+        dockerfile = directory / "Dockerfile"
+        if dockerfile.is_file():
+            text = dockerfile.read_text()
+            parents = tuple(p for p in _FROM.findall(text) if is_local(p))
+            return Recipe(ref, directory, parents, bool(_COPY_BUSYBOX.search(text)))
+    return None
+
+
+def build_order(ref: str, dirs: list[Path]) -> list[Recipe]:
+    """The recipes to build for `ref`, parents first; raises BackendError naming the image that has none."""
+    order: list[Recipe] = []
+    seen: set[str] = set()
+
+    def visit(image: str, chain: tuple[str, ...]) -> None:
+        if image in chain:
+            raise BackendError(f"image {image} is built FROM itself ({' -> '.join(chain + (image,))})")
+        if image in seen:
+            return
+        recipe = find_recipe(image, dirs)
+        if recipe is None:
+            raise BackendError(missing_image_message(image, dirs))
+        for parent in recipe.parents:
+            visit(parent, chain + (image,))
+        seen.add(image)
+        order.append(recipe)
+
+    visit(ref, ())
+    return order
+
+
+def missing_image_message(ref: str, dirs: list[Path]) -> str:
+    where = ", ".join(str(d) for d in dirs) or str(_REPO_IMAGES)
+    if is_local(ref):
+        name = ref[len(LOCAL_REGISTRY) + 1:].split(":", 1)[0]
+        return (f"image {ref} is missing and there is no recipe images/{name}/Dockerfile in {where}: "
+                f"add one, or build it yourself with `docker build -t {ref} DIR`")
+    return (f"image {ref} is missing and there is no registry to pull from: build it (`docker build -t {ref} DIR`) "
+            f"or load it (`docker load -i FILE`) before `hybridorch up`")
+
+
+def static_busybox() -> Path:
+    """Debian busybox-static's binary; a dynamically linked one cannot run in a FROM scratch image."""
+    for path in BUSYBOX_PATHS:
+        if os.path.isfile(path) and is_static_elf(Path(path)):
+            return Path(path)
+    raise BackendError("no statically linked busybox found (needed to build the local images): "
+                       "apt-get install busybox-static")
+
+
+def is_static_elf(path: Path) -> bool:
+    """True for an ELF executable without a program interpreter (PT_INTERP), i.e. statically linked."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[:4] != b"\x7fELF":
+            return False
+        bits64, little = header[4] == 2, header[5] == 1
+        end = "<" if little else ">"
+        if bits64:
+            phoff, = struct.unpack(end + "Q", header[32:40])
+            phentsize, phnum = struct.unpack(end + "HH", header[54:58])
+        else:
+            phoff, = struct.unpack(end + "I", header[28:32])
+            phentsize, phnum = struct.unpack(end + "HH", header[42:46])
+        for i in range(phnum):
+            f.seek(phoff + i * phentsize)
+            p_type, = struct.unpack(end + "I", f.read(4))
+            if p_type == 3:  # PT_INTERP
+                return False
+    return True

@@ -1,0 +1,93 @@
+"""Offline checks of rendered output: Kubernetes 1.34 and KubeVirt objects against their OpenAPI schemas, libvirt
+domain XML with virt-xml-validate and cloud-init user data with `cloud-init schema`, when those tools exist.
+
+The schemas are the subsets in hybridorch/data/ extracted by tests/tools/extract_schemas.py (see that script for
+their sources and versions); validation never touches the network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Callable
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+KUBERNETES_VERSION = "1.34"
+SCHEMA_FILES = (f"kubernetes-{KUBERNETES_VERSION}-schema.json", "kubevirt-schema.json")
+
+
+@lru_cache(maxsize=None)
+def _validators() -> dict[str, Draft202012Validator]:
+    """apiVersion/kind -> a validator of that kind's definition."""
+    out: dict[str, Draft202012Validator] = {}
+    for name in SCHEMA_FILES:
+        doc = json.loads(resources.files("hybridorch.data").joinpath(name).read_text())
+        uri = f"urn:hybridorch:{name}"
+        registry: Registry = Registry().with_resource(uri, Resource(doc, DRAFT202012))
+        for kind, definition in doc["kinds"].items():
+            out[kind] = Draft202012Validator({"$ref": f"{uri}#/$defs/{definition}"}, registry=registry)
+    return out
+
+
+def known_kinds() -> list[str]:
+    return sorted(_validators())
+
+
+def object_problems(obj: dict[str, Any]) -> list[str]:
+    """Every schema violation of one object, as 'path: message' lines (empty when valid)."""
+    key = f"{obj.get('apiVersion')}/{obj.get('kind')}"
+    validator = _validators().get(key)
+    if validator is None:
+        return [f"no schema for {key} (known: {', '.join(known_kinds())})"]
+    problems = []
+    for err in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = ".".join(str(p) for p in err.absolute_path) or "(object)"
+        problems.append(f"{path}: {err.message}")
+    for field in ("name",):
+        if not (obj.get("metadata") or {}).get(field):
+            problems.append(f"metadata.{field}: required")
+    return problems
+
+
+def _run_checker(argv: Callable[[str], list[str]], text: str, suffix: str) -> str | None:
+    """Run a validator on text in a temporary file; None when valid, else its complaint."""
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix="hybridorch-check-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        proc = subprocess.run(argv(path), capture_output=True, text=True, timeout=60)
+    finally:
+        os.unlink(path)
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    return "; ".join(ln.replace(path, "<file>") for ln in lines) or f"exit status {proc.returncode}"
+
+
+def libvirt_available() -> bool:
+    return shutil.which("virt-xml-validate") is not None
+
+
+def cloud_init_available() -> bool:
+    return shutil.which("cloud-init") is not None
+
+
+def libvirt_problem(xml: str) -> str | None:
+    """virt-xml-validate's complaint about a domain XML (None when valid or when the tool is missing)."""
+    if not libvirt_available():
+        return None
+    return _run_checker(lambda p: ["virt-xml-validate", p, "domain"], xml, ".xml")
+
+
+def cloud_init_problem(user_data: str) -> str | None:
+    """`cloud-init schema`'s complaint about #cloud-config user data (None when valid or the tool is missing)."""
+    if not cloud_init_available():
+        return None
+    return _run_checker(lambda p: ["cloud-init", "schema", "--config-file", p], user_data, ".yaml")
