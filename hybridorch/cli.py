@@ -6,7 +6,6 @@ Backends are imported inside the commands that use them, so `--help` and `plan` 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
@@ -240,4 +239,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -9,10 +9,12 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -163,37 +165,56 @@ def _extract(deb: Path, dest: Path) -> None:
         raise BackendError(f"dpkg-deb -x {deb.name} failed: {proc.stderr.strip()}")
 
 
-def module_closure(wanted: Iterable[str], modules_dep: str) -> list[str]:
-    """Module paths (relative to lib/modules/<ver>) to load, dependencies first, from a modules.dep text.
+def modinfo_depends(ko: bytes) -> list[str]:
+    """The `depends=` of a kernel module, read from its ELF .modinfo section (Debian ships no modules.dep:
+    depmod makes it at install time, and we never install)."""
+    if ko[:4] != b"\x7fELF" or ko[4] != 2:
+        raise ValueError("not a 64-bit ELF module")
+    order = "<" if ko[5] == 1 else ">"
+    shoff, = struct.unpack_from(order + "Q", ko, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", ko, 0x3A)
 
-    Modules built into the kernel are absent from modules.dep and are skipped."""
-    deps: dict[str, list[str]] = {}
-    by_name: dict[str, str] = {}
-    for line in modules_dep.splitlines():
-        if ":" not in line:
-            continue
-        path, rest = line.split(":", 1)
-        deps[path] = rest.split()
-        by_name[_module_name(path)] = path
+    def section(i: int) -> tuple[int, int, int]:
+        name, _t, _f, _a, off, size = struct.unpack_from(order + "IIQQQQ", ko, shoff + i * shentsize)
+        return name, off, size
+
+    _, str_off, _ = section(shstrndx)
+    for i in range(shnum):
+        name, off, size = section(i)
+        if ko[str_off + name: ko.index(b"\0", str_off + name)] == b".modinfo":
+            for entry in ko[off: off + size].split(b"\0"):
+                if entry.startswith(b"depends="):
+                    return [d for d in entry[len(b"depends="):].decode().split(",") if d]
+    return []
+
+
+def module_closure(wanted: Iterable[str], modules: Mapping[str, list[str]]) -> list[str]:
+    """Module names to load, dependencies first. `modules` maps every module of the kernel to its depends;
+    a wanted module absent from it is built into the kernel and skipped."""
     order: list[str] = []
 
-    def visit(path: str, seen: tuple[str, ...]) -> None:
-        if path in order or path in seen:
+    def visit(name: str, seen: tuple[str, ...]) -> None:
+        if name in order or name in seen or name not in modules:
             return
-        for dep in deps.get(path, []):
-            visit(dep, seen + (path,))
-        order.append(path)
+        for dep in modules[name]:
+            visit(dep.replace("-", "_"), seen + (name,))
+        order.append(name)
 
     for name in wanted:
-        path = by_name.get(name.replace("-", "_"))
-        if path:
-            visit(path, ())
+        visit(name.replace("-", "_"), ())
     return order
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        data = lzma.decompress(data)
+    return data
 
 
 def _module_name(path: str) -> str:
     base = os.path.basename(path)
-    for ext in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
+    for ext in (".ko.xz", ".ko"):
         if base.endswith(ext):
             base = base[: -len(ext)]
     return base.replace("-", "_")
@@ -229,25 +250,29 @@ def fetch_guest(arch: str, *, log: BinaryIO | None = None) -> Guest:
             raise BackendError(f"{kernel_pkg} has no /boot/vmlinuz-*")
         kver = vmlinuz[-1].name[len("vmlinuz-"):]
         shutil.copy2(vmlinuz[-1], new / "vmlinuz")
-        mod_root = x / "lib" / "modules" / kver
-        order = module_closure(info.modules, (mod_root / "modules.dep").read_text())
+        files = {_module_name(str(p)): p for p in (x / "lib" / "modules" / kver).rglob("*.ko*")}
+        # only the drivers we may want are opened; their deps are looked up lazily by name
+        deps: dict[str, list[str]] = {}
+        todo = [m.replace("-", "_") for m in info.modules]
+        while todo:
+            name = todo.pop()
+            if name in deps or name not in files:
+                continue
+            deps[name] = modinfo_depends(_read_module(files[name]))
+            todo += [d.replace("-", "_") for d in deps[name]]
         names = []
-        for rel in order:
-            src = mod_root / rel
-            name = os.path.basename(rel)
-            if name.endswith(".xz"):  # busybox insmod wants plain .ko
-                subprocess.run(["xz", "-d", "-k", str(src)], check=True)
-                src, name = src.with_suffix(""), name[:-3]
-            shutil.copy2(src, new / "modules" / name)
-            names.append(name)
+        for name in module_closure(info.modules, deps):
+            (new / "modules" / f"{name}.ko").write_bytes(_read_module(files[name]))  # busybox insmod: plain .ko
+            names.append(f"{name}.ko")
         shutil.copy2(x / "bin" / "busybox", new / "busybox")
         shutil.copy2(x / "usr" / "sbin" / "runc", new / "runc")
         libs = new / "lib"
         libs.mkdir()
-        lib_src = x / "lib" / info.triplet if (x / "lib" / info.triplet).exists() else x / "usr" / "lib" / info.triplet
-        for pattern in ("ld-linux*", "libc.so.6", "libseccomp.so.2*"):
-            for src in lib_src.glob(pattern):
-                shutil.copy2(src, libs / src.name, follow_symlinks=True)
+        # runc's only DT_NEEDED libraries (checked with ldd): glibc and libseccomp
+        for pattern in ("ld-linux*", "libc.so.6", "libseccomp.so.2"):
+            for lib_src in (x / "lib" / info.triplet, x / "usr" / "lib" / info.triplet):
+                for src in lib_src.glob(pattern):
+                    shutil.copy2(src, libs / src.name, follow_symlinks=True)
         meta = {"arch": arch, "kernelVersion": kver, "packages": versions, "modules": names}
         (new / "guest.json").write_text(json.dumps(meta, indent=2) + "\n")
         guest = Guest(arch, new, kver, versions, tuple(names))

@@ -386,7 +386,7 @@ def check_document(file: str, root: Obj, text: str | None = None, errors: Errors
     doc = Document(file)
     if node is None:
         errors.add(1, "", "the file is empty")
-        errors.raise_if_any()
+        raise SpecError(errors.problems)
     doc.values = root.check(node, "", errors, doc.lines) or {}
     doc.lines[""] = line_of(node)
     if raise_errors:
