@@ -15,8 +15,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable
 
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 KUBERNETES_VERSION = "1.34"
@@ -30,7 +30,7 @@ def _validators() -> dict[str, Draft202012Validator]:
     for name in SCHEMA_FILES:
         doc = json.loads(resources.files("hybridorch.data").joinpath(name).read_text())
         uri = f"urn:hybridorch:{name}"
-        registry: Registry = Registry().with_resource(uri, Resource(doc, DRAFT202012))
+        registry: Registry = Registry().with_resource(uri, DRAFT202012.create_resource(doc))
         for kind, definition in doc["kinds"].items():
             out[kind] = Draft202012Validator({"$ref": f"{uri}#/$defs/{definition}"}, registry=registry)
     return out
@@ -72,13 +72,15 @@ def _run_checker(argv: Callable[[str], list[str]], text: str, suffix: str) -> st
 
 
 def libvirt_available() -> bool:
-    return shutil.which("virt-xml-validate") is not None
+    # virt-xml-validate is a shell script around xmllint (libxml2-utils)
+    return shutil.which("virt-xml-validate") is not None and shutil.which("xmllint") is not None
 
 
 def cloud_init_available() -> bool:
     return shutil.which("cloud-init") is not None
 
 
+@lru_cache(maxsize=256)  # the checkers take ~0.3 s each; identical text gets the same verdict
 def libvirt_problem(xml: str) -> str | None:
     """virt-xml-validate's complaint about a domain XML (None when valid or when the tool is missing)."""
     if not libvirt_available():
@@ -86,6 +88,7 @@ def libvirt_problem(xml: str) -> str | None:
     return _run_checker(lambda p: ["virt-xml-validate", p, "domain"], xml, ".xml")
 
 
+@lru_cache(maxsize=256)
 def cloud_init_problem(user_data: str) -> str | None:
     """`cloud-init schema`'s complaint about #cloud-config user data (None when valid or the tool is missing)."""
     if not cloud_init_available():

@@ -27,6 +27,9 @@ def test_wheel_install_ships_cli_templates_and_schemas(tmp_path: Path):
     out = subprocess.run([str(env_dir / "bin" / "hybridorch"), "plan", "shop.yaml"], cwd=elsewhere,
                          capture_output=True, text=True, check=True).stdout
     assert "recommender-plugin  sandboxed" in out
+    rendered = subprocess.run([str(env_dir / "bin" / "hybridorch"), "render", "shop.yaml"], cwd=elsewhere,
+                              capture_output=True, text=True, check=True).stdout
+    assert "kind: Deployment" in rendered and "kind: VirtualMachine" in rendered
     where = subprocess.run([str(py), "-c", "import hybridorch, pathlib; print(pathlib.Path(hybridorch.__file__).parent)"],
                            cwd=elsewhere, capture_output=True, text=True, check=True).stdout.strip()
     installed = Path(where)
@@ -34,4 +37,5 @@ def test_wheel_install_ships_cli_templates_and_schemas(tmp_path: Path):
     shipped = sorted(p.relative_to(installed / "templates").as_posix() for p in (installed / "templates").rglob("*.j2"))
     expected = sorted(p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*.j2"))
     assert shipped == expected and shipped, shipped
-    assert (installed / "data" / "stack-v1alpha1.schema.json").is_file()
+    for schema in ("stack-v1alpha1.schema.json", "kubernetes-1.34-schema.json", "kubevirt-schema.json"):
+        assert (installed / "data" / schema).is_file(), schema

@@ -1,0 +1,564 @@
+"""Render a Plan through Jinja templates into Kubernetes/KubeVirt objects or local VM files (libvirt + cloud-init).
+
+Output is data first: every template's text is parsed back and validated (schemas, virt-xml-validate, cloud-init)
+before anything is returned, so a Rendered is always valid and write() can never leave half a result behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound, TemplateSyntaxError, Undefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from . import validate
+from .errors import RenderError
+from .labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, object_labels
+from .plan import Plan
+from .policy import Placement, Profile
+from .spec import InnerContainer, Workload, memory_bytes
+
+TARGETS = ("kubernetes", "local")
+LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
+RUNTIME_CLASS = "hybridorch-kata"   # the RuntimeClass sandboxed workloads name
+RUNTIME_HANDLER = "kata"            # the CRI handler it maps to (Kata Containers' conventional name)
+# Boot disk of a Linux VM that names none: a public cloud image with cloud-init (podman for nested comes from apt)
+DEFAULT_DISK_IMAGE = "quay.io/containerdisks/debian:12"
+NONROOT_ID = 65532                  # the conventional "nonroot" uid/gid of distroless images
+GUEST_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "riscv64": "riscv64"}
+
+
+# --- the YAML-safe value filter --------------------------------------------------------------------
+
+class YamlText(str):
+    """Text already made YAML-safe; emitted as is."""
+
+
+def _defined(value: Any) -> Any:
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # StrictUndefined: raises naming the missing variable
+    return value
+
+
+def _plain(value: Any) -> Any:
+    value = _defined(value)
+    if isinstance(value, float):
+        raise TypeError("floats are not rendered (YAML 1.1 may read them back differently); pass a string")
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    raise TypeError(f"cannot render a {type(value).__name__} into YAML")
+
+
+def yaml_value(value: Any) -> YamlText:
+    """One value as a single-line JSON scalar/flow collection, which YAML reads back as exactly that value.
+
+    JSON is quoted and escaped, so a string such as "a\\nkind: Pod" or "{{ x }}" can never become keys,
+    documents or template code."""
+    if isinstance(value, YamlText):
+        return value
+    return YamlText(json.dumps(_plain(value), ensure_ascii=True))
+
+
+def _finalize_yaml(value: Any) -> Any:
+    # Every {{ expression }} goes through here: a value a template forgot to filter is still quoted.
+    return yaml_value(value)
+
+
+def unit_arg(value: Any) -> YamlText:
+    """One systemd unit-file word, double-quoted with C escapes; % and $ doubled so no specifier/variable expands."""
+    if isinstance(value, YamlText):
+        return value
+    text = str(_plain(value))
+    out = []
+    for ch in text:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch == "%":
+            out.append("%%")
+        elif ch == "$":
+            out.append("$$")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return YamlText('"' + "".join(out) + '"')
+
+
+def unit_text(value: Any) -> YamlText:
+    """Free text for a unit setting such as Description=: one line, % doubled."""
+    text = " ".join(str(_plain(value)).split())
+    return YamlText(text.replace("%", "%%"))
+
+
+# --- quantities --------------------------------------------------------------------------------------
+
+def cpu_quantity(millis: int) -> str:
+    return f"{millis // 1000}" if millis % 1000 == 0 else f"{millis}m"
+
+
+def memory_quantity(n: int) -> str:
+    for suffix, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n % size == 0 and n >= size:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+# --- templates -----------------------------------------------------------------------------------------
+
+def builtin_templates() -> Path:
+    """templates/ inside the installed package, else the repository's top-level templates/."""
+    import hybridorch
+
+    installed = Path(hybridorch.__file__).parent / "templates"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+class Templates:
+    """The sandboxed Jinja environments (one per output syntax) over user dirs first, then the built-ins."""
+
+    def __init__(self, user_dir: str | None = None):
+        dirs = ([str(Path(user_dir))] if user_dir else []) + [str(builtin_templates())]
+        if user_dir and not Path(user_dir).is_dir():
+            raise RenderError(f"templates directory {user_dir} does not exist")
+        self.dirs = dirs
+        loader = FileSystemLoader(dirs)
+        common: dict[str, Any] = dict(loader=loader, undefined=StrictUndefined, trim_blocks=True,
+                                      lstrip_blocks=True, keep_trailing_newline=True)
+        self.yaml = SandboxedEnvironment(finalize=_finalize_yaml, autoescape=False, **common)
+        self.xml = SandboxedEnvironment(autoescape=True, **common)
+        self.unit = SandboxedEnvironment(finalize=unit_arg, autoescape=False, **common)
+        for env in (self.yaml, self.xml, self.unit):
+            env.filters.update(yaml=yaml_value, unit_arg=unit_arg, unit_text=unit_text)
+
+    def _env(self, name: str) -> SandboxedEnvironment:
+        if name.endswith(".xml.j2"):
+            return self.xml
+        if name.endswith(".service.j2"):
+            return self.unit
+        return self.yaml
+
+    def text(self, name: str, /, **context: Any) -> str:
+        """Render one template; every failure becomes a RenderError naming template file, line and cause."""
+        env = self._env(name)
+        try:
+            template = env.get_template(name)
+            return template.render(**context)
+        except TemplateNotFound as err:
+            raise RenderError(f"template {err.name} not found in {' or '.join(self.dirs)}") from None
+        except TemplateSyntaxError as err:
+            raise RenderError(f"{err.filename or name}:{err.lineno}: template syntax error: {err.message}") from None
+        except (TemplateError, TypeError, ValueError) as err:
+            where = _template_frame(err) or (name, 0)
+            message = getattr(err, "message", None) or str(err)
+            raise RenderError(f"{where[0]}:{where[1]}: {message}") from None
+
+    def filename(self, name: str) -> str:
+        try:
+            return self._env(name).get_template(name).filename or name
+        except TemplateError:
+            return name
+
+    def documents(self, name: str, /, **context: Any) -> list[dict[str, Any]]:
+        """Render a YAML template and parse it back into its documents."""
+        text = self.text(name, **context)
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at output line {mark.line + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise RenderError(f"{self.filename(name)}: rendered text is not valid YAML{at}: {problem}") from None
+        for doc in docs:
+            if not isinstance(doc, dict):
+                raise RenderError(f"{self.filename(name)}: rendered a {type(doc).__name__}, not a YAML mapping")
+        return docs
+
+
+def _template_frame(err: BaseException) -> tuple[str, int] | None:
+    """Jinja rewrites tracebacks so template frames carry the .j2 file and line: find the innermost one."""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        if frame.filename.endswith(".j2"):
+            return frame.filename, frame.lineno or 0
+    return None
+
+
+# --- the result ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: str      # relative to the output directory
+    content: str
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style everywhere, and multi-line strings (cloud-init user data) as readable literal blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+_Dumper.add_representer(YamlText, _str_representer)
+
+
+def dump_yaml(docs: Iterable[dict[str, Any]]) -> str:
+    return yaml.dump_all(list(docs), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120,
+                         allow_unicode=False, explicit_start=True)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    target: str
+    stack: str
+    documents: tuple[dict[str, Any], ...]   # every Kubernetes/KubeVirt object, in apply order
+    files: tuple[RenderedFile, ...]         # everything write() writes, paths relative to its directory
+
+    def stream(self) -> str:
+        """One deterministic text: a multi-document YAML stream (kubernetes) or every file, headed by its path."""
+        if self.target == "kubernetes":
+            return dump_yaml(self.documents)
+        return "".join(f"# --- {f.path}\n{f.content}" + ("" if f.content.endswith("\n") else "\n")
+                       for f in self.files)
+
+    def documents_by_workload(self) -> dict[str, list[dict[str, Any]]]:
+        """Workload name -> its objects (workload, Service); objects of no workload are under ''."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for doc in self.documents:
+            out.setdefault(doc["metadata"].get("labels", {}).get(LABEL_WORKLOAD, ""), []).append(doc)
+        return out
+
+    def file(self, path: str) -> RenderedFile:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+    def write(self, out_dir: str) -> list[str]:
+        """Write every file under out_dir; all files appear or none do (staged in a sibling temp dir)."""
+        out = Path(out_dir)
+        parent = out.parent if str(out.parent) else Path(".")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        except OSError as err:
+            raise RenderError(f"cannot write to {out_dir}: {err.strerror}") from None
+        try:
+            for f in self.files:
+                target = stage / f.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(f.content)
+            if not out.exists():
+                os.rename(stage, out)
+            else:
+                for f in self.files:
+                    (out / f.path).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(stage / f.path, out / f.path)
+        except OSError as err:
+            raise RenderError(f"cannot write to {out_dir}: {err.strerror or err}") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return [str(out / f.path) for f in self.files]
+
+
+# --- contexts: plain data the templates lay out --------------------------------------------------------
+
+def _labels(plan: Plan, workload: Workload | None = None, runtime: str | None = None,
+            tenant: str | None = None) -> dict[str, str]:
+    # the user's labels first, so ours (which prune and gc rely on) always win
+    out = dict(plan.stack.labels)
+    if workload is not None:
+        out.update(workload.labels)
+    out.update(object_labels(plan.stack.name, workload.name if workload else None, runtime, tenant))
+    return out
+
+
+def _selector(plan: Plan, workload: Workload) -> dict[str, str]:
+    return {LABEL_MANAGED: MANAGED_BY, LABEL_STACK: plan.stack.name, LABEL_WORKLOAD: workload.name}
+
+
+def _node_selector(p: Placement) -> dict[str, str]:
+    out = {"kubernetes.io/arch": p.host_arch, "kubernetes.io/os": p.host_os}
+    if p.needs_virtualization:
+        out[LABEL_VIRTUALIZATION] = "true"
+    return out
+
+
+def _ports(ports: Iterable[Any]) -> list[dict[str, Any]]:
+    return [{"name": p.name or f"{p.protocol.lower()}-{p.port}", "port": p.port, "protocol": p.protocol}
+            for p in ports]
+
+
+def _disk_image(w: Workload) -> str | None:
+    """The VM's boot disk image: vm.disk.image; the workload image when the spec itself asks for a VM (then
+    `image` names a containerDisk); else none (a PVC) or the default cloud image."""
+    if w.vm.disk_image or w.vm.disk_pvc:
+        return w.vm.disk_image
+    if w.runtime == "vm" and w.image:
+        return w.image
+    return DEFAULT_DISK_IMAGE
+
+
+def _inner_containers(w: Workload) -> tuple[InnerContainer, ...]:
+    """What runs inside the VM: the `containers` of a nested workload, or the workload's own container image
+    when policy moved a container workload into a VM (e.g. it needs its own kernel)."""
+    if w.containers:
+        return w.containers
+    if w.image and _disk_image(w) == DEFAULT_DISK_IMAGE and w.os == "linux":
+        command = tuple(w.command or ()) + tuple(w.args or ())
+        return (InnerContainer(w.name, w.image, command or None, dict(w.env), w.ports),)
+    return ()
+
+
+def _vm_ports(w: Workload) -> list[dict[str, Any]]:
+    seen: dict[tuple[int, str], Any] = {}
+    for p in list(w.ports) + [p for c in _inner_containers(w) for p in c.ports]:
+        seen.setdefault((p.port, p.protocol), p)
+    return _ports(seen.values())
+
+
+def _workload_context(plan: Plan, p: Placement, namespace: str) -> dict[str, Any]:
+    w = p.workload
+    privileged = any(r in w.requires for r in ("privileged", "host-devices"))
+    ready_port = (w.ready.port if w.ready and w.ready.port else None) or (w.ports[0].port if w.ports else None)
+    ready_proto = next((x.protocol for x in w.ports if x.port == ready_port), "TCP")
+    return {
+        "name": w.name, "namespace": namespace, "runtime": p.runtime,
+        "labels": _labels(plan, w, p.runtime, w.tenant), "selector": _selector(plan, w),
+        "kind": "StatefulSet" if w.volumes else "Deployment", "replicas": w.replicas,
+        "image": w.image, "command": list(w.command) if w.command else None,
+        "args": list(w.args) if w.args else None,
+        "env": [{"name": k, "value": v} for k, v in w.env.items()],
+        "ports": _ports(w.ports), "resources": {"cpu": w.resources.cpu, "memory": w.resources.memory},
+        "privileged": privileged, "host_network": "host-network" in w.requires, "nonroot_id": NONROOT_ID,
+        "runtime_class": RUNTIME_CLASS if p.runtime == "sandboxed" else None,
+        "node_selector": _node_selector(p),
+        "volumes": [{"name": v.name, "mount_path": v.mount_path, "size": v.size} for v in w.volumes],
+        "ready_port": ready_port if ready_proto == "TCP" else None,
+    }
+
+
+def _cloud_config(tpl: Templates, plan: Plan, p: Placement) -> str:
+    """The #cloud-config user data of a VM: ours (hostname; for nested, podman + one unit per container),
+    merged with the spec's vm.userData (lists appended, other keys from the spec win)."""
+    w = p.workload
+    units = []
+    for c in _inner_containers(w):
+        units.append({
+            "name": c.name, "unit": f"hybridorch-{c.name}.service",
+            "text": tpl.text("cloud-init/container.service.j2", stack=plan.stack.name, workload=w.name,
+                             container={"name": c.name, "image": c.image,
+                                        "command": list(c.command) if c.command else [],
+                                        "env": [{"name": k, "value": v} for k, v in c.env.items()],
+                                        "ports": _ports(c.ports)},
+                             labels={LABEL_MANAGED: MANAGED_BY, LABEL_STACK: plan.stack.name,
+                                     LABEL_WORKLOAD: w.name}),
+        })
+    docs = tpl.documents("cloud-init/user-data.yaml.j2", hostname=w.name, stack=plan.stack.name, units=units)
+    config = docs[0] if docs else {}
+    if w.vm.user_data:
+        try:
+            extra = yaml.safe_load(w.vm.user_data)
+        except yaml.YAMLError as err:
+            raise RenderError(f"workload {w.name}: vm.userData is not YAML: {err}") from None
+        if extra is not None and not isinstance(extra, dict):
+            raise RenderError(f"workload {w.name}: vm.userData must be a #cloud-config mapping")
+        for key, value in (extra or {}).items():
+            if isinstance(value, list) and isinstance(config.get(key), list):
+                config[key] = config[key] + value
+            else:
+                config[key] = value
+    text = "#cloud-config\n" + yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                                         width=120)
+    problem = validate.cloud_init_problem(text)
+    if problem:
+        raise RenderError(f"workload {w.name}: cloud-init user data is invalid: {problem}")
+    return text
+
+
+def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str) -> dict[str, Any]:
+    w = p.workload
+    windows = w.os == "windows"
+    image = _disk_image(w)
+    if windows and image == DEFAULT_DISK_IMAGE:
+        raise RenderError(f"workload {w.name}: a windows VM needs vm.disk.image or vm.disk.pvc (its boot disk)")
+    machine = w.vm.machine or ("q35" if w.arch == "amd64" else "virt")
+    replicas = max(w.replicas, 1)
+    return {
+        "name": w.name, "namespace": namespace, "runtime": p.runtime,
+        "labels": _labels(plan, w, p.runtime, w.tenant), "selector": _selector(plan, w),
+        "names": [w.name] if replicas == 1 else [f"{w.name}-{i}" for i in range(replicas)],
+        "run_strategy": "Always" if w.replicas > 0 else "Halted",
+        "architecture": w.arch if p.emulated else None, "guest_arch": GUEST_ARCH[w.arch],
+        "machine": machine, "cores": w.vcpus, "cpu": w.resources.cpu, "memory": w.resources.memory,
+        "memory_mib": w.resources.memory_bytes // 2**20,
+        "node_selector": _node_selector(p), "ports": _vm_ports(w),
+        "disk": {"image": image, "pvc": w.vm.disk_pvc, "size": w.vm.disk_size},
+        "bus": "sata" if windows else "virtio", "nic_model": "e1000e" if windows else "virtio",
+        "windows": windows, "accelerated": p.needs_virtualization and not p.emulated,
+        "user_data": None if windows else _cloud_config(tpl, plan, p),
+    }
+
+
+def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Placement]) -> dict[str, Any]:
+    loose = any(r in pl.workload.requires for pl in placements for r in ("privileged", "host-devices",
+                                                                         "host-network"))
+    # KubeVirt's virt-launcher pods need more than the restricted level allows
+    vms = any(pl.runtime in ("vm", "nested") for pl in placements)
+    cpu = mem = pods = storage = 0
+    for pl in placements:
+        # one extra replica per workload so a rolling update fits inside the quota
+        n = pl.workload.replicas + 1
+        cpu += (pl.workload.resources.cpu_millis + pl.overhead.cpu_millis) * n
+        mem += (pl.workload.resources.memory_bytes + pl.overhead.memory_bytes) * n
+        pods += n
+        storage += sum(memory_bytes(v.size) for v in pl.workload.volumes) * max(pl.workload.replicas, 1)
+    return {
+        "tenant": tenant, "namespace": namespace, "stack": plan.stack.name,
+        "labels": _labels(plan, tenant=tenant),
+        "enforce": "privileged" if loose or vms else "restricted",
+        "quota": {"cpu": cpu_quantity(cpu), "memory": memory_quantity(mem), "pods": pods,
+                  "storage": memory_quantity(storage) if storage else None},
+        "default": {"cpu": "250m", "memory": "256Mi"},
+        "exposed": [{"name": pl.workload.name, "selector": _selector(plan, pl.workload),
+                     "ports": _vm_ports(pl.workload) if pl.runtime in ("vm", "nested") else _ports(pl.workload.ports)}
+                    for pl in placements],
+    }
+
+
+def runtime_class_objects(profile: Profile, tpl: Templates | None = None, stack: str | None = None
+                          ) -> list[dict[str, Any]]:
+    """The RuntimeClass sandboxed workloads use, with the profile's per-pod overhead (a cluster prerequisite)."""
+    tpl = tpl or Templates()
+    labels = object_labels(stack, runtime="sandboxed") if stack else {LABEL_MANAGED: MANAGED_BY,
+                                                                       LABEL_RUNTIME: "sandboxed"}
+    o = profile.overhead("sandboxed")
+    return tpl.documents("kubernetes/runtimeclass.yaml.j2", name=RUNTIME_CLASS, handler=RUNTIME_HANDLER,
+                         labels=labels, overhead={"cpu": cpu_quantity(o.cpu_millis),
+                                                  "memory": memory_quantity(o.memory_bytes)},
+                         node_selector={LABEL_VIRTUALIZATION: "true"})
+
+
+# --- rendering -----------------------------------------------------------------------------------------
+
+def _check_objects(docs: list[dict[str, Any]], where: str) -> None:
+    problems = []
+    for doc in docs:
+        name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+        problems += [f"{where}: {name}: {msg}" for msg in validate.object_problems(doc)]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise RenderError(f"rendered objects fail the Kubernetes {validate.KUBERNETES_VERSION}/KubeVirt "
+                          f"schema: {shown}")
+
+
+def _by_tenant(plan: Plan) -> dict[str, list[Placement]]:
+    out: dict[str, list[Placement]] = {}
+    for p in plan.placements:
+        out.setdefault(p.workload.tenant, []).append(p)
+    return out
+
+
+def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
+    tenants = _by_tenant(plan)
+    contexts = {t: _tenant_context(plan, t, f"{prefix}{t}", ps) for t, ps in tenants.items()}
+    namespaces = {t: tpl.documents("kubernetes/namespace.yaml.j2", **contexts[t]) for t in tenants}
+    policies = {t: [d for name in ("networkpolicy", "limitrange", "resourcequota")
+                    for d in tpl.documents(f"kubernetes/{name}.yaml.j2", **contexts[t])] for t in tenants}
+    cluster = []
+    if any(p.runtime == "sandboxed" for p in plan.placements):
+        cluster = runtime_class_objects(plan.profile, tpl, plan.stack.name)
+    workloads: dict[str, list[dict[str, Any]]] = {}
+    for p in plan.placements:
+        ns = f"{prefix}{p.workload.tenant}"
+        if p.runtime in ("vm", "nested"):
+            ctx = _vm_context(tpl, plan, p, ns)
+            docs = tpl.documents("kubevirt/virtualmachine.yaml.j2", vm=ctx)
+        else:
+            ctx = _workload_context(plan, p, ns)
+            docs = tpl.documents("kubernetes/workload.yaml.j2", w=ctx)
+        if ctx["ports"]:
+            docs += tpl.documents("kubernetes/service.yaml.j2", name=p.workload.name, namespace=ns,
+                                  labels=ctx["labels"], selector=ctx["selector"], ports=ctx["ports"])
+        workloads[p.workload.name] = docs
+    # one file per group; each tenant file carries its Namespace too, so kustomize users need nothing else
+    groups = ([("cluster/runtimeclasses.yaml", cluster)] if cluster else []) \
+        + [(f"tenants/{t}.yaml", namespaces[t] + policies[t]) for t in tenants] \
+        + [(f"workloads/{name}.yaml", docs) for name, docs in workloads.items()]
+    for path, docs in groups:
+        _check_objects(docs, path)
+    ordered = [d for t in tenants for d in namespaces[t]] + cluster \
+        + [d for t in tenants for d in policies[t]] + [d for docs in workloads.values() for d in docs]
+    files = [RenderedFile(path, dump_yaml(docs)) for path, docs in groups]
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [path for path, _ in groups]}
+    files.append(RenderedFile("kustomization.yaml", yaml.dump(kustomization, Dumper=_Dumper, sort_keys=False,
+                                                              default_flow_style=False)))
+    return Rendered("kubernetes", plan.stack.name, tuple(ordered), tuple(files))
+
+
+def _render_local(tpl: Templates, plan: Plan, cache_dir: str) -> Rendered:
+    files: list[RenderedFile] = []
+    for p in plan.placements:
+        if p.runtime not in ("vm", "nested"):
+            continue   # containers run from the plan directly (docker backend); nothing to write
+        w = p.workload
+        ctx = _vm_context(tpl, plan, p, namespace="")
+        vm_dir = f"{cache_dir}/state/{plan.stack.name}/{w.name}"
+        xml = tpl.text("libvirt/domain.xml.j2", vm=ctx, stack=plan.stack.name,
+                       domain=f"hybridorch-{plan.stack.name}-{w.name}", vm_dir=vm_dir,
+                       guest_dir=f"{cache_dir}/guests/{w.vm.guest}-{w.arch}",
+                       has_disk=_disk_image(w) != DEFAULT_DISK_IMAGE)
+        problem = validate.libvirt_problem(xml)
+        if problem:
+            raise RenderError(f"{tpl.filename('libvirt/domain.xml.j2')}: domain XML of {w.name} is invalid: "
+                              f"{problem}")
+        files.append(RenderedFile(f"{w.name}/domain.xml", xml))
+        if ctx["user_data"] is not None:
+            meta = tpl.documents("cloud-init/meta-data.yaml.j2", instance_id=f"hybridorch-{plan.stack.name}-{w.name}",
+                                 hostname=w.name)
+            files.append(RenderedFile(f"{w.name}/user-data", ctx["user_data"]))
+            files.append(RenderedFile(f"{w.name}/meta-data", dump_yaml(meta).removeprefix("---\n")))
+    return Rendered("local", plan.stack.name, (), tuple(files))
+
+
+@lru_cache(maxsize=8)
+def _templates(user_dir: str | None) -> Templates:
+    # compiled templates are reused; Jinja's loader still notices edited files (auto_reload checks mtimes)
+    return Templates(user_dir)
+
+
+def default_cache_dir() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybridorch")
+
+
+def render_plan(plan: Plan, target: str = "kubernetes", templates_dir: str | None = None,
+                namespace_prefix: str = "", cache_dir: str | None = None) -> Rendered:
+    """Render and validate a plan; raises RenderError (and returns nothing) when any part is invalid.
+
+    cache_dir only shapes the local target's file paths (VM disks and seeds under cache_dir/state/<stack>/)."""
+    if target not in TARGETS:
+        raise RenderError(f"unknown render target {target!r}: use {' or '.join(TARGETS)}")
+    tpl = _templates(str(Path(templates_dir).resolve()) if templates_dir else None)
+    if target == "kubernetes":
+        return _render_kubernetes(tpl, plan, namespace_prefix)
+    return _render_local(tpl, plan, cache_dir or default_cache_dir())
+
+
+__all__ = ["render_plan", "Rendered", "RenderedFile", "Templates", "yaml_value", "unit_arg", "runtime_class_objects",
+           "dump_yaml", "cpu_quantity", "memory_quantity", "builtin_templates", "TARGETS", "RUNTIME_CLASS"]

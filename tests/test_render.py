@@ -1,0 +1,446 @@
+"""Rendering: golden files for the examples, schema validity, injection safety, template overrides and errors.
+
+Refresh every golden file and manifests/ after an intended change with one command:
+
+    HYBRIDORCH_REFRESH_GOLDEN=1 python3 -m pytest tests/test_render.py
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hybridorch import validate
+from hybridorch.api import plan_stack, render
+from hybridorch.cli import cli
+from hybridorch.errors import RenderError
+from hybridorch.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD
+from hybridorch.policy import PROFILES
+from hybridorch.render import (RUNTIME_CLASS, Rendered, dump_yaml, render_plan, runtime_class_objects, unit_arg,
+                               yaml_value)
+from tests.conftest import ROOT
+
+EXAMPLES = ["shop", "legacy-windows", "soc-rig"]
+GOLDEN = ROOT / "tests" / "golden"
+REFRESH = os.environ.get("HYBRIDORCH_REFRESH_GOLDEN") == "1"
+REFRESH_HINT = "refresh with: HYBRIDORCH_REFRESH_GOLDEN=1 python3 -m pytest tests/test_render.py"
+CACHE = "/var/cache/hybridorch"   # fixed so local-target paths do not depend on HOME
+
+
+def example(name: str) -> str:
+    return str(ROOT / "examples" / f"{name}.yaml")
+
+
+def render_example(name: str, target: str = "kubernetes") -> Rendered:
+    return render_plan(plan_stack(example(name)), target=target, cache_dir=CACHE)
+
+
+def check_against(expected_files: dict[str, str], directory: Path) -> None:
+    """Compare (or with REFRESH, rewrite) a directory of expected files, stale extra files included."""
+    if REFRESH:
+        for old in directory.rglob("*") if directory.exists() else ():
+            if old.is_file() and old.relative_to(directory).as_posix() not in expected_files:
+                old.unlink()
+        for rel, content in expected_files.items():
+            (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+            (directory / rel).write_text(content)
+    present = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    assert present == sorted(expected_files), f"{directory}: files differ; {REFRESH_HINT}"
+    for rel, content in expected_files.items():
+        assert (directory / rel).read_text() == content, f"{directory / rel} is stale; {REFRESH_HINT}"
+
+
+# --- golden files and manifests/ -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("target", ["kubernetes", "local"])
+def test_examples_match_golden_files(name: str, target: str):
+    rendered = render_example(name, target)
+    check_against({f.path: f.content for f in rendered.files}, GOLDEN / name / target)
+
+
+def test_manifests_are_current():
+    expected = {f"examples/{name}.yaml": render_example(name).stream() for name in EXAMPLES}
+    expected["runtimeclasses.yaml"] = dump_yaml(runtime_class_objects(PROFILES["balanced"]))
+    check_against(expected, ROOT / "manifests")
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_output_is_deterministic(name: str, tmp_path: Path):
+    first, second = render_example(name), render_example(name)
+    assert first.stream() == second.stream()
+    a, b = first.write(str(tmp_path / "a")), second.write(str(tmp_path / "b"))
+    assert [Path(p).read_bytes() for p in a] == [Path(p).read_bytes() for p in b]
+
+
+# --- what each runtime renders to ---------------------------------------------------------------------
+
+def kinds(rendered: Rendered, workload: str) -> list[str]:
+    return [d["kind"] for d in rendered.documents_by_workload()[workload]]
+
+
+def test_every_rendered_object_passes_its_schema_and_carries_the_labels():
+    for name in EXAMPLES:
+        rendered = render_example(name)
+        assert rendered.documents
+        for doc in rendered.documents:
+            assert validate.object_problems(doc) == [], (name, doc["kind"])
+            labels = doc["metadata"]["labels"]
+            assert labels[LABEL_MANAGED] == "hybridorch" and labels[LABEL_STACK] == rendered.stack
+            if doc["kind"] not in ("Namespace", "NetworkPolicy", "LimitRange", "ResourceQuota"):
+                assert LABEL_RUNTIME in labels, doc["kind"]
+            if doc["kind"] not in ("Namespace", "RuntimeClass"):
+                assert doc["metadata"]["namespace"]
+
+
+def test_apply_order_namespaces_runtimeclasses_policy_then_workloads():
+    order = [d["kind"] for d in render_example("shop").documents]
+    assert order[:2] == ["Namespace", "Namespace"] and order[2] == "RuntimeClass"
+    first_workload = min(order.index(k) for k in ("Deployment", "VirtualMachine"))
+    assert max(order.index(k) for k in ("NetworkPolicy", "LimitRange", "ResourceQuota")) < first_workload
+
+
+def test_schema_catches_a_misspelt_field_and_a_wrong_type():
+    deployment = next(d for d in render_example("shop").documents if d["kind"] == "Deployment")
+    bad = yaml.safe_load(yaml.safe_dump(deployment))
+    bad["spec"]["replicas"] = "two"
+    bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    problems = validate.object_problems(bad)
+    assert any("spec.replicas" in p for p in problems) and any("imagePullPolicyy" in p for p in problems)
+    vm = next(d for d in render_example("shop").documents if d["kind"] == "VirtualMachine")
+    vm = yaml.safe_load(yaml.safe_dump(vm))
+    vm["spec"]["template"]["spec"]["domain"]["cpu"]["cores"] = "many"
+    assert any("cores" in p for p in validate.object_problems(vm))
+
+
+def test_container_is_restricted_with_requests_and_limits():
+    web = next(d for d in render_example("shop").documents if d["kind"] == "Deployment"
+               and d["metadata"]["name"] == "web")
+    pod = web["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "250m", "memory": "64Mi"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux"}
+    assert web["spec"]["replicas"] == 2 and "runtimeClassName" not in pod
+
+
+def test_sandboxed_gets_runtime_class_with_overhead():
+    rendered = render_example("shop")
+    plugin = next(d for d in rendered.documents if d["metadata"]["name"] == "recommender-plugin"
+                  and d["kind"] == "Deployment")
+    assert plugin["spec"]["template"]["spec"]["runtimeClassName"] == RUNTIME_CLASS
+    assert plugin["spec"]["template"]["spec"]["nodeSelector"]["hybridorch.dev/virtualization"] == "true"
+    rc = next(d for d in rendered.documents if d["kind"] == "RuntimeClass")
+    assert rc["overhead"]["podFixed"] == {"cpu": "250m", "memory": "160Mi"}
+
+
+def test_vm_renders_kubevirt_vm_and_service():
+    rendered = render_example("shop")
+    assert kinds(rendered, "ledger-vm") == ["VirtualMachine", "Service"]
+    vm = rendered.documents_by_workload()["ledger-vm"][0]
+    spec = vm["spec"]["template"]["spec"]
+    assert vm["spec"]["runStrategy"] == "Always"
+    assert {"name": "rootdisk", "containerDisk": {"image": "hybridorch.local/ledger-disk:1"}} in spec["volumes"]
+    assert spec["domain"]["resources"]["limits"] == {"cpu": "1", "memory": "256Mi"}
+    assert spec["domain"]["devices"]["interfaces"][0]["ports"] == [{"name": "tcp-8091", "port": 8091,
+                                                                    "protocol": "TCP"}]
+    assert spec["nodeSelector"]["hybridorch.dev/virtualization"] == "true"
+    assert spec["volumes"][1]["cloudInitNoCloud"]["userData"].startswith("#cloud-config\n")
+
+
+def test_windows_vm_boots_from_its_pvc_without_cloud_init():
+    vm = render_example("legacy-windows").documents_by_workload()["billing-win"][0]
+    spec = vm["spec"]["template"]["spec"]
+    assert spec["volumes"] == [{"name": "rootdisk", "persistentVolumeClaim": {"claimName": "billing-win-disk"}}]
+    assert spec["domain"]["devices"]["disks"] == [{"name": "rootdisk", "disk": {"bus": "sata"}}]
+
+
+def test_nested_vm_is_emulated_arm64_running_its_containers_as_units():
+    rendered = render_example("soc-rig")
+    vm = rendered.documents_by_workload()["board"][0]
+    spec = vm["spec"]["template"]["spec"]
+    assert spec["architecture"] == "arm64" and spec["nodeSelector"]["kubernetes.io/arch"] == "amd64"
+    config = yaml.safe_load(spec["volumes"][1]["cloudInitNoCloud"]["userData"])
+    assert config["packages"] == ["podman"]
+    assert [f["path"] for f in config["write_files"]] == ["/etc/systemd/system/hybridorch-sensor-daemon.service",
+                                                          "/etc/systemd/system/hybridorch-telemetry.service"]
+    assert ["systemctl", "enable", "--now", "hybridorch-telemetry.service"] in config["runcmd"]
+    local = render_example("soc-rig", "local")
+    assert local.file("board/user-data").content == spec["volumes"][1]["cloudInitNoCloud"]["userData"]
+    xml = local.file("board/domain.xml").content
+    assert '<domain type="qemu">' in xml and 'arch="aarch64" machine="virt"' in xml
+
+
+def test_tenant_gets_namespace_psa_policies_and_quota():
+    rendered = render_example("shop", )
+    docs = [d for d in rendered.documents if d["metadata"].get("namespace") == "shop" or
+            (d["kind"] == "Namespace" and d["metadata"]["name"] == "shop")]
+    ns = next(d for d in docs if d["kind"] == "Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    assert policies["allow-web"]["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    quota = next(d for d in docs if d["kind"] == "ResourceQuota")["spec"]["hard"]
+    # web 2+1 x 250m, api 1+1 x 500m, plugin 1+1 x (250m + 250m sandbox overhead)
+    assert quota["requests.cpu"] == "2750m" and quota["pods"] == "7"
+    assert any(d["kind"] == "LimitRange" for d in docs)
+    payments = next(d for d in rendered.documents if d["kind"] == "Namespace" and d["metadata"]["name"] == "payments")
+    assert payments["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"  # runs a VM
+
+
+def test_namespace_prefix(write_stack: Callable[..., str]):
+    rendered = render(example("soc-rig"), namespace_prefix="ci-")
+    assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in rendered.documents} == {"ci-firmware"}
+
+
+def test_volumes_make_a_statefulset_and_privileged_under_efficient(write_stack: Callable[..., str]):
+    path = write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: db}
+        spec:
+          policy: efficient
+          workloads:
+            - name: pg
+              image: postgres:16
+              ports: [5432]
+              trust: trusted
+              volumes: [{name: data, mountPath: /var/lib/postgresql/data, size: 5Gi}]
+            - name: probe
+              image: hybridorch.local/busybox:1
+              trust: trusted
+              requires: [privileged]
+    """)
+    rendered = render(path)
+    pg = rendered.documents_by_workload()["pg"][0]
+    assert pg["kind"] == "StatefulSet" and pg["spec"]["serviceName"] == "pg"
+    assert pg["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {"storage": "5Gi"}
+    probe = rendered.documents_by_workload()["probe"][0]["spec"]["template"]["spec"]
+    assert probe["containers"][0]["securityContext"]["privileged"] is True
+    assert "securityContext" not in probe
+    ns = rendered.documents[0]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    quota = next(d for d in rendered.documents if d["kind"] == "ResourceQuota")
+    assert quota["spec"]["hard"]["requests.storage"] == "5Gi"
+
+
+# --- values can never become structure ----------------------------------------------------------------
+
+NASTY = ["a\nkind: Pod", "{{ x }}", "{% raw %}", "x: y", "--- \nkind: Secret", "'\"", "- 1", "&a *a", "yes",
+         "0x1F", "null", "~", "8080", "ü\u2028\x00\t", "${HOME} %n $$"]
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_yaml_value_round_trips(value: str):
+    assert yaml.safe_load(f"key: {yaml_value(value)}\n") == {"key": value}
+    assert yaml.safe_load(f"key: {yaml_value({'k': [value]})}\n") == {"key": {"k": [value]}}
+
+
+def test_yaml_value_refuses_floats():
+    with pytest.raises(TypeError):
+        yaml_value(1.5)
+
+
+def test_injection_through_env_command_and_user_data_stays_a_string(write_stack: Callable[..., str]):
+    path = write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: evil}
+        spec:
+          workloads:
+            - name: app
+              image: "img\\n---\\nkind: Secret"
+              command: ["sh", "-c", "echo {{ x }}\\nkind: Pod"]
+              env:
+                A: "a\\nkind: Pod"
+                B: "{{ x }}"
+                C: "{% if true %}x{% endif %}"
+              ports: [8080]
+            - name: nest
+              trust: trusted
+              containers:
+                - name: c
+                  image: busybox
+                  command: ["sh", "-c", "echo 100% $HOME\\nExecStartPre=/bin/rm -rf /"]
+                  env: {E: "v\\"\\n[Service]\\nExecStart=/bin/evil"}
+    """)
+    rendered = render(path)
+    assert sorted(d["kind"] for d in rendered.documents).count("Secret") == 0
+    assert "Pod" not in {d["kind"] for d in rendered.documents}
+    app = rendered.documents_by_workload()["app"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert app["image"] == "img\n---\nkind: Secret"
+    assert app["command"] == ["sh", "-c", "echo {{ x }}\nkind: Pod"]
+    assert app["env"] == [{"name": "A", "value": "a\nkind: Pod"}, {"name": "B", "value": "{{ x }}"},
+                          {"name": "C", "value": "{% if true %}x{% endif %}"}]
+    vm = rendered.documents_by_workload()["nest"][0]
+    config = yaml.safe_load(vm["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"]["userData"])
+    unit = config["write_files"][0]["content"]
+    lines = unit.splitlines()
+    assert [ln.split("=")[0] for ln in lines if "=" in ln and not ln.startswith((" ", "\t"))] == [
+        "Description", "Wants", "After", "Restart", "ExecStartPre", "ExecStart", "ExecStop", "WantedBy"]
+    assert '"sh" "-c" "echo 100%% $$HOME\\x0aExecStartPre=/bin/rm -rf /"' in unit
+    assert '--env "E=v\\"\\x0a[Service]\\x0aExecStart=/bin/evil"' in unit
+    assert lines.count("[Service]") == 1
+
+
+def test_unit_arg_quotes_and_escapes():
+    assert unit_arg('a b"\\%$\n') == '"a b\\"\\\\%%$$\\x0a"'
+
+
+# --- templates: overrides, sandbox, errors --------------------------------------------------------------
+
+def user_templates(tmp_path: Path, files: dict[str, str]) -> str:
+    for rel, text in files.items():
+        (tmp_path / "tpl" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tpl" / rel).write_text(text)
+    return str(tmp_path / "tpl")
+
+
+def test_user_template_overrides_only_its_file(tmp_path: Path):
+    builtin = (ROOT / "templates" / "kubernetes" / "service.yaml.j2").read_text()
+    custom = builtin.replace("  labels: {{ labels }}\n",
+                             "  labels: {{ labels }}\n  annotations: {team: {{ 'shop-' ~ name }}}\n")
+    assert custom != builtin
+    tpl = user_templates(tmp_path, {"kubernetes/service.yaml.j2": custom})
+    base = render(example("shop"))
+    over = render(example("shop"), templates=tpl)
+    changed = [(a["kind"], a["metadata"]["name"]) for a, b in zip(base.documents, over.documents) if a != b]
+    assert changed and all(kind == "Service" for kind, _ in changed)
+    assert len(changed) == sum(d["kind"] == "Service" for d in base.documents)
+    web = next(d for d in over.documents if d["kind"] == "Service" and d["metadata"]["name"] == "web")
+    assert web["metadata"]["annotations"] == {"team": "shop-web"}
+
+
+def test_user_templates_run_sandboxed(tmp_path: Path):
+    tpl = user_templates(tmp_path, {"kubernetes/service.yaml.j2":
+                                    "x: {{ name.__class__.__mro__[1].__subclasses__() }}\n"})
+    with pytest.raises(RenderError, match=r"service\.yaml\.j2:1: .*unsafe"):
+        render(example("shop"), templates=tpl)
+
+
+def test_undefined_variable_names_file_line_and_variable(tmp_path: Path):
+    text = (ROOT / "templates" / "kubernetes" / "workload.yaml.j2").read_text().splitlines()
+    line = next(i for i, ln in enumerate(text) if "replicas:" in ln) + 1
+    text[line - 1] = "  replicas: {{ w.replica_count }}"
+    tpl = user_templates(tmp_path, {"kubernetes/workload.yaml.j2": "\n".join(text) + "\n"})
+    with pytest.raises(RenderError) as err:
+        render(example("shop"), templates=tpl)
+    message = str(err.value)
+    assert f"{tpl}/kubernetes/workload.yaml.j2:{line}:" in message and "replica_count" in message
+
+
+def test_template_syntax_error_names_file_and_line(tmp_path: Path):
+    tpl = user_templates(tmp_path, {"kubernetes/limitrange.yaml.j2": "a: 1\nb: {% if %}\n"})
+    with pytest.raises(RenderError, match=r"limitrange\.yaml\.j2:2: template syntax error"):
+        render(example("shop"), templates=tpl)
+
+
+def test_unfiltered_value_is_still_quoted(tmp_path: Path):
+    # a user template that forgets `| yaml` cannot inject either: finalize quotes every expression
+    tpl = user_templates(tmp_path, {"kubernetes/service.yaml.j2":
+                                    (ROOT / "templates/kubernetes/service.yaml.j2").read_text()})
+    rendered = render(example("shop"), templates=tpl)
+    assert all(validate.object_problems(d) == [] for d in rendered.documents)
+
+
+def test_invalid_render_writes_nothing(tmp_path: Path):
+    text = (ROOT / "templates" / "kubernetes" / "workload.yaml.j2").read_text()
+    tpl = user_templates(tmp_path, {"kubernetes/workload.yaml.j2":
+                                    text.replace("  replicas: {{ w.replicas }}", "  replicas: {{ 'two' }}")})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["render", example("shop"), "--templates", tpl, "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "spec.replicas" in result.output and "Traceback" not in result.output
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tpl"]
+
+
+@pytest.mark.skipif(not validate.libvirt_available(), reason="virt-xml-validate/xmllint not installed")
+def test_invalid_libvirt_xml_is_a_render_error(tmp_path: Path):
+    tpl = user_templates(tmp_path, {"libvirt/domain.xml.j2": "<domain type='nonsense'><name>{{ domain }}</name></domain>\n"})
+    with pytest.raises(RenderError, match="domain XML of ledger-vm is invalid"):
+        render(example("shop"), target="local", templates=tpl)
+
+
+@pytest.mark.skipif(not validate.cloud_init_available(), reason="cloud-init not installed")
+def test_invalid_user_data_is_a_render_error(write_stack: Callable[..., str]):
+    path = write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: ci}
+        spec:
+          workloads:
+            - name: box
+              runtime: vm
+              vm: {userData: "packages: 3"}
+    """)
+    with pytest.raises(RenderError, match="box: cloud-init user data is invalid: .*packages"):
+        render(path)
+
+
+def test_user_data_is_merged(write_stack: Callable[..., str]):
+    path = write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: ci}
+        spec:
+          workloads:
+            - name: box
+              runtime: vm
+              vm: {userData: "#cloud-config\\npackages: [htop]\\ntimezone: UTC"}
+    """)
+    vm = render(path).documents[-1]
+    config = yaml.safe_load(vm["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"]["userData"])
+    assert config == {"hostname": "box", "packages": ["htop"], "timezone": "UTC"}
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+def test_write_kubernetes_layout_and_kustomization(tmp_path: Path):
+    paths = render_example("shop").write(str(tmp_path / "out"))
+    rel = sorted(Path(p).relative_to(tmp_path / "out").as_posix() for p in paths)
+    assert "kustomization.yaml" in rel and "workloads/ledger-vm.yaml" in rel and "tenants/payments.yaml" in rel
+    kustomization = yaml.safe_load((tmp_path / "out" / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == "cluster/runtimeclasses.yaml"
+    assert sorted(kustomization["resources"]) == sorted(r for r in rel if r != "kustomization.yaml")
+    on_disk = [d for r in kustomization["resources"] for d in yaml.safe_load_all((tmp_path / "out" / r).read_text())]
+    assert sorted(map(repr, on_disk)) == sorted(map(repr, render_example("shop").documents))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]   # no staging directory left behind
+
+
+def test_write_local_files(tmp_path: Path):
+    paths = render_example("legacy-windows", "local").write(str(tmp_path))
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in paths) == [
+        "billing-win/domain.xml", "reports/domain.xml", "reports/meta-data", "reports/user-data"]
+    assert yaml.safe_load((tmp_path / "reports" / "meta-data").read_text()) == {
+        "instance-id": "hybridorch-legacy-reports", "local-hostname": "reports"}
+
+
+def test_cli_render_to_stdout_is_the_stream():
+    result = CliRunner().invoke(cli, ["render", example("soc-rig")])
+    assert result.exit_code == 0, result.output
+    assert result.output == render(example("soc-rig")).stream()
+
+
+def test_unknown_target_is_a_render_error():
+    with pytest.raises(RenderError, match="unknown render target"):
+        render_plan(plan_stack(example("shop")), target="mars")
+
+
+def test_render_time_of_shop_is_small():
+    plan = plan_stack(example("shop"))
+    render_plan(plan)   # warm caches (schemas, templates)
+    start = time.perf_counter()
+    render_plan(plan)
+    elapsed = time.perf_counter() - start
+    print(f"render examples/shop.yaml: {elapsed * 1000:.0f} ms")
+    assert elapsed < 5, elapsed
+
+
