@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import PolicyError, Problem, SpecError
 from .plan import Plan, build_plan
 from .policy import PROFILES, Overhead, Profile, make_profile
 from .schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
-from .spec import API_VERSION, Stack, load_stack
+from .spec import API_VERSION, Stack, load_hosts, load_stack
 
 if TYPE_CHECKING:
     from .backends.base import WorkloadStatus
@@ -77,19 +78,23 @@ def resolve_policy(stack: Stack, override: str | None = None) -> Profile:
     return load_policy(path)
 
 
-def plan_stack(path: str, policy: str | None = None) -> Plan:
-    """Load a stack file and decide every workload's runtime and host."""
+def plan_stack(path: str, policy: str | None = None, hosts: str | None = None) -> Plan:
+    """Load a stack file and decide every workload's runtime and host.
+
+    `hosts` is a `kind: Hosts` file describing the machines or cluster; it replaces the stack's spec.hosts."""
     stack = load_stack(path)
+    if hosts:
+        stack = replace(stack, hosts=load_hosts(hosts))
     return build_plan(stack, resolve_policy(stack, policy))
 
 
-def validate_files(paths: list[str], policy: str | None = None) -> list[Plan]:
+def validate_files(paths: list[str], policy: str | None = None, hosts: str | None = None) -> list[Plan]:
     """Check each file completely (spec, policy contradictions, packing); raises SpecError with all problems."""
     plans: list[Plan] = []
     problems: list[Problem] = []
     for path in paths:
         try:
-            plans.append(plan_stack(path, policy))
+            plans.append(plan_stack(path, policy, hosts))
         except SpecError as err:
             problems.extend(err.problems)
     if problems:
@@ -100,18 +105,19 @@ def validate_files(paths: list[str], policy: str | None = None) -> list[Plan]:
 # --- rendering and running (each delegates to the module that owns the concept) --------------------
 
 def render(path: str, target: str = "kubernetes", templates: str | None = None, policy: str | None = None,
-           namespace_prefix: str = "") -> "Rendered":
+           namespace_prefix: str = "", hosts: str | None = None) -> "Rendered":
     """Plan a stack and render it (validated, nothing written): Kubernetes/KubeVirt objects or local VM files."""
     from .render import render_plan
 
-    return render_plan(plan_stack(path, policy), target=target, templates_dir=templates,
+    return render_plan(plan_stack(path, policy, hosts), target=target, templates_dir=templates,
                        namespace_prefix=namespace_prefix)
 
 
 def _backend_run(path: str, target: str, policy: str | None, options: dict[str, Any]) -> tuple[Plan, Any]:
     from .backends.base import get_backend
 
-    plan = plan_stack(path, policy)
+    hosts = options.pop("hosts", None)
+    plan = plan_stack(path, policy, hosts)
     return plan, get_backend(target, **options)
 
 

@@ -33,9 +33,17 @@ class HybridorchGroup(click.Group):
                                                     "help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hybridorch")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors (env HYBRIDORCH_DEBUG).")
-def cli(debug: bool) -> None:
+@click.option("--hosts", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A `kind: Hosts` file describing the machines or cluster (replaces spec.hosts; env HYBRIDORCH_HOSTS).")
+def cli(debug: bool, hosts: str | None) -> None:
     """Place every workload of a stack as a container, a sandboxed container, a VM or containers nested in a
     VM, explain each choice, and make it real on Kubernetes (kind, KubeVirt) or on this machine (Docker, QEMU)."""
+
+
+def _hosts() -> str | None:
+    """The global --hosts file, for the commands that plan."""
+    hosts: str | None = click.get_current_context().find_root().params.get("hosts")
+    return hosts
 
 
 policy_option = click.option("--policy", metavar="NAME|PATH",
@@ -50,7 +58,7 @@ def validate(files: tuple[str, ...], policy: str | None) -> None:
     """Check stack files: fields, types, quantities, names and placement contradictions."""
     from .api import validate_files
 
-    plans = validate_files(list(files), policy)
+    plans = validate_files(list(files), policy, _hosts())
     for plan in plans:
         click.echo(f"{plan.stack.file}: ok ({len(plan.placements)} workloads)")
 
@@ -63,7 +71,7 @@ def plan(file: str, policy: str | None, output: str) -> None:
     """Decide and explain the runtime of every workload, and pack them onto hosts."""
     from .api import plan_stack
 
-    result = plan_stack(file, policy)
+    result = plan_stack(file, policy, _hosts())
     if output == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif output == "yaml":
@@ -93,7 +101,7 @@ def render(file: str, target: str, out: str, templates: str | None, namespace_pr
     from . import api
 
     rendered = api.render(file, target=target, templates=templates, policy=policy,
-                          namespace_prefix=namespace_prefix)
+                          namespace_prefix=namespace_prefix, hosts=_hosts())
     if out == "-":
         click.echo(rendered.stream(), nl=False)
     else:
@@ -107,7 +115,11 @@ context_option = click.option("--context", help="kubeconfig context (target kube
 
 
 def _k8s_options(context: str | None, namespace_prefix: str = "") -> dict[str, str]:
+    """Backend options from the command line (and the global --hosts, which api pops before the backend)."""
     out = {}
+    hosts = _hosts()
+    if hosts:
+        out["hosts"] = hosts
     if context:
         out["context"] = context
     if namespace_prefix:

@@ -119,6 +119,14 @@ STACK = Obj({
 }, description="A hybridorch stack: workloads to place as containers, sandboxed containers, VMs or nested.")
 
 
+HOSTS_FILE = Obj({
+    "apiVersion": Field(Scalar(str, enum=(API_VERSION,)), required=True),
+    "kind": Field(Scalar(str, enum=("Hosts",)), required=True),
+    "metadata": Field(Obj({"name": Field(_name, required=True)}), required=True),
+    "spec": Field(Obj({"pools": Field(ListOf(HOST_POOL, min_items=1), required=True)}), required=True),
+}, description="A description of the hosts or cluster node pools workloads are placed on.")
+
+
 # --- typed model ---------------------------------------------------------------------------------
 
 def cpu_millis(quantity: str) -> int:
@@ -386,6 +394,18 @@ def load_stack(path: str, text: str | None = None) -> Stack:
         hosts=tuple(HostPool(**h) for h in pools) or DEFAULT_HOSTS,
         workloads=tuple(_workload(w, meta["name"], sub_lines(f"spec.workloads[{i}]")) for i, w in workloads),
         policy_line=doc.line("spec.policy"))
+
+
+def load_hosts(path: str) -> tuple[HostPool, ...]:
+    """A `kind: Hosts` file (the cluster or machines a stack is planned for), replacing a stack's spec.hosts."""
+    doc = check_document(path, HOSTS_FILE)
+    errors = Errors(path)
+    names = [p["name"] for p in doc.values["spec"]["pools"]]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            errors.add(doc.line(f"spec.pools[{i}].name"), f"spec.pools[{i}].name", f"duplicate host pool {name!r}")
+    errors.raise_if_any()
+    return tuple(HostPool(**p) for p in doc.values["spec"]["pools"])
 
 
 def problem(stack: Stack, workload: Workload, fld: str, message: str) -> Problem:

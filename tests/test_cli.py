@@ -124,3 +124,21 @@ def test_installed_console_script_plans_examples(example):
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "why:" in proc.stdout
+
+
+def test_hosts_file_replaces_spec_hosts_and_moves_arm64_off_emulation():
+    soc = str(ROOT / "examples" / "soc-rig.yaml")
+    default = json.loads(run("plan", soc, "-o", "json").output)
+    lab = json.loads(run("--hosts", str(ROOT / "examples" / "hosts-lab.yaml"), "plan", soc, "-o", "json").output)
+    board = [p for p in default["placements"] if p["workload"] == "board"][0]
+    board_lab = [p for p in lab["placements"] if p["workload"] == "board"][0]
+    assert board["emulated"] and board["host"]["arch"] == "amd64"
+    assert not board_lab["emulated"] and board_lab["host"]["pools"] == ["arm-boards"]
+
+
+def test_bad_hosts_file_is_located(write_stack):
+    hosts = write_stack("apiVersion: hybridorch.dev/v1alpha1\nkind: Hosts\nmetadata: {name: h}\n"
+                        "spec:\n  pools:\n    - {name: a, arch: m68k}\n", "hosts.yaml")
+    result = run("--hosts", hosts, "plan", SHOP)
+    assert result.exit_code == 2
+    assert f"{hosts}:6: spec.pools[0].arch: 'm68k' is not one of: amd64, arm64, riscv64" in result.output
