@@ -416,7 +416,7 @@ class ContainerRun:
 
     name: str
     command: tuple[str, ...]
-    rootfs: str                       # "busybox" (busybox-static of the guest arch), a directory, or docker:IMAGE
+    rootfs: str                       # "busybox" (busybox-static of the guest arch), a directory, or a .tar
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: int = 0                  # seconds; 0 = no limit (a service)
     host_network: bool = False        # share the guest's network (ports forwarded to the guest reach it)
@@ -546,26 +546,6 @@ def oci_config(c: ContainerRun, arch: str) -> dict[str, object]:
     }
 
 
-def _docker_export(image: str) -> bytes:
-    """The filesystem of a local Docker image, as a tar (docker create + export; the container is removed)."""
-    try:
-        made = subprocess.run(["docker", "create", image, "/bin/true"], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise BackendError(f"image {image!r} needs the docker CLI, which is not installed "
-                           "(or use `image: busybox` / `rootfs: DIR`)") from None
-    if made.returncode != 0:
-        last = (made.stderr.strip().splitlines() or ["?"])[-1]
-        raise BackendError(f"cannot export local image {image!r}: {last} (build it first, or use `image: busybox`)")
-    cid = made.stdout.strip()
-    try:
-        exported = subprocess.run(["docker", "export", cid], capture_output=True, timeout=300)
-        if exported.returncode != 0:
-            raise BackendError(f"docker export of {image!r} failed: {exported.stderr.decode().strip()}")
-        return exported.stdout
-    finally:
-        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, timeout=60)
-
-
 def write_program_initramfs(guest: Guest, program: GuestProgram, out: BinaryIO) -> None:
     """The per-VM archive appended to the base: /init, container bundles (rootfs + config.json)."""
     w = CpioWriter(out)
@@ -576,10 +556,12 @@ def write_program_initramfs(guest: Guest, program: GuestProgram, out: BinaryIO) 
         w.file(f"{prefix}/config.json", json.dumps(oci_config(c, guest.arch), indent=1).encode())
         if c.rootfs == "busybox":
             busybox_rootfs(w, f"{prefix}/rootfs", busybox)
-        elif c.rootfs.startswith("docker:"):
-            data = _docker_export(c.rootfs[len("docker:"):])
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                w.add_tar(f"{prefix}/rootfs", tar)
+        elif c.rootfs.endswith(".tar"):
+            try:
+                with tarfile.open(c.rootfs) as tar:
+                    w.add_tar(f"{prefix}/rootfs", tar)
+            except (OSError, tarfile.TarError) as err:
+                raise BackendError(f"container {c.name}: cannot read rootfs tarball {c.rootfs}: {err}") from err
         else:
             src = Path(c.rootfs)
             if not src.is_dir():

@@ -128,8 +128,8 @@ def test_installed_console_script_plans_examples(example):
 
 def test_hosts_file_replaces_spec_hosts_and_moves_arm64_off_emulation():
     soc = str(ROOT / "examples" / "soc-rig.yaml")
-    default = json.loads(run("plan", soc, "-o", "json").output)
-    lab = json.loads(run("--hosts", str(ROOT / "examples" / "hosts-lab.yaml"), "plan", soc, "-o", "json").output)
+    default = json.loads(run("plan", soc, "-o", "json").stdout)
+    lab = json.loads(run("--hosts", str(ROOT / "examples" / "hosts-lab.yaml"), "plan", soc, "-o", "json").stdout)
     board = [p for p in default["placements"] if p["workload"] == "board"][0]
     board_lab = [p for p in lab["placements"] if p["workload"] == "board"][0]
     assert board["emulated"] and board["host"]["arch"] == "amd64"
