@@ -17,7 +17,10 @@ from .errors import BackendError
 LOCAL_REGISTRY = "hybridorch.local"
 # Debian's busybox-static installs here; the dynamically linked `busybox` package uses the same path
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
-_REPO_IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"
+# built-in recipes: examples/images in a checkout, shipped as package hybridorch.recipes in the wheel
+_INSTALLED_IMAGES = Path(__file__).resolve().parent / "recipes"
+_REPO_IMAGES = _INSTALLED_IMAGES if _INSTALLED_IMAGES.is_dir() else \
+    Path(__file__).resolve().parent.parent / "examples" / "images"
 _FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 _COPY_BUSYBOX = re.compile(r"^\s*(?:COPY|ADD)\s+(?:--\S+\s+)*busybox\s", re.IGNORECASE | re.MULTILINE)
 

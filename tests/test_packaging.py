@@ -37,5 +37,7 @@ def test_wheel_install_ships_cli_templates_and_schemas(tmp_path: Path):
     shipped = sorted(p.relative_to(installed / "templates").as_posix() for p in (installed / "templates").rglob("*.j2"))
     expected = sorted(p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*.j2"))
     assert shipped == expected and shipped, shipped
+    assert (installed / "recipes" / "httpd" / "Dockerfile").is_file()
+    assert (installed / "recipes" / "busybox" / "Dockerfile").is_file()
     for schema in ("stack-v1alpha1.schema.json", "kubernetes-1.34-schema.json", "kubevirt-schema.json"):
         assert (installed / "data" / schema).is_file(), schema

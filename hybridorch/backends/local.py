@@ -1,0 +1,103 @@
+"""The default target: runs a whole stack on this machine, containers in Docker and VMs in QEMU.
+
+Dispatches each placement by runtime (container/sandboxed -> DockerBackend, vm/nested -> QemuBackend), merges
+results in plan order, and removes what a failed or interrupted `up` started.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..errors import BackendError
+from .base import Backend, WorkloadStatus
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..render import Rendered
+
+CONTAINER_RUNTIMES = frozenset({"container", "sandboxed"})
+VM_RUNTIMES = frozenset({"vm", "nested"})
+
+
+class LocalBackend(Backend):
+    """Containers first, then VMs (containers start in about a second, so a broken image fails fast).
+
+    A sub-backend that fails cleans up its own partial work; this class then undoes the sides that had
+    already succeeded in this run (`rollback`), so an interrupted `up` leaves only what existed before it."""
+
+    name = "local"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._backends: dict[str, Backend] = {}
+
+    def _side(self, kind: str) -> Backend:
+        """The Docker or QEMU backend, imported on first use so a container-only stack never needs QEMU."""
+        if kind not in self._backends:
+            module_name, cls_name = {"containers": ("hybridorch.backends.docker", "DockerBackend"),
+                                     "vms": ("hybridorch.backends.qemu", "QemuBackend")}[kind]
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as err:
+                raise BackendError(f"the local {kind} backend cannot be loaded ({err}); "
+                                   "reinstall hybridorch") from err
+            self._backends[kind] = getattr(module, cls_name)(**self.options)
+        return self._backends[kind]
+
+    @staticmethod
+    def split(plan: Plan) -> list[tuple[str, Plan]]:
+        """The plan cut into the part each side runs, containers first; sides with no placements are left out."""
+        parts = []
+        for kind, runtimes in (("containers", CONTAINER_RUNTIMES), ("vms", VM_RUNTIMES)):
+            placements = tuple(p for p in plan.placements if p.runtime in runtimes)
+            if placements:
+                parts.append((kind, replace(plan, placements=placements)))
+        return parts
+
+    def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
+        done: list[Backend] = []
+        results: list[WorkloadStatus] = []
+        try:
+            for kind, part in self.split(plan):
+                backend = self._side(kind)
+                results += backend.up(part, rendered, wait=wait, timeout=timeout)
+                done.append(backend)
+        except BaseException:
+            # KeyboardInterrupt included: what this run started must not outlive it
+            for backend in reversed(done):
+                undo = getattr(backend, "rollback", None)
+                if undo is not None:
+                    undo()
+            raise
+        return _in_plan_order(plan, results)
+
+    def status(self, plan: Plan) -> list[WorkloadStatus]:
+        results: list[WorkloadStatus] = []
+        for kind, part in self.split(plan):
+            results += self._side(kind).status(part)
+        return _in_plan_order(plan, results)
+
+    def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        placement = plan.placement(workload)
+        kind = "containers" if placement.runtime in CONTAINER_RUNTIMES else "vms"
+        return self._side(kind).logs(replace(plan, placements=(placement,)), workload, tail=tail, follow=follow)
+
+    def down(self, plan: Plan) -> list[str]:
+        """Docker objects are found by the stack's labels whatever the plan says now (a workload moved from
+        container to VM leaves no container behind); the QEMU side is asked only when the plan has VMs."""
+        removed: list[str] = []
+        parts = self.split(plan)
+        if "containers" not in {kind for kind, _ in parts}:
+            try:
+                removed += self._side("containers").down(plan)
+            except BackendError:
+                pass  # no containers in the plan and no engine: nothing of ours can be running there
+        for kind, part in parts:
+            removed += self._side(kind).down(part)
+        return removed
+
+
+def _in_plan_order(plan: Plan, results: list[WorkloadStatus]) -> list[WorkloadStatus]:
+    order = {p.name: i for i, p in enumerate(plan.placements)}
+    return sorted(results, key=lambda s: order.get(s.name, len(order)))
