@@ -107,15 +107,23 @@ def remove_test_objects(client: Any, stacks: set[str] | None = None) -> list[str
             return stack in stacks
         return stack.startswith(TEST_STACK_PREFIX) and _age(created) > STALE_AFTER
 
+    import docker.errors
+
     removed = []
     for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=hybridorch"}):
         if ours(c.labels, c.attrs.get("Created", "")):
-            c.remove(force=True)
-            removed.append(c.name)
+            try:
+                c.remove(force=True)
+                removed.append(c.name)
+            except docker.errors.NotFound:  # removed meanwhile by the test that owned it
+                pass
     for n in client.networks.list(filters={"label": f"{LABEL_MANAGED}=hybridorch"}):
         if ours(n.attrs.get("Labels"), n.attrs.get("Created", "")):
-            n.remove()
-            removed.append(n.name)
+            try:
+                n.remove()
+                removed.append(n.name)
+            except docker.errors.NotFound:
+                pass
     return removed
 
 

@@ -227,6 +227,21 @@ def delete(file: str, context: str | None, namespace_prefix: str, policy: str | 
         click.echo(f"deleted {item}")
 
 
+@cli.command("soc-test")
+@click.argument("plans", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--junit", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Also write the results as JUnit XML.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Plans run in parallel, each in its own VM.")
+def soc_test(plans: tuple[str, ...], junit: str | None, jobs: int) -> None:
+    """Boot an emulated board per `kind: SocTest` plan, run its containers inside with runc, report the results."""
+    from . import soc
+
+    report = soc.run_soc_tests(list(plans), junit, jobs)
+    click.echo(soc.format_report(report))
+    soc.check_report(report)  # TestFailure (exit 1) unless every test passed
+
+
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of the stack file (for editor autocompletion)."""

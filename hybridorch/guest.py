@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Mapping
+from typing import IO, BinaryIO, Iterable, Mapping
 
 from .errors import BackendError, HybridorchError
 
@@ -276,8 +276,9 @@ def fetch_guest(arch: str, *, log: BinaryIO | None = None) -> Guest:
         meta = {"arch": arch, "kernelVersion": kver, "packages": versions, "modules": names}
         (new / "guest.json").write_text(json.dumps(meta, indent=2) + "\n")
         guest = Guest(arch, new, kver, versions, tuple(names))
-        with gzip.open(new / "base.cpio.gz", "wb", compresslevel=6) as fh:
-            write_base_initramfs(guest, fh)
+        buf = io.BytesIO()
+        write_base_initramfs(guest, buf)
+        (new / "base.cpio.gz").write_bytes(gzip.compress(buf.getvalue(), compresslevel=6, mtime=0))
         shutil.rmtree(root, ignore_errors=True)
         new.rename(root)
     return load_guest(arch)
@@ -291,7 +292,7 @@ class CpioWriter:
     Several archives concatenated (each with its trailer) unpack one after the other, later files winning;
     that is how a cached base archive and a small per-VM archive become one initrd."""
 
-    def __init__(self, out: BinaryIO):
+    def __init__(self, out: IO[bytes]):
         self.out = out
         self.ino = 300000
         self.written: set[str] = set()
@@ -385,7 +386,7 @@ def busybox_rootfs(writer: CpioWriter, prefix: str, busybox: bytes) -> None:
     writer.file(f"{prefix}/etc/group", b"root:x:0:\n")
 
 
-def write_base_initramfs(guest: Guest, out: BinaryIO) -> None:
+def write_base_initramfs(guest: Guest, out: IO[bytes]) -> None:
     """The part shared by every guest of an arch: busybox, runc with its libraries, kernel modules."""
     w = CpioWriter(out)
     for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc", "root", "lib/hyb", "containers", "var"):

@@ -84,17 +84,17 @@ class LocalBackend(Backend):
         return self._side(kind).logs(replace(plan, placements=(placement,)), workload, tail=tail, follow=follow)
 
     def down(self, plan: Plan) -> list[str]:
-        """Docker objects are found by the stack's labels whatever the plan says now (a workload moved from
-        container to VM leaves no container behind); the QEMU side is asked only when the plan has VMs."""
+        """Both sides are asked whatever the plan says now: Docker finds the stack's objects by label and QEMU by
+        the stack's state directory, so a workload that left the stack or changed runtime leaves nothing behind."""
         removed: list[str] = []
-        parts = self.split(plan)
-        if "containers" not in {kind for kind, _ in parts}:
+        has = {kind for kind, _ in self.split(plan)}
+        for kind in ("containers", "vms"):
             try:
-                removed += self._side("containers").down(plan)
+                removed += self._side(kind).down(plan)
             except BackendError:
-                pass  # no containers in the plan and no engine: nothing of ours can be running there
-        for kind, part in parts:
-            removed += self._side(kind).down(part)
+                if kind in has:
+                    raise
+                # nothing of this kind in the plan and its runtime is unusable: nothing of ours runs there
         return removed
 
 

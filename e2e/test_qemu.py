@@ -1,0 +1,187 @@
+"""End-to-end: `vm` workloads as real local QEMU guests (TCG here), and every way bringing one up can fail."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_ports, hybridorch, require
+from hybridorch import api
+from hybridorch.backends.qemu import QemuBackend
+from hybridorch.errors import BackendError
+from hybridorch.guest import guest_dir
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def _qemu_ready() -> None:
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 missing (e2e/packages.txt)")
+    require((guest_dir("amd64") / "guest.json").exists(),
+            "no amd64 guest cached: run e2e/setup.d/20-guests.sh")
+
+
+def live_qemus(state_dir: Path) -> list[int]:
+    """Running (non-zombie) processes whose command line points into this test's state dir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(state_dir) in cmd and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def vm_stack(name: str, workloads: str) -> str:
+    return f"""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata:
+          name: {name}
+        spec:
+          workloads:
+        {workloads}
+        """
+
+
+def http_get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def test_vm_serves_http_is_idempotent_and_down_cleans(state_dir: Path, stack_file) -> None:
+    p1, p2 = free_ports(2)
+    body = f"""
+            - name: web
+              runtime: vm
+              resources: {{cpu: "1", memory: 192Mi}}
+              ports: [{{port: 80, hostPort: {p1}}}]
+            - name: other
+              runtime: vm
+              resources: {{cpu: "1", memory: MEM}}
+              ports: [{{port: 8000, hostPort: {p2}}}]
+    """
+    path = stack_file(vm_stack("e2e-qemu", body.replace("MEM", "160Mi")), "stack.yaml")
+    hybridorch("up", path)
+    assert "<h1>web</h1>" in http_get(p1)
+    assert "<h1>other</h1>" in http_get(p2)
+
+    status = {s["name"]: s for s in json.loads(hybridorch("status", path, "-o", "json").stdout)}
+    assert status["web"]["state"] == "ready" and status["web"]["accelerator"] in ("tcg", "kvm")
+    expected_accel = "tcg" if "kvm\": false" in (Path.home() / ".cache/hybridorch/kvm-probe.json").read_text() \
+        else "kvm"
+    assert status["web"]["accelerator"] == expected_accel
+    assert f"127.0.0.1:{p1}->80/tcp" in status["web"]["ports"]
+    pids = {n: s["pid"] for n, s in status.items()}
+
+    logs = hybridorch("logs", path, "web").stdout
+    assert "@@HYB BOOTED" in logs and "x86_64" in logs
+
+    # unchanged spec: nothing restarts
+    started = time.monotonic()
+    hybridorch("up", path)
+    assert time.monotonic() - started < 10
+    again = {s["name"]: s["pid"] for s in json.loads(hybridorch("status", path, "-o", "json").stdout)}
+    assert again == pids
+
+    # one VM changed: only that one is replaced
+    Path(path).write_text(Path(path).read_text().replace("160Mi", "176Mi"))
+    hybridorch("up", path)
+    changed = {s["name"]: s["pid"] for s in json.loads(hybridorch("status", path, "-o", "json").stdout)}
+    assert changed["web"] == pids["web"] and changed["other"] != pids["other"]
+    assert "<h1>other</h1>" in http_get(p2)
+    assert sorted(live_qemus(state_dir)) == sorted(changed.values())
+
+    out = hybridorch("down", path).stdout
+    assert "removed vm web" in out and "removed vm other" in out
+    assert live_qemus(state_dir) == []
+    assert not (state_dir / "e2e-qemu").exists()
+
+
+def _plan(path: str):
+    return api.plan_stack(path)
+
+
+def test_qemu_missing_is_one_line_error(state_dir: Path, stack_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    (port,) = free_ports(1)
+    path = stack_file(vm_stack("e2e-noqemu", f"""
+            - name: web
+              runtime: vm
+              ports: [{{port: 80, hostPort: {port}}}]
+    """))
+    result = hybridorch("up", path, env={"HYBRIDORCH_QEMU_BINARY": "/nonexistent/qemu-system-x86_64"}, check=False)
+    assert result.returncode == 4
+    assert result.stderr.strip().splitlines() == [
+        "error: QEMU is not installed (/nonexistent/qemu-system-x86_64 not found): apt-get install qemu-system-x86"]
+    assert "Traceback" not in result.stderr
+    assert list(state_dir.rglob("*.pid")) == [] and live_qemus(state_dir) == []
+
+
+def test_port_in_use_is_refused_before_boot(state_dir: Path, stack_file) -> None:
+    (port,) = free_ports(1)
+    path = stack_file(vm_stack("e2e-portbusy", f"""
+            - name: web
+              runtime: vm
+              ports: [{{port: 80, hostPort: {port}}}]
+    """))
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen(1)
+        with pytest.raises(BackendError, match=f"port 127.0.0.1:{port} is already in use"):
+            QemuBackend().up(_plan(path), None)
+    assert live_qemus(state_dir) == []
+    assert not any((state_dir / "e2e-portbusy").glob("*/qemu.pid"))
+
+
+def test_vm_not_ready_in_time_is_killed_and_shows_console(state_dir: Path, stack_file) -> None:
+    path = stack_file(vm_stack("e2e-slow", """
+            - name: never
+              runtime: vm
+              command: ["sh", "-c", "echo still-waiting-for-godot"]
+              ready: {marker: "this marker is never printed", timeout: 8}
+    """))
+    with pytest.raises(BackendError) as err:
+        QemuBackend().up(_plan(path), None)
+    message = str(err.value)
+    assert "VM never was not ready within 8s" in message and "last console lines" in message
+    assert "\n" not in message
+    assert "@@HYB BOOTED" in message or "still-waiting-for-godot" in message
+    assert live_qemus(state_dir) == []
+    assert not (state_dir / "e2e-slow" / "never").exists()
+
+
+def test_ctrl_c_during_up_removes_what_was_started(state_dir: Path, stack_file) -> None:
+    (port,) = free_ports(1)
+    path = stack_file(vm_stack("e2e-ctrlc", f"""
+            - name: web
+              runtime: vm
+              ports: [{{port: 80, hostPort: {port}}}]
+              ready: {{marker: "never printed", timeout: 120}}
+    """))
+    proc = subprocess.Popen([sys.executable, "-m", "hybridorch", "up", path], cwd=ROOT, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not live_qemus(state_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live_qemus(state_dir), "QEMU never started"
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)   # what a terminal's Ctrl-C delivers to the foreground process
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "Traceback" not in stderr
+    assert live_qemus(state_dir) == []
+    assert not any((state_dir / "e2e-ctrlc").glob("*/qemu.pid"))

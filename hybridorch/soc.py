@@ -1,0 +1,410 @@
+"""`soc-test`: run containerised test suites on an emulated board of the target arch before the hardware exists.
+
+A `kind: SocTest` plan names the board (arch, machine, memory, cpus) and the containers to run; each plan boots
+one QEMU guest that runs every container with runc and reports exit codes and output over the serial console.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BackendError, HybridorchError, Problem, SpecError, TestFailure
+from .guest import RESULT_PREFIX, ContainerRun, GuestProgram
+from .schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
+from .spec import API_VERSION
+
+SOC_ARCHES = ("amd64", "arm64")
+MACHINES = {"amd64": ("q35", "pc"), "arm64": ("virt",)}
+DEFAULT_MACHINE = {"amd64": "q35", "arm64": "virt"}
+
+
+def _regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as err:
+        return f"{value!r} is not a regular expression: {err}"
+    return None
+
+
+_name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+
+SOC_CONTAINER = Obj({
+    "name": Field(_name, required=True, doc="Test name, unique in the plan."),
+    "image": Field(Scalar(str), doc="`busybox` (busybox-static of the target arch) or a local Docker image "
+                                    "built for the target arch (exported with docker export)."),
+    "rootfs": Field(Scalar(str), doc="A directory holding the container's root filesystem (relative to the plan)."),
+    "command": Field(ListOf(Scalar(str), min_items=1), required=True),
+    "env": Field(MapOf(Scalar(str), key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"), default=dict),
+    "expect": Field(Obj({
+        "exitCode": Field(Scalar(int, minimum=0, maximum=255), default=0),
+        "output": Field(Scalar(str, validate=_regex), doc="A regular expression the output must match (search)."),
+    }), default=lambda: {"exitCode": 0, "output": None}),
+    "timeout": Field(Scalar(int, minimum=1, maximum=3600), default=60,
+                     doc="Seconds; a container still running then is killed and the test fails."),
+}, description="One containerised test run inside the emulated board.")
+
+SOC_TEST = Obj({
+    "apiVersion": Field(Scalar(str, enum=(API_VERSION,)), required=True),
+    "kind": Field(Scalar(str, enum=("SocTest",)), required=True),
+    "metadata": Field(Obj({"name": Field(_name, required=True)}), required=True),
+    "spec": Field(Obj({
+        "target": Field(Obj({
+            "arch": Field(Scalar(str, enum=SOC_ARCHES + ("riscv64",)), required=True),
+            "machine": Field(Scalar(str), doc="QEMU machine: q35 or pc (amd64), virt (arm64)."),
+            "memory": Field(Quantity("memory"), default="512Mi"),
+            "cpus": Field(Scalar(int, minimum=1, maximum=16), default=1),
+            "timeout": Field(Scalar(int, minimum=10, maximum=7200), default=900,
+                             doc="Seconds for the whole run: boot plus every test."),
+        }), required=True),
+        "guest": Field(Obj({
+            "kernel": Field(Scalar(str, enum=("debian",)), default="debian",
+                            doc="Kernel from the Debian linux-image package of the target arch."),
+            "userland": Field(Scalar(str, enum=("busybox",)), default="busybox",
+                              doc="busybox-static and runc from Debian packages of the target arch."),
+        }), default=lambda: {"kernel": "debian", "userland": "busybox"}),
+        "containers": Field(ListOf(SOC_CONTAINER, min_items=1), required=True),
+    }), required=True),
+}, description="A test plan: containers to run on an emulated board of the target architecture.")
+
+
+# --- typed plan --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SocContainer:
+    name: str
+    command: tuple[str, ...]
+    image: str | None = None
+    rootfs: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    exit_code: int = 0
+    output: str | None = None
+    timeout: int = 60
+
+    @property
+    def source(self) -> str:
+        """What the guest module's ContainerRun.rootfs expects (docker: images are exported by the backend)."""
+        if self.rootfs:
+            return self.rootfs
+        if self.image in (None, "busybox"):
+            return "busybox"
+        return f"docker:{self.image}"
+
+
+@dataclass(frozen=True)
+class SocPlan:
+    name: str
+    file: str
+    arch: str
+    machine: str
+    memory_mib: int
+    cpus: int
+    timeout: int
+    containers: tuple[SocContainer, ...]
+
+
+def load_soc_plan(path: str, text: str | None = None) -> SocPlan:
+    """Load and check a `kind: SocTest` file; SpecError names file, line and field of every problem."""
+    errors = Errors(path)
+    doc = check_document(path, SOC_TEST, text, errors, raise_errors=False)
+    spec = doc.values.get("spec") or {}
+    target = spec.get("target") or {}
+    arch = target.get("arch")
+    if arch == "riscv64":
+        errors.add(doc.line("spec.target.arch"), "spec.target.arch",
+                   "riscv64 is not supported: Debian 12 has no riscv64 kernel or busybox packages (use amd64 or arm64)")
+    machine = target.get("machine")
+    if arch in MACHINES and machine and machine not in MACHINES[arch]:
+        errors.add(doc.line("spec.target.machine"), "spec.target.machine",
+                   f"{machine!r} is not a {arch} machine: use {' or '.join(MACHINES[arch])}")
+    memory = parse_quantity(target["memory"]) if target.get("memory") else None
+    if memory is not None and memory < 128 * 2**20:
+        errors.add(doc.line("spec.target.memory"), "spec.target.memory",
+                   "at least 128Mi: the guest's initramfs (runc, container roots) lives in RAM")
+    seen: set[str] = set()
+    for i, c in enumerate(spec.get("containers") or []):
+        if not c:
+            continue
+        where = f"spec.containers[{i}]"
+        if c.get("name") in seen:
+            errors.add(doc.line(f"{where}.name"), f"{where}.name", f"test {c['name']!r} is listed twice")
+        seen.add(c.get("name"))
+        if c.get("image") and c.get("rootfs"):
+            errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", "give either image or rootfs, not both")
+        if not c.get("image") and not c.get("rootfs"):
+            errors.add(doc.line(where), f"{where}.image", "an image (e.g. busybox) or a rootfs directory is required")
+        if c.get("rootfs"):
+            root = c["rootfs"] if os.path.isabs(c["rootfs"]) else os.path.join(os.path.dirname(path), c["rootfs"])
+            if not os.path.isdir(root):
+                errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", f"{c['rootfs']} is not a directory")
+            c["rootfs"] = os.path.abspath(root)
+    errors.raise_if_any()
+    assert isinstance(arch, str)  # required and checked above
+    containers = tuple(
+        SocContainer(name=c["name"], command=tuple(c["command"]), image=c.get("image"), rootfs=c.get("rootfs"),
+                     env=dict(c["env"]), exit_code=c["expect"]["exitCode"], output=c["expect"].get("output"),
+                     timeout=c["timeout"])
+        for c in spec["containers"])
+    return SocPlan(name=doc.values["metadata"]["name"], file=path, arch=arch,
+                   machine=machine or DEFAULT_MACHINE[arch], memory_mib=int(memory or 512 * 2**20) // 2**20,
+                   cpus=target["cpus"], timeout=target["timeout"], containers=containers)
+
+
+def program_for_plan(plan: SocPlan) -> GuestProgram:
+    """Tests run one after the other (each with a watchdog), then the guest powers off; no network needed."""
+    return GuestProgram(plan.name, containers=tuple(
+        ContainerRun(c.name, c.command, c.source, c.env, timeout=c.timeout) for c in plan.containers),
+        services=False, network=False)
+
+
+# --- results -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TestResult:
+    __test__ = False  # not a pytest class
+
+    name: str
+    outcome: str            # passed | failed | error
+    exit_code: int | None
+    duration: float
+    output: str = ""
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "passed"
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: str
+    file: str
+    arch: str
+    accelerator: str
+    tests: tuple[TestResult, ...]
+    boot_seconds: float | None = None          # QEMU start to the guest's /init
+    first_result_seconds: float | None = None  # QEMU start to the first test result
+    total_seconds: float = 0.0
+    error: str = ""                             # the plan could not run (guest did not boot, ...)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(t.passed for t in self.tests)
+
+
+@dataclass(frozen=True)
+class SocReport:
+    plans: tuple[PlanResult, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.plans)
+
+    def counts(self) -> dict[str, int]:
+        out = {"passed": 0, "failed": 0, "error": 0}
+        for p in self.plans:
+            for t in p.tests:
+                out[t.outcome] += 1
+        return out
+
+
+def judge(c: SocContainer, exit_code: int | None, timed_out: bool, output: str, duration: float) -> TestResult:
+    if exit_code is None:
+        return TestResult(c.name, "error", None, duration, output,
+                          "no result: the guest stopped before this test finished")
+    if timed_out:
+        return TestResult(c.name, "failed", exit_code, duration, output, f"timed out after {c.timeout}s (killed)")
+    if exit_code != c.exit_code:
+        return TestResult(c.name, "failed", exit_code, duration, output,
+                          f"expected exit code {c.exit_code}, got {exit_code}")
+    if c.output and not re.search(c.output, output, re.MULTILINE):
+        return TestResult(c.name, "failed", exit_code, duration, output, f"output does not match /{c.output}/")
+    return TestResult(c.name, "passed", exit_code, duration, output)
+
+
+def parse_results(plan: SocPlan, lines: list[str]) -> list[TestResult]:
+    """The guest's @@HYB OUT/RESULT lines turned into one result per planned test, in plan order."""
+    out: dict[str, list[str]] = {}
+    done: dict[str, tuple[int, bool, float]] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3 or parts[0] != RESULT_PREFIX:
+            continue
+        if parts[1] == "OUT" and len(parts) >= 4:
+            out.setdefault(parts[2], []).append(parts[3])
+        elif parts[1] == "RESULT" and len(parts) == 7:
+            try:
+                done[parts[2]] = (int(parts[3]), parts[4] == "1", float(parts[6]) - float(parts[5]))
+            except ValueError:
+                continue
+    results = []
+    for c in plan.containers:
+        try:
+            text = base64.b64decode("".join(out.get(c.name, []))).decode(errors="replace")
+        except ValueError:
+            text = ""
+        rc, timed_out, duration = done.get(c.name, (None, False, 0.0))
+        results.append(judge(c, rc, timed_out, text, duration))
+    return results
+
+
+def run_plan(plan: SocPlan, workroot: Path, cancel: threading.Event | None = None) -> PlanResult:
+    """Boot one isolated guest for the plan and collect every test's result; a VM-level failure is the plan's
+    error (the other plans still run)."""
+    from .backends.qemu import run_guest  # only the backend starts QEMU
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"{plan.name}-", dir=workroot))
+    started = time.monotonic()
+    try:
+        run = run_guest(plan.arch, program_for_plan(plan), workdir=workdir, cpus=plan.cpus,
+                        memory_mib=plan.memory_mib, machine=plan.machine, boot_timeout=min(plan.timeout, 180),
+                        timeout=plan.timeout, cancel=cancel)
+    except BackendError as err:
+        tests = tuple(TestResult(c.name, "error", None, 0.0, "", "the guest did not run") for c in plan.containers)
+        return PlanResult(plan.name, plan.file, plan.arch, "", tests, total_seconds=time.monotonic() - started,
+                          error=str(err))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    texts = [ln.text for ln in run.lines]
+    results = parse_results(plan, texts)
+    boot = next((ln.at for ln in run.lines if ln.text.startswith(f"{RESULT_PREFIX} BOOTED")), None)
+    first = next((ln.at for ln in run.lines if ln.text.startswith(f"{RESULT_PREFIX} RESULT")), None)
+    error = ""
+    if run.timed_out:
+        error = f"the run exceeded target.timeout ({plan.timeout}s) and was stopped; last console lines: " \
+                f"{run.console_tail}"
+    elif not run.finished and any(r.exit_code is None for r in results):
+        error = f"the guest stopped before every test ran; last console lines: {run.console_tail}"
+    return PlanResult(plan.name, plan.file, plan.arch, run.accelerator, tuple(results), boot, first, run.seconds,
+                      error)
+
+
+def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int = 1) -> SocReport:
+    """Load every plan (all spec problems at once), run them `jobs` at a time, write JUnit XML if asked.
+
+    Returns the report whatever the outcome; the CLI raises TestFailure when `not report.ok`."""
+    problems: list[Problem] = []
+    plans: list[SocPlan] = []
+    for path in paths:
+        try:
+            plans.append(load_soc_plan(path))
+        except SpecError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise SpecError(problems)
+    names = [p.name for p in plans]
+    for p in plans:
+        if names.count(p.name) > 1:
+            raise SpecError([Problem(p.file, 0, "metadata.name", f"plan name {p.name!r} is used by several files")])
+    from .backends.qemu import qemu_binary, state_root
+    from .guest import load_guest
+
+    for arch in dict.fromkeys(p.arch for p in plans):  # fail fast, before any VM starts
+        qemu_binary(arch)
+        load_guest(arch)
+    workroot = state_root() / "soc"
+    workroot.mkdir(parents=True, exist_ok=True)
+    cancel = threading.Event()
+    started = time.monotonic()
+    results: list[PlanResult] = []
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="soc") as pool:
+        futures = [pool.submit(run_plan, p, workroot, cancel) for p in plans]
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:
+            cancel.set()  # every running VM stops; queued plans never start
+            for f in futures:
+                f.cancel()
+            raise
+    try:
+        workroot.rmdir()  # only if no other soc-test run is using it
+    except OSError:
+        pass
+    report = SocReport(tuple(results), time.monotonic() - started)
+    if junit:
+        write_junit(report, junit)
+    return report
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_report(report: SocReport) -> str:
+    rows = [("PLAN", "ARCH", "TEST", "RESULT", "EXIT", "TIME", "DETAIL")]
+    for p in report.plans:
+        for t in p.tests:
+            last_output = (t.output.strip().splitlines() or [""])[-1]
+            rows.append((p.plan, p.arch, t.name, t.outcome if t.passed else t.outcome.upper(),
+                         "-" if t.exit_code is None else str(t.exit_code), f"{t.duration:.1f}s",
+                         _clip(t.message or last_output)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
+    for p in report.plans:
+        if p.error:
+            lines.append(f"{p.plan}: error: {p.error}")
+        else:
+            lines.append(f"{p.plan}: {p.arch} on QEMU {p.accelerator}, boot {p.boot_seconds or 0:.1f}s, first result "
+                         f"{p.first_result_seconds or 0:.1f}s, total {p.total_seconds:.1f}s")
+    n = report.counts()
+    lines.append(f"{n['passed']} passed, {n['failed']} failed, {n['error']} errors in {report.seconds:.1f}s")
+    return "\n".join(lines)
+
+
+def junit_xml(report: SocReport) -> ET.Element:
+    suites = ET.Element("testsuites", name="hybridorch soc-test", time=f"{report.seconds:.3f}")
+    for p in report.plans:
+        n_fail = sum(t.outcome == "failed" for t in p.tests)
+        n_err = sum(t.outcome == "error" for t in p.tests)
+        suite = ET.SubElement(suites, "testsuite", name=p.plan, tests=str(len(p.tests)), failures=str(n_fail),
+                              errors=str(n_err), skipped="0", time=f"{p.total_seconds:.3f}",
+                              hostname=socket.gethostname())
+        props = ET.SubElement(suite, "properties")
+        for key, value in (("file", p.file), ("arch", p.arch), ("accelerator", p.accelerator),
+                           ("bootSeconds", f"{p.boot_seconds or 0:.2f}"),
+                           ("firstResultSeconds", f"{p.first_result_seconds or 0:.2f}")):
+            ET.SubElement(props, "property", name=key, value=value)
+        for t in p.tests:
+            case = ET.SubElement(suite, "testcase", classname=f"soc.{p.plan}", name=t.name, time=f"{t.duration:.3f}")
+            if t.outcome == "failed":
+                ET.SubElement(case, "failure", message=t.message, type="failure").text = t.output
+            elif t.outcome == "error":
+                ET.SubElement(case, "error", message=p.error or t.message, type="error").text = t.message
+            if t.output:
+                ET.SubElement(case, "system-out").text = t.output
+    return suites
+
+
+def write_junit(report: SocReport, path: str) -> None:
+    tree = ET.ElementTree(junit_xml(report))
+    ET.indent(tree)
+    try:
+        tree.write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as err:
+        raise HybridorchError(f"cannot write JUnit XML to {path}: {err.strerror}") from err
+
+
+def failure_summary(report: SocReport) -> str:
+    """The one line `soc-test` exits with when something did not pass."""
+    n = report.counts()
+    broken = [p.plan for p in report.plans if p.error]
+    extra = f"; plans that did not run: {', '.join(broken)}" if broken else ""
+    return f"soc-test: {n['failed']} failed, {n['error']} errors, {n['passed']} passed{extra}"
+
+
+def check_report(report: SocReport) -> None:
+    if not report.ok:
+        raise TestFailure(failure_summary(report))
