@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install and start everything the tests need, idempotently; caches live under ~/.cache/hybridorch.
+# With arguments, only those setup.d steps run (e.g. `e2e/setup.sh docker guests` skips the Kubernetes build).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export DEBIAN_FRONTEND=noninteractive
@@ -15,6 +16,8 @@ if ((${#missing[@]})); then
 fi
 for step in "$here"/setup.d/*.sh; do
   [[ -e "$step" ]] || continue
+  name="$(basename "$step" .sh)"; name="${name#*-}"
+  if (($#)) && [[ " $* " != *" $name "* ]]; then continue; fi
   echo "setup: $(basename "$step")"
   bash "$step"
 done
