@@ -1,0 +1,329 @@
+"""Start, reuse and stop the Kubernetes cluster the e2e tests run against, and write its kubeconfig.
+
+Providers: `local` (real etcd/kube-apiserver/controller-manager/scheduler built by build.sh, run by
+kwokctl's binary runtime, with kwok faking the nodes) and `kind` (a real kind cluster, where available).
+Usage: python3 e2e/k8s/cluster.py up|down|stop|start|status|kubeconfig [--provider auto|local|kind]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CACHE = Path(os.environ.get("HYBRIDORCH_CACHE") or Path.home() / ".cache" / "hybridorch")
+CLUSTER_NAME = "hybridorch-e2e"
+STATE = Path(os.environ.get("HYBRIDORCH_K8S_STATE") or CACHE / "k8s" / "cluster")
+KUBECONFIG = STATE / "kubeconfig"
+OPENAPI = Path(os.environ.get("HYBRIDORCH_KUBEVIRT_OPENAPI") or REPO.parent / "shared" / "schemas"
+               / "kubevirt-openapi-v2.json")
+# a copy kept in the repository, so CI on a fresh clone has it even where shared/ is elsewhere
+OPENAPI_IN_REPO = HERE / "kubevirt-openapi-v2.json"
+LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
+
+# The fake hosts: (name, arch, hardware virtualisation, cpu, memory). Both architectures, with and without
+# KVM, so every placement (container, sandboxed, vm, nested, emulated) has somewhere to schedule.
+NODES: tuple[tuple[str, str, bool, str, str], ...] = (
+    ("amd64-kvm-0", "amd64", True, "16", "64Gi"),
+    ("amd64-kvm-1", "amd64", True, "16", "64Gi"),
+    ("amd64-0", "amd64", False, "8", "32Gi"),
+    ("arm64-kvm-0", "arm64", True, "16", "64Gi"),
+    ("arm64-0", "arm64", False, "8", "32Gi"),
+)
+
+
+def log(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+def bin_dir() -> Path:
+    out = subprocess.run(["bash", str(HERE / "build.sh"), "--print-dir"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    return Path(out)
+
+
+def kubectl_path() -> str:
+    built = bin_dir() / "kubectl"
+    return str(built) if built.exists() else (shutil.which("kubectl") or "kubectl")
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    cmd = [kubectl_path(), f"--kubeconfig={KUBECONFIG}", *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"[cluster] error: {' '.join(args[:3])}: {proc.stderr.strip()}")
+    return proc
+
+
+def api_ready() -> bool:
+    if not KUBECONFIG.exists():
+        return False
+    try:
+        proc = kubectl("get", "--raw=/readyz", "--request-timeout=5s", check=False, timeout=15)
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> None:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"[cluster] error: {' '.join(cmd[:4])} failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
+
+
+# --- local provider: kwokctl binary runtime over our own builds ------------------------------------------
+
+def kwok_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["KWOK_WORKDIR"] = str(STATE / "kwok")
+    version = bin_dir().parent.name  # .../k8s/VERSION/bin
+    env["KWOK_KUBE_VERSION"] = version
+    return env
+
+
+KWOKCTL_CONFIG = """apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  # the machine is shared: etcd and the API server listen on loopback only
+  bindAddress: 127.0.0.1
+  # a restarted kwok waits out its predecessor's node leases before faking pods: keep them short
+  nodeLeaseDurationSeconds: 4
+"""
+
+
+# kwok's fake kubelet serves container logs from a file; every fake container "prints" these lines, so
+# `kubectl logs` (apiserver -> node proxy -> kwok) works end to end. The content is fake, the path is real.
+FAKE_LOG = STATE / "fake-container.log"
+FAKE_LOG_LINES = ("fake container started by kwok", "kwok serves this file as every container's log")
+CLUSTER_LOGS = """---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata:
+  name: hybridorch-e2e-fake-logs
+spec:
+  logs:
+    - logsFile: {path}
+      follow: false
+"""
+
+
+def kwokctl(*args: str, timeout: float = 600) -> None:
+    config = STATE / "kwokctl.yaml"
+    STATE.mkdir(parents=True, exist_ok=True)
+    # CRI log format, as a kubelet writes it: time, stream, P(artial)/F(ull), text
+    FAKE_LOG.write_text("".join(f"2026-01-01T00:00:0{i}.000000000Z stdout F {line}\n"
+                                for i, line in enumerate(FAKE_LOG_LINES)))
+    config.write_text(KWOKCTL_CONFIG + CLUSTER_LOGS.format(path=json.dumps(str(FAKE_LOG))))
+    run([str(bin_dir() / "kwokctl"), "--name", CLUSTER_NAME, "--config", str(config), *args], env=kwok_env(),
+        timeout=timeout)
+
+
+def release_node_leases() -> None:
+    """A restarted kwok controller has a new identity and would wait out its predecessor's node leases
+    before faking pods again; the predecessor is gone, so its leases can go too."""
+    kubectl("delete", "leases", "-n", "kube-node-lease", "--all", "--wait=false")
+
+
+def wait_kwok(timeout: float = 90) -> None:
+    """Wait until kwok holds every fake node's lease again: only then does it fake pods on them (a kwok
+    started before the API server retries with a backoff of up to 16 s)."""
+    deadline = time.monotonic() + timeout
+    wanted = {f"lease.coordination.k8s.io/{n[0]}" for n in NODES}
+    while not wanted <= set(kubectl("get", "leases", "-n", "kube-node-lease", "-o", "name").stdout.split()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"[cluster] error: kwok did not take the fake nodes' leases within {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def local_up() -> None:
+    subprocess.run(["bash", str(HERE / "build.sh")], check=True)
+    b = bin_dir()
+    if (STATE / "kwok" / "clusters" / CLUSTER_NAME).exists():
+        log("starting the existing cluster")
+        # stop first: components left over from a killed run would be taken for running ones
+        kwokctl("stop", "cluster")
+        kwokctl("start", "cluster", "--timeout", "120s")
+        wait_api()
+        release_node_leases()
+    else:
+        STATE.mkdir(parents=True, exist_ok=True)
+        log(f"creating cluster {CLUSTER_NAME} from {b}")
+        kwokctl("create", "cluster", "--runtime", "binary",
+                "--kube-apiserver-binary", str(b / "kube-apiserver"),
+                "--kube-controller-manager-binary", str(b / "kube-controller-manager"),
+                "--kube-scheduler-binary", str(b / "kube-scheduler"),
+                "--etcd-binary", str(b / "etcd"),
+                "--kwok-controller-binary", str(b / "kwok"),
+                # one instance each: leader election would only make a restarted one wait out the old lease
+                "--extra-args", "kube-controller-manager=leader-elect=false",
+                "--extra-args", "kube-scheduler=leader-elect=false",
+                "--kubeconfig", str(KUBECONFIG), "--wait", "120s", "--quiet-pull")
+
+
+def local_down() -> None:
+    if (STATE / "kwok" / "clusters" / CLUSTER_NAME).exists() and (bin_dir() / "kwokctl").exists():
+        kwokctl("delete", "cluster", "--kubeconfig", str(KUBECONFIG))
+
+
+# --- kind provider -----------------------------------------------------------------------------------------
+
+def kind_node_image() -> str | None:
+    """A kindest/node image already in the Docker engine (nothing is pulled: no registry here)."""
+    if not shutil.which("docker"):
+        return None
+    proc = subprocess.run(["docker", "images", "kindest/node", "--format", "{{.Repository}}:{{.Tag}}"],
+                          capture_output=True, text=True)
+    images = [line for line in proc.stdout.split() if line and not line.endswith(":<none>")]
+    return sorted(images)[-1] if proc.returncode == 0 and images else None
+
+
+def kind_up() -> None:
+    image = kind_node_image()
+    if not shutil.which("kind") or not image:
+        raise SystemExit("[cluster] error: provider kind needs the kind binary, a Docker engine and a kindest/node "
+                         "image; use --provider local")
+    STATE.mkdir(parents=True, exist_ok=True)
+    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True).stdout.split()
+    if CLUSTER_NAME not in clusters:
+        log(f"creating kind cluster {CLUSTER_NAME} ({image})")
+        run(["kind", "create", "cluster", "--name", CLUSTER_NAME, "--image", image, "--kubeconfig", str(KUBECONFIG),
+             "--wait", "120s"])
+    else:
+        run(["kind", "export", "kubeconfig", "--name", CLUSTER_NAME, "--kubeconfig", str(KUBECONFIG)])
+    # kind nodes are containers on this host: they can run VMs when the host has /dev/kvm
+    if os.path.exists("/dev/kvm"):
+        kubectl("label", "nodes", "--all", "--overwrite", f"{LABEL_VIRTUALIZATION}=true")
+
+
+def kind_down() -> None:
+    if shutil.which("kind"):
+        run(["kind", "delete", "cluster", "--name", CLUSTER_NAME])
+
+
+# --- what every provider gets -------------------------------------------------------------------------
+
+def openapi_file() -> Path:
+    for candidate in (OPENAPI, OPENAPI_IN_REPO):
+        if candidate.exists():
+            return candidate
+    raise SystemExit(f"[cluster] error: KubeVirt OpenAPI definitions not found at {OPENAPI} or {OPENAPI_IN_REPO}; "
+                     "set HYBRIDORCH_KUBEVIRT_OPENAPI")
+
+
+def install_kubevirt_crds() -> None:
+    sys.path.insert(0, str(HERE))
+    from kubevirt_crds import convert  # noqa: E402 (a sibling script, not a package)
+
+    crds = convert(json.loads(openapi_file().read_text()))
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=hybridorch-e2e", "-f", "-",
+            stdin=json.dumps(crds))
+    names = [f"crd/{c['metadata']['name']}" for c in crds["items"]]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+def node_object(name: str, arch: str, kvm: bool, cpu: str, memory: str) -> dict[str, Any]:
+    labels = {"kubernetes.io/arch": arch, "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
+              "type": "kwok"}
+    if kvm:
+        labels[LABEL_VIRTUALIZATION] = "true"
+    resources = {"cpu": cpu, "memory": memory, "pods": "110"}
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels,
+                         "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"}},
+            "status": {"allocatable": resources, "capacity": resources,
+                       "nodeInfo": {"architecture": arch, "operatingSystem": "linux", "kubeletVersion": "fake",
+                                    "kubeProxyVersion": "fake", "osImage": "kwok fake node",
+                                    "kernelVersion": "fake", "containerRuntimeVersion": "fake",
+                                    "machineID": name, "systemUUID": name, "bootID": name}}}
+
+
+def add_fake_nodes() -> None:
+    existing = set(kubectl("get", "nodes", "-o", "name").stdout.split())
+    missing = [node_object(*n) for n in NODES if f"node/{n[0]}" not in existing]
+    if missing:
+        kubectl("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": missing}))
+    kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n[0]}" for n in NODES])
+    wait_kwok()
+
+
+def wait_api(timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not api_ready():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"[cluster] error: API server not ready after {timeout:.0f}s")
+        time.sleep(0.5)
+    # the default service account appears once the controller-manager runs; pods need its namespace ready
+    while kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("[cluster] error: kube-controller-manager did not create the default service account")
+        time.sleep(0.5)
+
+
+def provider_of(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    saved = STATE / "provider"
+    if saved.exists():
+        return saved.read_text().strip()
+    return "kind" if shutil.which("kind") and kind_node_image() else "local"
+
+
+def up(provider: str) -> None:
+    start = time.monotonic()
+    provider = provider_of(provider)
+    if api_ready():
+        log(f"cluster already running ({provider}); kubeconfig {KUBECONFIG}")
+    else:
+        (kind_up if provider == "kind" else local_up)()
+        (STATE / "provider").write_text(provider)
+        wait_api()
+    install_kubevirt_crds()
+    if provider == "local":
+        add_fake_nodes()
+    log(f"ready in {time.monotonic() - start:.1f}s: export KUBECONFIG={KUBECONFIG}")
+
+
+def down(provider: str) -> None:
+    provider = provider_of(provider)
+    (kind_down if provider == "kind" else local_down)()
+    shutil.rmtree(STATE, ignore_errors=True)
+    log("cluster removed")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "stop", "start", "status", "kubeconfig"])
+    parser.add_argument("--provider", choices=["auto", "local", "kind"],
+                        default=os.environ.get("HYBRIDORCH_K8S_PROVIDER", "auto"))
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        up(args.provider)
+    elif args.command == "down":
+        down(args.provider)
+    elif args.command in ("stop", "start"):
+        # stop/start keep the cluster's state (etcd data); only the local provider supports it
+        if provider_of(args.provider) != "local":
+            raise SystemExit("[cluster] error: stop/start need the local provider")
+        kwokctl(args.command, "cluster")
+        if args.command == "start":
+            wait_api()
+            release_node_leases()
+            wait_kwok()
+    elif args.command == "status":
+        print("running" if api_ready() else "stopped")
+        return 0 if api_ready() else 1
+    else:
+        print(KUBECONFIG)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

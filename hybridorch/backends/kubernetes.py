@@ -1,0 +1,611 @@
+"""The kubernetes backend: server-side apply of a rendered stack through kubectl, then wait, prune and delete.
+
+Everything goes through the kubectl binary (no SDK import on the hot path); kubectl's failures become one-line
+BackendErrors that say what to do.
+"""
+from __future__ import annotations
+
+import calendar
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ..errors import BackendError
+from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
+from .base import Backend, WorkloadStatus
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..render import Rendered
+
+FIELD_MANAGER = "hybridorch"
+# Every kind hybridorch renders (resource.group as kubectl names them), in the order objects are created;
+# prune and delete look only at these, so objects of other kinds carrying our labels are never touched.
+KINDS: tuple[tuple[str, str], ...] = (
+    ("Namespace", "namespaces"),
+    ("RuntimeClass", "runtimeclasses.node.k8s.io"),
+    ("NetworkPolicy", "networkpolicies.networking.k8s.io"),
+    ("LimitRange", "limitranges"),
+    ("ResourceQuota", "resourcequotas"),
+    ("ServiceAccount", "serviceaccounts"),
+    ("ConfigMap", "configmaps"),
+    ("Secret", "secrets"),
+    ("PersistentVolumeClaim", "persistentvolumeclaims"),
+    ("Service", "services"),
+    ("Deployment", "deployments.apps"),
+    ("StatefulSet", "statefulsets.apps"),
+    ("DataVolume", "datavolumes.cdi.kubevirt.io"),
+    ("VirtualMachine", "virtualmachines.kubevirt.io"),
+)
+KIND_ORDER = {kind: i for i, (kind, _) in enumerate(KINDS)}
+RESOURCE_OF = dict(KINDS)
+CLUSTER_SCOPED = {"Namespace", "RuntimeClass"}
+WORKLOAD_KINDS = ("deployments.apps", "statefulsets.apps", "virtualmachines.kubevirt.io")
+REQUEST_TIMEOUT = "30s"
+ACCEPTED = "accepted; no KubeVirt controller in the cluster runs it"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object as kubectl names it: kind, namespace (empty when cluster-scoped) and name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> ObjectRef:
+        meta = doc.get("metadata") or {}
+        kind = doc.get("kind", "")
+        return cls(kind, "" if kind in CLUSTER_SCOPED else meta.get("namespace", "") or "default",
+                   meta.get("name", ""))
+
+    @property
+    def resource(self) -> str:
+        return RESOURCE_OF.get(self.kind, self.kind.lower())
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+
+class ApplyRejected(BackendError):
+    """The API server rejected some objects of a server-side dry run; nothing was applied."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}; nothing was applied")
+
+    def lines(self) -> list[str]:
+        return [f"{p}; nothing was applied" for p in self.problems]
+
+
+def find_kubectl() -> str:
+    """$HYBRIDORCH_KUBECTL, else the kubectl built by e2e/k8s/build.sh (newest version), else PATH."""
+    explicit = os.environ.get("HYBRIDORCH_KUBECTL")
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise BackendError(f"HYBRIDORCH_KUBECTL={explicit} is not an executable file: fix or unset it")
+        return explicit
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybridorch" / "k8s"
+    built = sorted(glob.glob(str(cache / "v*" / "bin" / "kubectl")), key=_version_key)
+    if built:
+        return built[-1]
+    found = shutil.which("kubectl")
+    if not found:
+        raise BackendError("kubectl not found: install kubectl (Debian package kubectl) or set HYBRIDORCH_KUBECTL "
+                           "to its path")
+    return found
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    m = re.search(r"/v(\d+)\.(\d+)\.(\d+)/", path)
+    return tuple(int(x) for x in m.groups()) if m else (0,)
+
+
+def explain_kubectl_error(stderr: str, where: str) -> str:
+    """One line that says what went wrong talking to the cluster and what to do about it."""
+    text = " ".join(stderr.split())
+    m = re.search(r'context "([^"]+)" does not exist|no context exists with the name: "?([^"\s]+)"?'
+                  r'|context was not found for specified context: (\S+)', text)
+    if m:
+        name = m.group(1) or m.group(2) or m.group(3)
+        return (f"kubeconfig has no context {name!r}: list the contexts with `kubectl config get-contexts` "
+                "and pass one with --context")
+    if "localhost:8080" in text and "refused" in text:
+        return "no Kubernetes cluster configured: set KUBECONFIG to a kubeconfig file or pass --context"
+    if any(s in text for s in ("Unable to connect to the server", "connection refused", "was refused", "no such host",
+                               "i/o timeout", "dial tcp", "context deadline exceeded", "TLS handshake timeout",
+                               "Client.Timeout exceeded")):
+        server = re.search(r'https?://[^\s/"]+|\d+\.\d+\.\d+\.\d+:\d+|\[[0-9a-f:]+\]:\d+', text)
+        at = f" at {server.group(0)}" if server else ""
+        return (f"cannot reach the Kubernetes API server{at} ({where}): start the cluster, or point KUBECONFIG/"
+                "--context at a running one")
+    m = re.search(r'no matches for kind "([^"]+)" in version "([^"]+)"', text)
+    if m:
+        kind, version = m.groups()
+        hint = "install KubeVirt (its CRDs) in the cluster" if "kubevirt.io" in version else \
+            f"install the CRD that defines {kind}"
+        return f"the cluster does not know kind {kind} ({version}): {hint}, or place the workload differently"
+    m = re.search(r"the server could not find the requested resource \(\w+ ([a-z0-9.]+)", text)
+    if m and "kubevirt.io" in m.group(1):
+        return (f"the cluster does not serve {m.group(1)}: install KubeVirt (its CRDs) in the cluster, or place "
+                "the workload differently")
+    m = re.search(r'the server doesn\'t have a resource type "([^"]+)"', text)
+    if m:
+        return f"the cluster has no resource type {m.group(1)!r}: install the CRD that defines it"
+    if "Unauthorized" in text or "You must be logged in to the server" in text:
+        return (f"the API server rejected the credentials of {where} (Unauthorized): refresh the kubeconfig's "
+                "credentials")
+    m = re.search(r'(User|ServiceAccount|Group) "([^"]+)" cannot (\w+) resource "([^"]+)"(?: in API group "([^"]*)")?'
+                  r'(?: in the namespace "([^"]+)"| at the cluster scope)?', text)
+    if m or "forbidden" in text.lower() and "pod security" not in text.lower():
+        if m:
+            who, verb, res, group, ns = m.group(2), m.group(3), m.group(4), m.group(5), m.group(6)
+            full = f"{res}.{group}" if group else res
+            scope = f" in namespace {ns}" if ns else " at cluster scope"
+            return (f"permission denied: {who} may not {verb} {full}{scope} ({where}): ask a cluster admin for an "
+                    "RBAC role that allows it, or use another --context")
+        return f"permission denied ({where}): {_first_error(text)}; ask a cluster admin for RBAC rights"
+    return f"kubectl failed ({where}): {_first_error(text)}"
+
+
+def _first_error(text: str) -> str:
+    text = re.sub(r"^(error: |Error from server(?: \([A-Za-z]+\))?: )", "", text.strip())
+    return text[:400] if text else "no error output"
+
+
+class KubernetesBackend(Backend):
+    """Server-side apply through kubectl: dry run everything, apply, prune what left the stack, wait."""
+
+    name = "kubernetes"
+
+    def __init__(self, context: str | None = None, namespace_prefix: str = "", kubeconfig: str | None = None,
+                 **options: Any) -> None:
+        super().__init__(context=context, namespace_prefix=namespace_prefix, kubeconfig=kubeconfig, **options)
+        self.context = context
+        self.namespace_prefix = namespace_prefix
+        self.kubeconfig = kubeconfig
+        self._kubectl_path: str | None = None
+        self._resources: set[str] | None = None
+
+    # --- kubectl ----------------------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return f"context {self.context}" if self.context else "the current kubeconfig context"
+
+    def kubectl_command(self, *args: str) -> list[str]:
+        if self._kubectl_path is None:
+            self._kubectl_path = find_kubectl()
+        cmd = [self._kubectl_path]
+        if self.kubeconfig:
+            cmd.append(f"--kubeconfig={self.kubeconfig}")
+        if self.context:
+            cmd.append(f"--context={self.context}")
+        return cmd + [f"--request-timeout={REQUEST_TIMEOUT}", *args]
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        cmd = self.kubectl_command(*args)
+        try:
+            proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout,
+                                  env=self._env())
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"kubectl {args[0]} took longer than {timeout:.0f}s ({self.where}): check that the "
+                               "API server is responsive") from None
+        except OSError as err:
+            raise BackendError(f"cannot run {cmd[0]}: {err.strerror}: install kubectl or set HYBRIDORCH_KUBECTL")\
+                from None
+        if check and proc.returncode != 0:
+            raise BackendError(explain_kubectl_error(proc.stderr or proc.stdout, self.where))
+        return proc
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # a stray KUBECTL_* setting must not change what apply means
+        env.pop("KUBECTL_APPLYSET", None)
+        return env
+
+    def get_json(self, *args: str) -> list[dict[str, Any]]:
+        out = self.kubectl("get", *args, "-o", "json").stdout
+        data = json.loads(out) if out.strip() else {}
+        return list(data.get("items", [data] if data.get("kind") else []))
+
+    def available_resources(self) -> set[str]:
+        """Our KINDS the cluster serves (a cluster without KubeVirt has no virtualmachines.kubevirt.io)."""
+        if self._resources is None:
+            out = self.kubectl("api-resources", "-o", "name").stdout
+            served = set(out.split())
+            self._resources = {res for _, res in KINDS if res in served}
+        return self._resources
+
+    # --- apply ------------------------------------------------------------------------------------------
+
+    def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
+        docs = _ordered(rendered.documents)
+        stack = plan.stack.name
+        created = self._ensure_namespaces(docs)
+        try:
+            self._dry_run(docs)
+        except BackendError:
+            self._remove_namespaces(created)
+            raise
+        self.kubectl("apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts", "-f", "-",
+                     stdin=_stream(docs), timeout=max(120, timeout))
+        self.prune(stack, {ObjectRef.of(d) for d in docs})
+        if wait:
+            return self.wait_ready(plan, timeout)
+        return self.status(plan)
+
+    def check(self, rendered: Rendered) -> None:
+        """Server-side dry run of every object, leaving the cluster as it was; raises ApplyRejected."""
+        docs = _ordered(rendered.documents)
+        created = self._ensure_namespaces(docs)
+        try:
+            self._dry_run(docs)
+        finally:
+            self._remove_namespaces(created)
+
+    def _ensure_namespaces(self, docs: list[dict[str, Any]]) -> list[str]:
+        """Create the stack's missing namespaces so the dry run can check the objects inside them.
+
+        The API server refuses even a dry-run create in a namespace that does not exist; the namespaces
+        created here are removed again if the dry run rejects anything."""
+        wanted = [d for d in docs if d.get("kind") == "Namespace"]
+        if not wanted:
+            return []
+        existing = {item["metadata"]["name"] for item in self.get_json("namespaces")}
+        missing = [d for d in wanted if d["metadata"]["name"] not in existing]
+        if missing:
+            self.kubectl("apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                         stdin=_stream(missing))
+        return [d["metadata"]["name"] for d in missing]
+
+    def _remove_namespaces(self, names: list[str]) -> None:
+        # waits until they are gone: a namespace still terminating would refuse the next apply
+        self._delete([ObjectRef("Namespace", "", n) for n in names])
+
+    def _dry_run(self, docs: list[dict[str, Any]]) -> None:
+        proc = self.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={FIELD_MANAGER}",
+                            "--force-conflicts", "-f", "-", stdin=_stream(docs), check=False)
+        if proc.returncode == 0:
+            return
+        problems = _rejections(proc.stderr, docs)
+        if not problems:
+            raise BackendError(explain_kubectl_error(proc.stderr or proc.stdout, self.where))
+        raise ApplyRejected(problems)
+
+    def diff(self, rendered: Rendered) -> str:
+        """kubectl diff of the rendered objects against the cluster (empty when nothing would change)."""
+        proc = self.kubectl("diff", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts",
+                            "-f", "-", stdin=_stream(rendered.documents), check=False)
+        if proc.returncode > 1:
+            raise BackendError(explain_kubectl_error(proc.stderr, self.where))
+        return proc.stdout
+
+    # --- finding our objects ----------------------------------------------------------------------------
+
+    def owned_objects(self, stack: str) -> list[dict[str, Any]]:
+        """Every object of the stack (its labels) among the kinds we render, except controller-made ones."""
+        resources = [res for _, res in KINDS if res in self.available_resources()]
+        items = self.get_json(",".join(resources), "--all-namespaces", "-l", selector(stack))
+        # PVCs of a StatefulSet or DataVolumes of a VM carry our labels too, but their owner manages them
+        return [i for i in items if not i["metadata"].get("ownerReferences")
+                and i["metadata"].get("labels", {}).get(LABEL_STACK) == stack]
+
+    def prune(self, stack: str, keep: set[ObjectRef]) -> list[str]:
+        """Delete the stack's objects that are no longer rendered; namespaces last."""
+        stale = [ObjectRef.of(o) for o in self.owned_objects(stack) if ObjectRef.of(o) not in keep]
+        return self._delete(self._unshared(stack, stale))
+
+    def _unshared(self, stack: str, refs: list[ObjectRef]) -> list[ObjectRef]:
+        """Leave out RuntimeClasses that workloads outside this stack still name.
+
+        A RuntimeClass is cluster-wide: several stacks apply the same one, and the last apply owns its labels."""
+        classes = {r.name for r in refs if r.kind == "RuntimeClass"}
+        if not classes:
+            return refs
+        used = set()
+        for o in self.get_json("deployments.apps,statefulsets.apps", "--all-namespaces"):
+            if o["metadata"].get("labels", {}).get(LABEL_STACK) != stack:
+                used.add(((o.get("spec") or {}).get("template") or {}).get("spec", {}).get("runtimeClassName"))
+        return [r for r in refs if not (r.kind == "RuntimeClass" and r.name in used)]
+
+    def _delete(self, refs: Iterable[ObjectRef], timeout: float = 120) -> list[str]:
+        refs = sorted(refs, key=lambda r: (r.kind == "Namespace", -KIND_ORDER.get(r.kind, 0), str(r)))
+        if not refs:
+            return []
+        # one kubectl per namespace, then namespaces (they take everything left inside with them)
+        groups: dict[tuple[str, bool], list[ObjectRef]] = {}
+        for r in refs:
+            groups.setdefault((r.namespace, r.kind == "Namespace"), []).append(r)
+        for (ns, _), group in sorted(groups.items(), key=lambda g: g[0][1]):
+            args = ["delete", "--ignore-not-found", "--wait=false"]
+            if ns:
+                args += ["-n", ns]
+            self.kubectl(*args, *[f"{r.resource}/{r.name}" for r in group])
+        self._wait_gone(refs, timeout)
+        return [str(r) for r in refs]
+
+    def _wait_gone(self, refs: list[ObjectRef], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(refs)
+        while pending:
+            left = []
+            for ns in sorted({r.namespace for r in pending}):
+                group = [r for r in pending if r.namespace == ns]
+                args = ["get", "--ignore-not-found", "-o", "name"] + (["-n", ns] if ns else [])
+                out = self.kubectl(*args, *[f"{r.resource}/{r.name}" for r in group]).stdout
+                still = {line.strip().split("/", 1)[-1] for line in out.splitlines() if line.strip()}
+                left += [r for r in group if r.name in still]
+            pending = left
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(str(r) for r in pending[:3])
+                raise BackendError(f"{names} still exist {timeout:.0f}s after deletion: check their finalizers "
+                                   "with kubectl get -o yaml")
+            time.sleep(0.5)
+
+    # --- status and waiting ---------------------------------------------------------------------------
+
+    def _workload_objects(self, stack: str) -> list[dict[str, Any]]:
+        resources = [r for r in WORKLOAD_KINDS if r in self.available_resources()]
+        return self.get_json(",".join(resources), "--all-namespaces", "-l", selector(stack))
+
+    def kubevirt_present(self) -> bool:
+        """A KubeVirt installation reports phase Deployed; CRDs alone (no controller) do not."""
+        if "kubevirts.kubevirt.io" not in self.kubectl("api-resources", "-o", "name").stdout.split():
+            return False
+        items = self.get_json("kubevirts.kubevirt.io", "--all-namespaces")
+        return any((i.get("status") or {}).get("phase") == "Deployed" for i in items)
+
+    def status(self, plan: Plan) -> list[WorkloadStatus]:
+        objects = self._workload_objects(plan.stack.name)
+        has_vms = any(o.get("kind") == "VirtualMachine" for o in objects)
+        return self._statuses(plan, objects, controller=self.kubevirt_present() if has_vms else None)
+
+    def _statuses(self, plan: Plan, objects: list[dict[str, Any]], controller: bool | None) -> list[WorkloadStatus]:
+        by_workload: dict[str, list[dict[str, Any]]] = {}
+        for o in objects:
+            by_workload.setdefault(o["metadata"].get("labels", {}).get(LABEL_WORKLOAD, ""), []).append(o)
+        out = []
+        for p in plan.placements:
+            objs = by_workload.get(p.name, [])
+            if not objs:
+                out.append(WorkloadStatus(p.name, p.runtime, "absent", detail="not in the cluster"))
+                continue
+            states = [_object_state(o, controller) for o in objs]
+            order = ("failed", "pending", "stopped", "running", "ready")
+            state = min((s for s, _ in states), key=order.index)
+            detail = "; ".join(d for s, d in states if d)
+            ns = objs[0]["metadata"].get("namespace", "")
+            age = _age(objs[0])
+            # in-cluster ports (the Service's); nothing is published on this machine
+            ports = tuple(f"{x.port}/{x.protocol.lower()}" for x in p.workload.ports)
+            out.append(WorkloadStatus(p.name, p.runtime, state, ports=ports, uptime_seconds=age, detail=detail,
+                                      extra={"namespace": ns,
+                                             "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in objs]}))
+        return out
+
+    def wait_ready(self, plan: Plan, timeout: float) -> list[WorkloadStatus]:
+        """Poll until Deployments/StatefulSets are available and VirtualMachines accepted (ready when KubeVirt
+        runs), showing progress on stderr; a timeout names what is not ready and why."""
+        controller = self.kubevirt_present()
+        deadline = time.monotonic() + timeout
+        progress = _Progress()
+        while True:
+            statuses = self._statuses(plan, self._workload_objects(plan.stack.name), controller)
+            done = [s for s in statuses if _settled(s)]
+            progress.show(f"{len(done)}/{len(statuses)} workloads ready: " + ", ".join(
+                f"{s.name} {'accepted' if s.detail == ACCEPTED else s.state}" for s in statuses))
+            if len(done) == len(statuses):
+                progress.close()
+                return statuses
+            failed = [s for s in statuses if s.state == "failed"]
+            if failed or time.monotonic() > deadline:
+                progress.close()
+                waiting = [s for s in statuses if not _settled(s)]
+                why = "; ".join(f"{s.name}: {s.detail or s.state}{self._pod_hint(s)}" for s in waiting[:3])
+                if failed:
+                    raise BackendError(f"workload failed: {why}; see kubectl describe in namespace "
+                                       f"{waiting[0].extra.get('namespace', '?')}")
+                raise BackendError(f"not ready after {timeout:.0f}s: {why}; raise --timeout or inspect with "
+                                   f"`hybridorch status --target kubernetes`")
+            time.sleep(1)
+
+    def _pod_hint(self, status: WorkloadStatus) -> str:
+        """Why a workload's pods are not ready (unschedulable, image pull...), from the pods themselves."""
+        ns = status.extra.get("namespace")
+        if not ns:
+            return ""
+        pods = self.get_json("pods", "-n", ns, "-l", f"{LABEL_WORKLOAD}={status.name}")
+        for pod in pods:
+            st = pod.get("status") or {}
+            for cond in st.get("conditions", []):
+                if cond.get("status") == "False" and cond.get("message"):
+                    return f" (pod {pod['metadata']['name']}: {cond['message']})"
+            for c in st.get("containerStatuses", []):
+                waiting = (c.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason"):
+                    return f" (pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')})"
+        for pod in pods:
+            node = pod.get("spec", {}).get("nodeName")
+            phase = (pod.get("status") or {}).get("phase", "?")
+            return f" (pod {pod['metadata']['name']} {phase}" + (f" on node {node})" if node else ")")
+        return " (no pods yet)" if status.extra.get("objects", [""])[0].startswith(("Deployment", "StatefulSet")) \
+            else ""
+
+    # --- logs and delete --------------------------------------------------------------------------------
+
+    def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        objs = [o for o in self._workload_objects(plan.stack.name)
+                if o["metadata"].get("labels", {}).get(LABEL_WORKLOAD) == workload]
+        if not objs:
+            raise BackendError(f"workload {workload} is not in the cluster: apply the stack first")
+        ns = objs[0]["metadata"]["namespace"]
+        args = ["logs", "-n", ns, "-l", f"{selector(plan.stack.name)},{LABEL_WORKLOAD}={workload}",
+                "--all-containers", "--prefix", f"--tail={tail if tail is not None else -1}"]
+        if follow:
+            args.append("--follow")
+        if not follow:
+            yield from self.kubectl(*args).stdout.splitlines()
+            return
+        cmd = self.kubectl_command(*args)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as stream:
+            assert stream.stdout is not None and stream.stderr is not None
+            try:
+                for line in stream.stdout:
+                    yield line.rstrip("\n")
+            finally:
+                stream.terminate()
+            if stream.wait() not in (0, -15):
+                raise BackendError(explain_kubectl_error(stream.stderr.read(), self.where))
+
+    def down(self, plan: Plan) -> list[str]:
+        refs = [ObjectRef.of(o) for o in self.owned_objects(plan.stack.name)]
+        # a shared RuntimeClass carries the labels of whichever stack applied it last, so the last stack to go
+        # must also take the ones labelled for a stack that is already gone (_unshared keeps those still in use)
+        if "runtimeclasses.node.k8s.io" in self.available_resources():
+            for o in self.get_json("runtimeclasses.node.k8s.io", "-l", f"{LABEL_MANAGED}={MANAGED_BY}"):
+                ref = ObjectRef.of(o)
+                if ref not in refs:
+                    refs.append(ref)
+        return self._delete(self._unshared(plan.stack.name, refs))
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+def _ordered(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(docs, key=lambda d: KIND_ORDER.get(d.get("kind", ""), len(KINDS)))
+
+
+def _stream(docs: Iterable[dict[str, Any]]) -> str:
+    # JSON is YAML; one document per line keeps kubectl's "error when ..." messages easy to attribute
+    return "".join("---\n" + json.dumps(d) + "\n" for d in docs)
+
+
+_REJECTION = re.compile(r'(?:Error from server \((?P<reason>\w+)\): )?(?:error when [^:]+: )?'
+                        r'(?:(?:The )?(?P<kind>[A-Za-z]+)(?:\.[a-z0-9.]+)? "(?P<name>[^"]+)" '
+                        r'is (?:invalid|forbidden): )?'
+                        r'(?P<message>.+)')
+
+
+_TYPED_PATCH = re.compile(r'Error from server(?: \(\w+\))?: failed to create typed patch object '
+                          r'\((?:([^/;]+)/)?([^;]+); [^,]+, Kind=(\w+)\): (?:errors: ?)?(.+)')
+
+
+def _rejections(stderr: str, docs: list[dict[str, Any]]) -> list[str]:
+    """One line per object the server rejected: 'Kind namespace/name rejected: reason'."""
+    out: list[str] = []
+    names: dict[tuple[str, str], ObjectRef] = {}
+    for d in docs:
+        named = ObjectRef.of(d)
+        names.setdefault((named.kind, named.name), named)
+    # an error starts a line; the indented lines after it (schema errors of one object) belong to it
+    blocks: list[str] = []
+    for raw in stderr.splitlines():
+        if raw.startswith("Warning:") or re.match(r"[IWE]\d{4} ", raw):
+            continue  # admission warnings and client-go log lines are not rejections
+        if raw.strip() and not raw[:1].isspace():
+            blocks.append(raw.strip())
+        elif blocks and raw[:1].isspace() and raw.strip():
+            blocks[-1] += ("; " if not blocks[-1].endswith(":") else " ") + raw.strip()
+    for line in blocks:
+        if any(s in line for s in ("no matches for kind", "Unable to connect", "connection refused",
+                                   "could not find the requested resource", "was refused")):
+            return []  # not about one object: explain_kubectl_error says what to do
+        typed = _TYPED_PATCH.match(line)
+        if typed:  # a schema (structural) error found while building the server-side apply patch
+            ns, name, kind, message = typed.groups()
+            found = names.get((kind, name))
+            what = str(found) if found else f"{kind} {ns}/{name}"
+            out.append(f"{what} rejected by the API server: {message.strip()}")
+            continue
+        m = _REJECTION.match(line)
+        assert m is not None  # the pattern's tail matches any text
+        kind, name, message = m.group("kind"), m.group("name"), m.group("message")
+        ref: ObjectRef | None = names.get((kind or "", name or ""))
+        if ref is None and kind is None:
+            # "namespaces \"x\" not found" style messages still name the object in the text
+            ref = next((r for (k, n), r in names.items() if f'"{n}"' in line), None)
+        what = str(ref) if ref else (f"{kind} {name}" if kind else "an object")
+        out.append(f"{what} rejected by the API server: {message.strip()}")
+    return out
+
+
+def _object_state(obj: dict[str, Any], controller: bool | None) -> tuple[str, str]:
+    kind = obj.get("kind")
+    spec, st = obj.get("spec") or {}, obj.get("status") or {}
+    if kind in ("Deployment", "StatefulSet"):
+        want = spec.get("replicas", 1)
+        ready = st.get("readyReplicas", 0) or 0
+        current = st.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+        updated = (st.get("updatedReplicas", 0) or 0) >= want
+        if want == 0:
+            return "stopped", "0 replicas"
+        for cond in st.get("conditions", []):
+            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+                return "failed", cond.get("message", "")
+        if current and updated and ready >= want and (st.get("replicas", 0) or 0) <= want:
+            return "ready", f"{ready}/{want} ready"
+        return "pending", f"{ready}/{want} ready"
+    if kind == "VirtualMachine":
+        printable = st.get("printableStatus")
+        if st.get("ready"):
+            return "ready", printable or "Running"
+        if spec.get("runStrategy") == "Halted" or spec.get("running") is False:
+            return "stopped", printable or "Halted"
+        if printable in ("CrashLoopBackOff", "ErrorUnschedulable", "ErrImagePull", "ImagePullBackOff",
+                         "ErrorPvcNotFound", "DataVolumeError"):
+            return "failed", printable
+        if controller is False and not printable:
+            # no KubeVirt controller in this cluster: the API server accepting the object is all there is
+            return "pending", ACCEPTED
+        return "pending", printable or "waiting for KubeVirt"
+    return "running", ""
+
+
+def _settled(status: WorkloadStatus) -> bool:
+    """Done waiting: ready, deliberately stopped, or a VM the API server accepted where nothing will run it."""
+    return status.state in ("ready", "running", "stopped") or status.detail == ACCEPTED
+
+
+def _age(obj: dict[str, Any]) -> float | None:
+    stamp = obj["metadata"].get("creationTimestamp")
+    if not stamp:
+        return None
+    return max(0.0, time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+class _Progress:
+    """A one-line progress display on stderr: rewritten in place on a terminal, a new line per change otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def show(self, text: str) -> None:
+        if text == self.last:
+            return
+        self.last = text
+        if self.tty:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            sys.stderr.write("\r\033[K" + text[:width])
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty and self.last:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
