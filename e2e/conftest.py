@@ -14,21 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+from tests.conftest import require  # noqa: F401  (re-exported for the e2e tests)
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_STACK_PREFIX = "e2e-"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
 LABEL_STACK = "hybridorch.dev/stack"
-
-
-def require(ok: bool, why: str) -> None:
-    """Missing infrastructure: a skip on a developer machine, a failure in CI (HYBRIDORCH_E2E=1)."""
-    if ok:
-        return
-    if os.environ.get("HYBRIDORCH_E2E") == "1":
-        pytest.fail(f"required infrastructure missing: {why}", pytrace=False)
-    pytest.skip(why)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
+
 from hybridorch import images
 from hybridorch.api import plan_stack
 from hybridorch.backends import docker as docker_backend
@@ -41,7 +43,8 @@ def test_assembled_context_holds_the_static_busybox(tmp_path: Path) -> None:
     try:
         busybox = images.static_busybox()
     except BackendError:
-        pytest.skip("busybox-static is not installed")
+        require(False, "busybox-static is not installed (e2e/packages.txt)")
+        return
     context = recipe.assemble(tmp_path / "ctx")
     assert (context / "Dockerfile").read_text() == recipe.dockerfile.read_text()
     assert (context / "busybox").read_bytes()[:4] == b"\x7fELF"

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from hybridorch import validate
 from hybridorch.api import plan_stack, render
+from tests.conftest import require
 from hybridorch.cli import cli
 from hybridorch.errors import RenderError
 from hybridorch.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD
@@ -362,15 +363,15 @@ def test_invalid_render_writes_nothing(tmp_path: Path):
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tpl"]
 
 
-@pytest.mark.skipif(not validate.libvirt_available(), reason="virt-xml-validate/xmllint not installed")
 def test_invalid_libvirt_xml_is_a_render_error(tmp_path: Path):
+    require(validate.libvirt_available(), "virt-xml-validate/xmllint not installed (e2e/packages.txt)")
     tpl = user_templates(tmp_path, {"libvirt/domain.xml.j2": "<domain type='nonsense'><name>{{ domain }}</name></domain>\n"})
     with pytest.raises(RenderError, match="domain XML of ledger-vm is invalid"):
         render(example("shop"), target="local", templates=tpl)
 
 
-@pytest.mark.skipif(not validate.cloud_init_available(), reason="cloud-init not installed")
 def test_invalid_user_data_is_a_render_error(write_stack: Callable[..., str]):
+    require(validate.cloud_init_available(), "cloud-init not installed (e2e/packages.txt)")
     path = write_stack("""
         apiVersion: hybridorch.dev/v1alpha1
         kind: Stack
