@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# the package first: the setup steps run parts of it (python3 -m hybridorch.guest fetch)
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore ".[test]"
 bash e2e/setup.sh
-python3 -m pip install -q --disable-pip-version-check ".[test]"
 echo "setup took $(( $(date +%s) - start ))s"
 export HYBRIDORCH_E2E=1
 exec python3 -m pytest -p no:cacheprovider "$@"
