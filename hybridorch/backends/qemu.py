@@ -661,7 +661,7 @@ class QemuBackend(Backend):
             workdir = self._stack_dir(plan) / p.name
             vm, state = self._load(workdir)
             if vm is None:
-                out.append(WorkloadStatus(p.name, p.runtime, "absent"))
+                out.append(WorkloadStatus(p.name, p.runtime, "absent", detail="not created: run `hybridorch up`"))
                 continue
             ports = tuple(str(Forward(*f)) for f in state.get("forwards", []))
             accel = state.get("accelerator")
