@@ -672,6 +672,9 @@ class QemuBackend(Backend):
                 continue
             ready = p.name in known_ready or self._is_ready(vm, p.workload)
             detail = f"{state['arch']} {MACHINES[state['arch']].binary} pid {vm.pid}"
+            if p.workload.replicas > 1:
+                # one machine has one set of forwarded host ports, so the local target boots one VM per workload
+                detail += f"; 1 of {p.workload.replicas} replicas (the local target runs one VM per workload)"
             out.append(WorkloadStatus(p.name, p.runtime, "ready" if ready else "running", ports, accel,
                                       uptime_seconds=time.time() - state["started"], detail=detail,
                                       extra={"pid": vm.pid}))
