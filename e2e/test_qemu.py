@@ -112,6 +112,52 @@ def test_vm_serves_http_is_idempotent_and_down_cleans(state_dir: Path, stack_fil
     assert not (state_dir / "e2e-qemu").exists()
 
 
+def test_vm_replicas_boot_one_vm_each_and_scale(state_dir: Path, stack_file) -> None:
+    (port,) = free_ports(1)
+    path = stack_file(vm_stack("e2e-qreplicas", f"""
+            - name: web
+              runtime: vm
+              replicas: 2
+              resources: {{cpu: "1", memory: 128Mi}}
+              ports: [{{port: 80, hostPort: {port}}}]
+    """))
+    hybridorch("up", path)
+    (row,) = json.loads(hybridorch("status", path, "-o", "json").stdout)
+    pids = row["pids"]
+    assert row["state"] == "ready" and row["detail"].startswith("2/2 replicas running")
+    assert len(set(pids)) == 2 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert sorted(live_qemus(state_dir)) == sorted(pids)
+    assert row["ports"] == [f"127.0.0.1:{port}->80/tcp"]   # replica 0 only: a host port has one listener
+    assert "<h1>web</h1>" in http_get(port)
+    stack = state_dir / "e2e-qreplicas"
+    assert sorted(d.name for d in stack.iterdir()) == ["web", "web.1"]
+    assert "hostfwd" not in Path(f"/proc/{pids[1]}/cmdline").read_bytes().decode(errors="replace")
+    assert "@@HYB READY" in (stack / "web.1" / "console.log").read_text(errors="replace")
+
+    hybridorch("up", path)   # unchanged: both VMs stay
+    (again,) = json.loads(hybridorch("status", path, "-o", "json").stdout)
+    assert again["pids"] == pids and again["state"] == "ready"
+
+    Path(path).write_text(Path(path).read_text().replace("128Mi", "144Mi"))
+    hybridorch("up", path)   # changed spec: every replica is replaced
+    (changed,) = json.loads(hybridorch("status", path, "-o", "json").stdout)
+    assert changed["state"] == "ready" and not set(changed["pids"]) & set(pids)
+    assert sorted(live_qemus(state_dir)) == sorted(changed["pids"])
+    pids = changed["pids"]
+
+    Path(path).write_text(Path(path).read_text().replace("replicas: 2", "replicas: 1"))
+    hybridorch("up", path)   # scale down: exactly replica 1's VM stops
+    (one,) = json.loads(hybridorch("status", path, "-o", "json").stdout)
+    assert one["pids"] == pids[:1] and one["detail"].startswith("1/1 replicas running")
+    assert live_qemus(state_dir) == pids[:1]
+    assert sorted(d.name for d in stack.iterdir()) == ["web"]
+    assert "<h1>web</h1>" in http_get(port)
+
+    hybridorch("down", path)
+    assert live_qemus(state_dir) == []
+    assert not stack.exists()
+
+
 def _plan(path: str):
     return api.plan_stack(path)
 

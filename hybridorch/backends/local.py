@@ -56,6 +56,7 @@ class LocalBackend(Backend):
         return parts
 
     def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
+        check_runnable_here(plan)
         done: list[Backend] = []
         results: list[WorkloadStatus] = []
         try:
@@ -96,6 +97,16 @@ class LocalBackend(Backend):
                     raise
                 # nothing of this kind in the plan and its runtime is unusable: nothing of ours runs there
         return removed
+
+
+def check_runnable_here(plan: Plan) -> None:
+    """Refuse, before anything starts, what this machine cannot really run: its guests are Linux kernels from
+    Debian packages, so a Windows workload would only be imitated by a Linux VM."""
+    windows = [p.name for p in plan.placements if p.workload.os == "windows"]
+    if windows:
+        raise BackendError(f"workload(s) {', '.join(windows)} need Windows, which the local target cannot boot "
+                           "(its guests are Debian Linux kernels): use --target kubernetes with a Windows disk "
+                           "(vm.disk.pvc or vm.disk.image), or remove them from the stack")
 
 
 def _in_plan_order(plan: Plan, results: list[WorkloadStatus]) -> list[WorkloadStatus]:

@@ -3,6 +3,11 @@ plus the one-shot guest runs `soc-test` uses. The only module that starts QEMU.
 
 State of each VM (pid, console log, spec hash) lives in <state>/<stack>/<workload>/, so `down` finds exactly
 the processes it started, and `up` leaves unchanged VMs alone.
+
+Replicas: a workload with N replicas boots N VMs, replica i > 0 in <state>/<stack>/<workload>.<i>/ (a DNS-label
+workload name has no '.', so no collision). As in the Docker backend only replica 0 forwards the host ports (two
+VMs cannot listen on one host port); the others are identical but reachable from nowhere, and ready when their
+console shows the ready marker. `logs` shows replica 0's console.
 """
 from __future__ import annotations
 
@@ -428,6 +433,16 @@ def _forwards(w: Workload) -> tuple[Forward, ...]:
     return tuple(seen.values())
 
 
+def ready_forward(w: Workload, forwards: tuple[Forward, ...]) -> Forward | None:
+    """The forward a readiness probe connects to: ready.port, else (without a ready marker) the first one."""
+    by_guest = {f.guest_port: f for f in forwards}
+    if w.ready and w.ready.port:
+        return by_guest.get(w.ready.port)
+    if w.ready and w.ready.marker:
+        return None
+    return next(iter(by_guest.values()), None)
+
+
 def _inner_rootfs(image: str) -> str:
     """`busybox` (or a path) needs no engine; anything else is a local Docker image to export."""
     if image == "busybox" or image.startswith("busybox:"):
@@ -504,6 +519,26 @@ class _Desired:
     forwards: tuple[Forward, ...]
     digest: str = ""
     workdir: Path = field(default_factory=Path)
+    replica: int = 0
+
+    @property
+    def label(self) -> str:
+        return vm_label(self.placement.name, self.replica)
+
+
+def replica_dir(workload: str, replica: int) -> str:
+    """State dir name of one replica; replica 0 keeps the bare workload name, so state from before replicas
+    existed is still found."""
+    return workload if replica == 0 else f"{workload}.{replica}"
+
+
+def vm_label(workload: str, replica: int) -> str:
+    return workload if replica == 0 else f"{workload} replica {replica}"
+
+
+def replica_forwards(forwards: tuple[Forward, ...], replica: int) -> tuple[Forward, ...]:
+    """Only replica 0 forwards host ports: a second VM on the same host port would fail to start."""
+    return forwards if replica == 0 else ()
 
 
 class QemuBackend(Backend):
@@ -544,13 +579,18 @@ class QemuBackend(Backend):
         wanted = self._mine(plan)
         try:
             desired = [self._desire(p, stack_dir) for p in wanted]
-            # VMs of this stack whose workload left the plan (or moved to a container) are ours to remove
-            names = {d.placement.name for d in desired}
+            # VMs of this stack whose workload left the plan (or moved to a container), and replicas beyond the
+            # wanted count, are ours to remove
+            names = {d.workdir.name for replicas in desired for d in replicas}
             if stack_dir.is_dir():
                 for old in sorted(stack_dir.iterdir()):
                     if old.is_dir() and old.name not in names:
                         self._remove(old)
-            waited = {d.placement.name for d in desired if self._apply(d, plan, wait, timeout) and wait}
+            waited: set[str] = set()
+            for replicas in desired:
+                started = self._apply(replicas, plan, wait, timeout)
+                if wait:
+                    waited |= started
         except BaseException:
             self.rollback()
             if stack_dir.is_dir() and not any(stack_dir.iterdir()):
@@ -569,54 +609,83 @@ class QemuBackend(Backend):
         self._started = []
         return removed
 
-    def _desire(self, p: Placement, stack_dir: Path) -> _Desired:
+    def _desire(self, p: Placement, stack_dir: Path) -> list[_Desired]:
+        """One entry per replica; each digest covers that replica's own forwards, so a changed hostPort
+        replaces replica 0 only."""
         w = p.workload
         program = program_for(w, p.runtime)
-        forwards = _forwards(w)
         guest = load_guest(w.arch)
-        key = {"arch": w.arch, "machine": w.vm.machine, "cpus": w.vcpus, "memoryMib": _memory_mib(w),
-               "program": repr(program), "forwards": [str(f) for f in forwards], "kernel": guest.kernel_version,
-               "packages": dict(guest.packages), "ready": repr(w.ready)}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return _Desired(p, program, forwards, digest, stack_dir / w.name)
+        out = []
+        for i in range(w.replicas):
+            forwards = replica_forwards(_forwards(w), i)
+            key = {"arch": w.arch, "machine": w.vm.machine, "cpus": w.vcpus, "memoryMib": _memory_mib(w),
+                   "program": repr(program), "forwards": [str(f) for f in forwards],
+                   "kernel": guest.kernel_version, "packages": dict(guest.packages), "ready": repr(w.ready)}
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+            out.append(_Desired(p, program, forwards, digest, stack_dir / replica_dir(w.name, i), i))
+        return out
 
-    def _apply(self, d: _Desired, plan: Plan, wait: bool, timeout: float) -> bool:
-        """Start the VM unless it runs with the same spec already; True when it was (re)started."""
-        w = d.placement.workload
+    def _current(self, d: _Desired) -> bool:
         vm, state = self._load(d.workdir)
-        if vm is not None and vm.owns() and state.get("digest") == d.digest:
-            return False  # unchanged and running: idempotent
-        if d.workdir.exists():
-            self._remove(d.workdir)
+        return vm is not None and vm.owns() and state.get("digest") == d.digest
+
+    def _apply(self, replicas: list[_Desired], plan: Plan, wait: bool, timeout: float) -> set[str]:
+        """Start every replica that does not run with the same spec already, then wait for them; the names of
+        the state dirs of the (re)started replicas."""
+        stale = [d for d in replicas if not self._current(d)]  # unchanged and running: idempotent
+        if not stale:
+            return set()
+        w = stale[0].placement.workload
+        for d in stale:
+            if d.workdir.exists():
+                self._remove(d.workdir)
         guest = load_guest(w.arch)
         binary = qemu_binary(w.arch)  # fail before building anything when QEMU is missing
-        for f in d.forwards:
-            check_port_free(f.host_addr, f.host_port)
+        for d in stale:
+            for f in d.forwards:
+                check_port_free(f.host_addr, f.host_port)
         accel = accelerator_for(w.arch, guest)
-        d.workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            build_initrd(guest, materialize(d.program, w.arch, d.workdir), d.workdir / "initrd.img")
-            for tar in d.workdir.glob("*.rootfs.tar"):
-                tar.unlink()  # already copied into the initrd
-        except BaseException:
-            shutil.rmtree(d.workdir, ignore_errors=True)
-            raise
+        initrd: Path | None = None
+        vms = []
+        for d in stale:
+            d.workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                if initrd is None:
+                    build_initrd(guest, materialize(d.program, w.arch, d.workdir), d.workdir / "initrd.img")
+                    for tar in d.workdir.glob("*.rootfs.tar"):
+                        tar.unlink()  # already copied into the initrd
+                    initrd = d.workdir / "initrd.img"
+                else:
+                    # replicas run the same program: build (and export images) once
+                    shutil.copyfile(initrd, d.workdir / "initrd.img")
+            except BaseException:
+                shutil.rmtree(d.workdir, ignore_errors=True)
+                raise
+            vms.append(self._start(d, plan, guest, accel, binary))
+        if wait:
+            for vm, d in zip(vms, stale):
+                self._wait_ready(vm, w, timeout, d.label)
+        return {d.workdir.name for d in stale}
+
+    def _start(self, d: _Desired, plan: Plan, guest: Guest, accel: str, binary: str) -> GuestVM:
+        w = d.placement.workload
+        name = f"hybridorch-{plan.stack.name}-{w.name}" + (f"-{d.replica}" if d.replica else "")
         spec = BootSpec(arch=w.arch, accel=accel, cpus=w.vcpus, memory_mib=_memory_mib(w), kernel=guest.kernel,
                         initrd=d.workdir / "initrd.img", console_log=d.workdir / "console.log",
-                        machine=w.vm.machine, forwards=d.forwards, name=f"hybridorch-{plan.stack.name}-{w.name}")
-        state = {"stack": plan.stack.name, "workload": w.name, "runtime": d.placement.runtime, "arch": w.arch,
-                 "accelerator": accel, "cpus": spec.cpus, "memoryMib": spec.memory_mib, "kernel": str(guest.kernel),
+                        machine=w.vm.machine, forwards=d.forwards, name=name)
+        state = {"stack": plan.stack.name, "workload": w.name, "replica": d.replica,
+                 "runtime": d.placement.runtime, "arch": w.arch, "accelerator": accel, "cpus": spec.cpus,
+                 "memoryMib": spec.memory_mib, "kernel": str(guest.kernel),
                  "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in d.forwards], "digest": d.digest,
                  "started": time.time(), "binary": binary}
         (d.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         vm = GuestVM.start(spec, d.workdir)
         self._started.append((vm, d.workdir))
-        if wait:
-            self._wait_ready(vm, w, timeout)
-        return True
+        return vm
 
-    def _wait_ready(self, vm: GuestVM, w: Workload, timeout: float) -> None:
+    def _wait_ready(self, vm: GuestVM, w: Workload, timeout: float, label: str | None = None) -> None:
         limit = float(w.ready.timeout) if w.ready else timeout
+        label = label or w.name
         deadline = time.monotonic() + limit
         while True:
             if self._is_ready(vm, w):
@@ -624,22 +693,13 @@ class QemuBackend(Backend):
             if not vm.running():
                 error = vm.qemu_error()
                 vm.stop()
-                raise BackendError(f"VM {w.name} exited during boot: "
+                raise BackendError(f"VM {label} exited during boot: "
                                    f"{error or 'last console lines: ' + last_lines(vm.console())}")
             if time.monotonic() >= deadline:
                 vm.stop()
-                raise BackendError(f"VM {w.name} was not ready within {limit:.0f}s (stopped it); last console "
+                raise BackendError(f"VM {label} was not ready within {limit:.0f}s (stopped it); last console "
                                    f"lines: {last_lines(vm.console())}")
             time.sleep(0.05)
-
-    @staticmethod
-    def _ready_port(w: Workload) -> tuple[str, int] | None:
-        forwards = {f.guest_port: f for f in _forwards(w)}
-        port = (w.ready.port if w.ready and w.ready.port else None) or (next(iter(forwards), None)
-                                                                         if not (w.ready and w.ready.marker) else None)
-        if port is None or port not in forwards:
-            return None
-        return forwards[port].host_addr, forwards[port].host_port
 
     def _is_ready(self, vm: GuestVM, w: Workload) -> bool:
         text = vm.console()
@@ -648,39 +708,58 @@ class QemuBackend(Backend):
             return False
         if not marker and READY_MARKER not in text:
             return False
-        port = self._ready_port(w)
-        return port is None or port_answers(port[1], port[0])
+        # the VM's own forwards: replicas > 0 have none, so the console marker is their readiness
+        port = ready_forward(w, vm.spec.forwards)
+        return port is None or port_answers(port.host_port, port.host_addr)
 
     # -- status / logs / down ---------------------------------------------------------------------------
     def status(self, plan: Plan) -> list[WorkloadStatus]:
         return self._status(plan, set())
 
     def _status(self, plan: Plan, known_ready: set[str]) -> list[WorkloadStatus]:
+        """One row per workload; `known_ready` names the replica state dirs `up` just waited for."""
         out = []
         for p in self._mine(plan):
-            workdir = self._stack_dir(plan) / p.name
-            vm, state = self._load(workdir)
-            if vm is None:
+            w = p.workload
+            loaded = []
+            for i in range(w.replicas):
+                workdir = self._stack_dir(plan) / replica_dir(p.name, i)
+                vm, state = self._load(workdir)
+                if vm is not None:
+                    loaded.append((i, workdir.name, vm, state))
+            if not loaded:
                 out.append(WorkloadStatus(p.name, p.runtime, "absent", detail="not created: run `hybridorch up`"))
                 continue
-            ports = tuple(str(Forward(*f)) for f in state.get("forwards", []))
-            accel = state.get("accelerator")
-            if not vm.owns():
+            ports = tuple(str(Forward(*f)) for *_, state in loaded for f in state.get("forwards", []))
+            state0 = loaded[0][3]
+            accel = state0.get("accelerator")
+            alive = [(i, name, vm) for i, name, vm, _ in loaded if vm.owns()]
+            counts = f"{len(alive)}/{w.replicas} replicas running"
+            dead = [(i, vm) for i, _, vm, _ in loaded if not vm.owns()]
+            if dead:
+                i, vm = dead[0]
+                what = "QEMU" if i == 0 else f"QEMU of replica {i}"
                 out.append(WorkloadStatus(p.name, p.runtime, "failed", ports, accel,
-                                          detail=f"QEMU is not running; last console lines: "
+                                          detail=f"{counts}; {what} is not running; last console lines: "
                                                  f"{last_lines(vm.console(), 3)}"))
                 continue
-            ready = p.name in known_ready or self._is_ready(vm, p.workload)
-            detail = f"{state['arch']} {MACHINES[state['arch']].binary} pid {vm.pid}"
-            if p.workload.replicas > 1:
-                # one machine has one set of forwarded host ports, so the local target boots one VM per workload
-                detail += f"; 1 of {p.workload.replicas} replicas (the local target runs one VM per workload)"
-            out.append(WorkloadStatus(p.name, p.runtime, "ready" if ready else "running", ports, accel,
-                                      uptime_seconds=time.time() - state["started"], detail=detail,
-                                      extra={"pid": vm.pid}))
+            pids = [vm.pid for _, _, vm in alive]
+            detail = f"{counts}; {state0['arch']} {MACHINES[state0['arch']].binary} pid " + \
+                ", ".join(str(pid) for pid in pids)
+            if len(alive) < w.replicas:
+                phase = "pending"
+            else:
+                ready = all(name in known_ready or self._is_ready(vm, w) for _, name, vm in alive)
+                phase = "ready" if ready else "running"
+            started = min(st["started"] for *_, st in loaded)
+            out.append(WorkloadStatus(p.name, p.runtime, phase, ports, accel,
+                                      uptime_seconds=time.time() - started, detail=detail,
+                                      extra={"pid": pids[0], "pids": pids}))
         return out
 
     def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """Replica 0's console (the one with the forwarded ports); replica i's is <workload>.<i>/console.log
+        in the stack's state dir."""
         workdir = self._stack_dir(plan) / workload
         vm, _ = self._load(workdir)
         if vm is None:
