@@ -231,3 +231,32 @@ def test_ctrl_c_during_up_removes_what_was_started(state_dir: Path, stack_file) 
     assert "Traceback" not in stderr
     assert live_qemus(state_dir) == []
     assert not any((state_dir / "e2e-ctrlc").glob("*/qemu.pid"))
+
+
+def test_container_image_moved_into_a_vm_runs_there_under_runc(state_dir: Path, stack_file, docker_client) -> None:
+    # `requires: kernel-modules` makes the policy choose a VM for a container image: the guest must run that
+    # image (exported from the local engine) with runc on its own kernel, not a stand-in page
+    (port,) = free_ports(1)
+    body = f"""
+            - name: reports
+              image: hybridorch.local/httpd:1
+              command: ["httpd", "-f", "-v", "-p", "8081", "-h", "/www"]
+              ports: [{{port: 8081, hostPort: {port}}}]
+              resources: {{cpu: "1", memory: 256Mi}}
+              requires: [kernel-modules]
+    """
+    path = stack_file(vm_stack("e2e-qemu-image", body), "stack.yaml")
+    plan = json.loads(hybridorch("plan", path, "-o", "json").stdout)
+    assert plan["placements"][0]["runtime"] == "vm"
+    try:
+        hybridorch("up", path)
+        page = http_get(port)
+        # the image's own wrapper wrote this page, with the image's ENV (PAGE_TITLE) applied inside the guest
+        assert "<title>hybridorch</title>" in page and "workload reports" in page
+        assert not docker_client.containers.list(all=True, filters={"label": "hybridorch.dev/stack=e2e-qemu-image"})
+        assert len(live_qemus(state_dir)) == 1
+        console = hybridorch("logs", path, "reports").stdout
+        assert "@@HYB READY" in console
+    finally:
+        hybridorch("down", path)
+    assert live_qemus(state_dir) == []

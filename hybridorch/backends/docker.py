@@ -218,9 +218,12 @@ class DockerBackend(Backend):
             self._wait(plan, wanted, timeout)
 
     def _ensure_images(self, plan: Plan) -> None:
-        refs = list(dict.fromkeys(p.workload.image for p in plan.placements if p.workload.image))
-        dirs = images.image_dirs(plan.stack.file)
-        for ref in refs:
+        self.ensure_images([p.workload.image for p in plan.placements if p.workload.image], plan.stack.file)
+
+    def ensure_images(self, refs: list[str], stack_file: str) -> None:
+        """Build the missing local images among `refs`, parents first (also for images that VMs run)."""
+        dirs = images.image_dirs(stack_file)
+        for ref in dict.fromkeys(refs):
             if self._has_image(ref):
                 continue
             for recipe in images.build_order(ref, dirs):

@@ -57,6 +57,7 @@ class LocalBackend(Backend):
 
     def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
         check_runnable_here(plan)
+        self._ensure_vm_images(plan)
         done: list[Backend] = []
         results: list[WorkloadStatus] = []
         try:
@@ -72,6 +73,17 @@ class LocalBackend(Backend):
                     undo()
             raise
         return _in_plan_order(plan, results)
+
+    def _ensure_vm_images(self, plan: Plan) -> None:
+        """Local Docker images that VMs run (exported into the guest) are built like the containers' own."""
+        vms = [p for p in plan.placements if p.runtime in VM_RUNTIMES]
+        if not vms:
+            return
+        qemu = importlib.import_module("hybridorch.backends.qemu")
+        refs = [c.rootfs[len("docker:"):] for p in vms for c in qemu.program_for(p.workload, p.runtime).containers
+                if c.rootfs.startswith("docker:")]
+        if refs:
+            self._side("containers").ensure_images(refs, plan.stack.file)  # type: ignore[attr-defined]
 
     def status(self, plan: Plan) -> list[WorkloadStatus]:
         results: list[WorkloadStatus] = []

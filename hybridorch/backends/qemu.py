@@ -486,13 +486,29 @@ def export_image(image: str, arch: str, dest: Path) -> Path:
     return dest
 
 
+def image_config(image: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """What a local Docker image runs by default (entrypoint + cmd) and its environment, which runc in the
+    guest does not know about: `docker export` keeps only the filesystem."""
+    out = _docker("image", "inspect", "-f", "{{json .Config.Entrypoint}}\n{{json .Config.Cmd}}\n{{json .Config.Env}}",
+                  image)
+    if out.returncode != 0:
+        raise BackendError(f"image {image!r} is not in the local Docker engine: build it first")
+    entry, cmd, env = (json.loads(part) or [] for part in out.stdout.decode().splitlines()[:3])
+    return tuple(entry) + tuple(cmd), dict(item.split("=", 1) for item in env if "=" in item)
+
+
 def materialize(program: GuestProgram, arch: str, workdir: Path) -> GuestProgram:
     """Replace docker:IMAGE roots by exported tarballs in `workdir`, so the guest module needs no engine."""
     containers = []
     for c in program.containers:
         if c.rootfs.startswith("docker:"):
-            tar = export_image(c.rootfs[len("docker:"):], arch, workdir / f"{c.name}.rootfs.tar")
+            image = c.rootfs[len("docker:"):]
+            default_command, image_env = image_config(image)
+            c = replace(c, command=c.command or default_command, env={**image_env, **c.env})
+            tar = export_image(image, arch, workdir / f"{c.name}.rootfs.tar")
             c = replace(c, rootfs=str(tar))
+        if not c.command:
+            raise BackendError(f"{program.title}: container {c.name} needs a command (the guest runs it with runc)")
         containers.append(c)
     return replace(program, containers=tuple(containers))
 
@@ -502,12 +518,20 @@ def program_for(w: Workload, runtime: str) -> GuestProgram:
     if runtime == "nested":
         containers = []
         for c in w.containers:
-            if not c.command:
+            rootfs = _inner_rootfs(c.image)
+            if not c.command and not rootfs.startswith("docker:"):
                 raise BackendError(f"{w.name}: inner container {c.name} needs a command (the guest runs it with runc)")
-            containers.append(ContainerRun(c.name, tuple(c.command), _inner_rootfs(c.image), dict(c.env),
+            containers.append(ContainerRun(c.name, tuple(c.command or ()), rootfs, dict(c.env),
                                            timeout=0, host_network=True))
         return GuestProgram(w.name, containers=tuple(containers), env=dict(w.env))
     command = tuple(w.command or ()) + tuple(w.args or ()) or None
+    if w.runtime == "auto" and w.image and not (w.vm.disk_image or w.vm.disk_pvc):
+        # a container image the policy moved into a VM (own kernel, escape surface, ...): the guest runs it with
+        # runc on its own kernel, as the KubeVirt rendering runs it with podman; an image named by an explicit
+        # `runtime: vm` is a boot disk instead, which the local busybox guest stands in for
+        env = {"HYBRIDORCH_WORKLOAD": w.name, **w.env}
+        run = ContainerRun(w.name, command or (), _inner_rootfs(w.image), env, timeout=0, host_network=True)
+        return GuestProgram(w.name, containers=(run,), env=dict(w.env))
     ports = tuple(p.port for p in w.ports if p.protocol == "TCP")
     return GuestProgram(w.name, http_ports=ports, command=command, env=dict(w.env))
 
