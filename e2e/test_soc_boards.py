@@ -73,3 +73,26 @@ def test_guest_that_does_not_boot_is_an_error_with_console(state_dir: Path, tmp_
     assert all(t.outcome == "error" for t in result.tests)
     assert "broken-board: error:" in format_report(report)
     assert live_qemus(state_dir) == []
+
+
+def test_ctrl_c_stops_every_board_and_leaves_nothing(state_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    plans = [str(ROOT / "examples" / "soc-arm64.yaml"), str(ROOT / "examples" / "soc-amd64.yaml")]
+    proc = subprocess.Popen([sys.executable, "-m", "hybridorch", "soc-test", *plans, "-j", "2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while len(live_qemus(state_dir)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert len(live_qemus(state_dir)) == 2, "both boards should be booting when Ctrl-C comes"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert live_qemus(state_dir) == []
+    assert not list((state_dir / "soc").glob("*")), "the boards' work directories must be removed"
+    print(f"interrupted after both boards started; stderr: {err.strip()}")
