@@ -320,7 +320,6 @@ class Obj(Type):
         for name, f in self.fields.items():
             if f.required and name not in seen:
                 errors.add(node, f"{path}.{name}" if path else name, "required field is missing")
-                out[name] = None  # marks the object as incomplete for later cross-field checks
         return self._defaults(out)
 
     def _defaults(self, out: dict[str, Any]) -> dict[str, Any]:

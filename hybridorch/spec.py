@@ -344,6 +344,19 @@ def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors)
                    f"port {ready['port']} is not one of the workload's ports")
 
 
+def _check_unique_names(items: list[Any], prefix: str, what: str, doc: Document, errors: Errors) -> None:
+    """Names must be unique in a list; entries whose name failed its own check are passed over."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        name = (item or {}).get("name")
+        if not name:
+            continue
+        if name in first:
+            errors.add(doc.line(f"{prefix}[{i}].name"), f"{prefix}[{i}].name",
+                       f"duplicate {what} {name!r} (first at {prefix}[{first[name]}])")
+        first.setdefault(name, i)
+
+
 def load_stack(path: str, text: str | None = None) -> Stack:
     """Load and check a stack file; raises SpecError naming file, line and field of every problem."""
     errors = Errors(path)
@@ -357,15 +370,8 @@ def load_stack(path: str, text: str | None = None) -> Stack:
 
     workloads = [(i, w) for i, w in enumerate(spec.get("workloads") or [])
                  if w and typed_ok(f"spec.workloads[{i}]")]
-    names: dict[str, int] = {}
     host_ports: dict[int, str] = {}
-    for i, w in enumerate(spec.get("workloads") or []):
-        name = (w or {}).get("name")
-        if name and name in names:
-            errors.add(doc.line(f"spec.workloads[{i}].name"), f"spec.workloads[{i}].name",
-                       f"duplicate workload name {name!r} (first at spec.workloads[{names[name]}])")
-        if name:
-            names.setdefault(name, i)
+    _check_unique_names(spec.get("workloads") or [], "spec.workloads", "workload name", doc, errors)
     for i, w in workloads:
         p = f"spec.workloads[{i}]"
         _check_workload(w, p, doc, errors)
@@ -377,10 +383,7 @@ def load_stack(path: str, text: str | None = None) -> Stack:
                            " (set hostPort to another port)")
             host_ports.setdefault(hp, w["name"])
     pools = [h for i, h in enumerate(spec.get("hosts") or []) if h and typed_ok(f"spec.hosts[{i}]")]
-    pool_names = [h["name"] for h in pools]
-    for i, name in enumerate(pool_names):
-        if name in pool_names[:i]:
-            errors.add(doc.line(f"spec.hosts[{i}].name"), f"spec.hosts[{i}].name", f"duplicate host pool {name!r}")
+    _check_unique_names(spec.get("hosts") or [], "spec.hosts", "host pool", doc, errors)
     errors.raise_if_any()
 
     def sub_lines(prefix: str) -> dict[str, int]:
@@ -400,10 +403,7 @@ def load_hosts(path: str) -> tuple[HostPool, ...]:
     """A `kind: Hosts` file (the cluster or machines a stack is planned for), replacing a stack's spec.hosts."""
     doc = check_document(path, HOSTS_FILE)
     errors = Errors(path)
-    names = [p["name"] for p in doc.values["spec"]["pools"]]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            errors.add(doc.line(f"spec.pools[{i}].name"), f"spec.pools[{i}].name", f"duplicate host pool {name!r}")
+    _check_unique_names(doc.values["spec"]["pools"], "spec.pools", "host pool", doc, errors)
     errors.raise_if_any()
     return tuple(HostPool(**p) for p in doc.values["spec"]["pools"])
 

@@ -166,3 +166,18 @@ def test_json_schema_accepts_examples_and_rejects_unknown_fields():
 def test_shipped_json_schema_is_current():
     shipped = json.loads((ROOT / "hybridorch" / "data" / "stack-v1alpha1.schema.json").read_text())
     assert shipped == stack_json_schema(), "refresh: hybridorch schema > hybridorch/data/stack-v1alpha1.schema.json"
+
+
+def test_duplicate_host_pool_is_located_even_after_a_broken_pool(write_stack):
+    # the index in the error is the pool's own, not its position among the pools that typed correctly
+    text = HEADER.replace("  workloads:\n", """\
+  hosts:
+    - {name: a, arch: m68k}
+    - {name: b}
+    - {name: b}
+  workloads:
+""") + "    - {name: web, image: x}\n"
+    with pytest.raises(SpecError) as info:
+        load_stack(write_stack(text))
+    assert any(p.path == "spec.hosts[2].name" and p.line == 8 and "duplicate host pool 'b' (first at spec.hosts[1])"
+               in p.message for p in info.value.problems), info.value.problems
