@@ -114,7 +114,7 @@ target_option = click.option("--target", type=click.Choice(["local", "kubernetes
 context_option = click.option("--context", help="kubeconfig context (target kubernetes).")
 
 
-def _k8s_options(context: str | None, namespace_prefix: str = "") -> dict[str, str]:
+def _backend_options(context: str | None, namespace_prefix: str = "") -> dict[str, str]:
     """Backend options from the command line (and the global --hosts, which api pops before the backend)."""
     out = {}
     hosts = _hosts()
@@ -150,7 +150,7 @@ def up(file: str, target: str, context: str | None, wait: bool, timeout: float, 
     from . import api
 
     _print_status(api.up(file, target, wait=wait, timeout=timeout, policy=policy, templates=templates,
-                         **_k8s_options(context)), "table")
+                         **_backend_options(context)), "table")
 
 
 @cli.command()
@@ -167,7 +167,7 @@ def apply(file: str, context: str | None, namespace_prefix: str, wait: bool, tim
     from . import api
 
     _print_status(api.up(file, "kubernetes", wait=wait, timeout=timeout, policy=policy, templates=templates,
-                         **_k8s_options(context, namespace_prefix)), "table")
+                         **_backend_options(context, namespace_prefix)), "table")
 
 
 @cli.command()
@@ -180,7 +180,7 @@ def status(file: str, target: str, context: str | None, output: str, policy: str
     """Name, runtime, state, ports, accelerator (kvm/tcg) and uptime of every workload."""
     from . import api
 
-    _print_status(api.status(file, target, policy=policy, **_k8s_options(context)), output)
+    _print_status(api.status(file, target, policy=policy, **_backend_options(context)), output)
 
 
 @cli.command()
@@ -194,7 +194,7 @@ def logs(file: str, workload: str, target: str, context: str | None, tail: int |
     """Container logs, or a VM's serial console."""
     from . import api
 
-    for line in api.logs(file, workload, target, tail=tail, follow=follow, **_k8s_options(context)):
+    for line in api.logs(file, workload, target, tail=tail, follow=follow, **_backend_options(context)):
         click.echo(line)
 
 
@@ -207,7 +207,7 @@ def down(file: str, target: str, context: str | None, policy: str | None) -> Non
     """Remove every container, network, VM and file the tool created for the stack, and nothing else."""
     from . import api
 
-    removed = api.down(file, target, policy=policy, **_k8s_options(context))
+    removed = api.down(file, target, policy=policy, **_backend_options(context))
     for item in removed:
         click.echo(f"removed {item}")
     if not removed:
@@ -223,7 +223,7 @@ def delete(file: str, context: str | None, namespace_prefix: str, policy: str | 
     """Delete the stack's objects from the cluster (only objects carrying its labels)."""
     from . import api
 
-    for item in api.down(file, "kubernetes", policy=policy, **_k8s_options(context, namespace_prefix)):
+    for item in api.down(file, "kubernetes", policy=policy, **_backend_options(context, namespace_prefix)):
         click.echo(f"deleted {item}")
 
 

@@ -21,6 +21,11 @@ def object_labels(stack: str, workload: str | None = None, runtime: str | None =
     return out
 
 
+def selector_terms(stack: str) -> list[str]:
+    """The label terms every object of one stack carries (docker's `label` filter takes them as a list)."""
+    return [f"{LABEL_MANAGED}={MANAGED_BY}", f"{LABEL_STACK}={stack}"]
+
+
 def selector(stack: str) -> str:
-    """A label selector (kubectl -l / docker --filter label=) for every object of one stack."""
-    return f"{LABEL_MANAGED}={MANAGED_BY},{LABEL_STACK}={stack}"
+    """A label selector (kubectl -l) for every object of one stack."""
+    return ",".join(selector_terms(stack))

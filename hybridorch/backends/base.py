@@ -24,9 +24,6 @@ REGISTRY: dict[str, str] = {
     "kubernetes": "hybridorch.backends.kubernetes:KubernetesBackend",
 }
 
-from ..labels import (LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD,  # noqa: F401
-                      MANAGED_BY, object_labels, selector)
-
 
 @dataclass(frozen=True)
 class WorkloadStatus:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import images
 from ..errors import BackendError
-from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels
+from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
 from .base import Backend, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def container_name(stack: str, workload: str, replica: int) -> str:
 
 
 def stack_filter(stack: str) -> dict[str, list[str]]:
-    return {"label": [f"{LABEL_MANAGED}={MANAGED_BY}", f"{LABEL_STACK}={stack}"]}
+    return {"label": selector_terms(stack)}
 
 
 @dataclass(frozen=True)
