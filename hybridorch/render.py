@@ -21,7 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from . import validate
 from .errors import RenderError
-from .labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, object_labels
+from .labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_WORKLOAD, MANAGED_BY, object_labels
 from .plan import Plan
 from .policy import Placement, Profile
 from .spec import InnerContainer, Workload, memory_bytes
@@ -289,7 +289,7 @@ def _labels(plan: Plan, workload: Workload | None = None, runtime: str | None = 
 
 
 def _selector(plan: Plan, workload: Workload) -> dict[str, str]:
-    return {LABEL_MANAGED: MANAGED_BY, LABEL_STACK: plan.stack.name, LABEL_WORKLOAD: workload.name}
+    return object_labels(plan.stack.name, workload.name)
 
 
 def _node_selector(p: Placement) -> dict[str, str]:
@@ -366,8 +366,7 @@ def _cloud_config(tpl: Templates, plan: Plan, p: Placement) -> str:
                                         "command": list(c.command) if c.command else [],
                                         "env": [{"name": k, "value": v} for k, v in c.env.items()],
                                         "ports": _ports(c.ports)},
-                             labels={LABEL_MANAGED: MANAGED_BY, LABEL_STACK: plan.stack.name,
-                                     LABEL_WORKLOAD: w.name}),
+                             labels=_selector(plan, w)),
         })
     docs = tpl.documents("cloud-init/user-data.yaml.j2", hostname=w.name, stack=plan.stack.name, units=units)
     config = docs[0] if docs else {}
