@@ -17,15 +17,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 CACHE = Path(os.environ.get("HYBRIDORCH_CACHE") or Path.home() / ".cache" / "hybridorch")
 CLUSTER_NAME = "hybridorch-e2e"
 STATE = Path(os.environ.get("HYBRIDORCH_K8S_STATE") or CACHE / "k8s" / "cluster")
 KUBECONFIG = STATE / "kubeconfig"
-OPENAPI = Path(os.environ.get("HYBRIDORCH_KUBEVIRT_OPENAPI") or REPO.parent / "shared" / "schemas"
-               / "kubevirt-openapi-v2.json")
-# a copy kept in the repository, so CI on a fresh clone has it even where shared/ is elsewhere
-OPENAPI_IN_REPO = HERE / "kubevirt-openapi-v2.json"
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
 
 # The fake hosts: (name, arch, hardware virtualisation, cpu, memory). Both architectures, with and without
@@ -210,19 +205,12 @@ def kind_down() -> None:
 
 # --- what every provider gets -------------------------------------------------------------------------
 
-def openapi_file() -> Path:
-    for candidate in (OPENAPI, OPENAPI_IN_REPO):
-        if candidate.exists():
-            return candidate
-    raise SystemExit(f"[cluster] error: KubeVirt OpenAPI definitions not found at {OPENAPI} or {OPENAPI_IN_REPO}; "
-                     "set HYBRIDORCH_KUBEVIRT_OPENAPI")
-
-
 def install_kubevirt_crds() -> None:
+    """CRDs made from the KubeVirt schema the package ships: the cluster checks VMs against what render does."""
     sys.path.insert(0, str(HERE))
-    from kubevirt_crds import convert  # noqa: E402 (a sibling script, not a package)
+    from kubevirt_crds import SHIPPED, convert  # noqa: E402 (a sibling script, not a package)
 
-    crds = convert(json.loads(openapi_file().read_text()))
+    crds = convert(json.loads(SHIPPED.read_text()))
     kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=hybridorch-e2e", "-f", "-",
             stdin=json.dumps(crds))
     names = [f"crd/{c['metadata']['name']}" for c in crds["items"]]

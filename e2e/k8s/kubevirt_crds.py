@@ -1,13 +1,14 @@
-"""Turn KubeVirt's published OpenAPI v2 definitions into CustomResourceDefinitions with structural schemas.
+"""Turn the KubeVirt JSON Schema the package ships (hybridorch/data/kubevirt-schema.json, extracted from KubeVirt's
+OpenAPI by tests/tools/extract_schemas.py) into CustomResourceDefinitions with structural schemas.
 
 Installed into the e2e cluster so that the API server itself validates VirtualMachines the way a cluster
-running KubeVirt would (minus KubeVirt's webhooks). Usage: python3 kubevirt_crds.py OPENAPI.json > crds.json
+running KubeVirt would (minus KubeVirt's webhooks). Usage: python3 kubevirt_crds.py [SCHEMA.json] > crds.json
 """
 from __future__ import annotations
 
 import json
-import re
 import sys
+from pathlib import Path
 from typing import Any
 
 # formats the apiextensions validator knows; others are dropped rather than risk a rejected CRD
@@ -26,8 +27,8 @@ SPECIAL: dict[str, dict[str, Any]] = {
     # generated manifests often carry creationTimestamp: null
     OBJECT_META: {"type": "object", "nullable": True, "x-kubernetes-preserve-unknown-fields": True},
 }
-RESOURCE_PATH = re.compile(r"/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/"
-                           r"(?P<ns>namespaces/\{namespace\}/)?(?P<plural>[a-z]+)")
+# the KubeVirt API subset the package ships (and validates rendered VirtualMachines against)
+SHIPPED = Path(__file__).resolve().parents[2] / "hybridorch" / "data" / "kubevirt-schema.json"
 
 
 class Converter:
@@ -35,7 +36,7 @@ class Converter:
         self.definitions = definitions
 
     def schema(self, node: dict[str, Any], stack: tuple[str, ...] = ()) -> dict[str, Any]:
-        """One OpenAPI v2 schema node as a structural schema node (refs inlined, every node typed)."""
+        """One JSON Schema node as a structural schema node (refs inlined, every node typed)."""
         if "$ref" in node:
             name = node["$ref"].rsplit("/", 1)[-1]
             if name in SPECIAL:
@@ -49,7 +50,11 @@ class Converter:
         kind = node.get("type")
         out: dict[str, Any] = {}
         if isinstance(kind, list):
-            return dict(INT_OR_STRING) if "string" in kind else dict(PRESERVE)
+            # JSON Schema says nullable as a "null" member and int-or-string as ["string", "integer", ...]
+            types = [t for t in kind if t != "null"]
+            if len(types) != 1:
+                return dict(INT_OR_STRING) if "string" in types else dict(PRESERVE)
+            return self.schema({**node, "type": types[0], "nullable": node.get("nullable") or "null" in kind}, stack)
         if kind == "object" or "properties" in node or "additionalProperties" in node:
             out["type"] = "object"
             props = node.get("properties") or {}
@@ -105,22 +110,16 @@ class Converter:
         return out
 
 
-def resources(openapi: dict[str, Any]) -> list[dict[str, str]]:
-    """Every creatable resource (group, version, plural, kind, scope) named by the spec's POST paths."""
-    found: dict[tuple[str, str], dict[str, str]] = {}
-    for path, ops in openapi["paths"].items():
-        match = RESOURCE_PATH.fullmatch(path)
-        if not match or "post" not in ops:
-            continue
-        body = [p for p in ops["post"].get("parameters", []) if p.get("in") == "body"]
-        if not body or "$ref" not in body[0].get("schema", {}):
-            continue
-        definition = body[0]["schema"]["$ref"].rsplit("/", 1)[-1]
-        found[(match["group"], match["plural"])] = {
-            "group": match["group"], "version": match["version"], "plural": match["plural"],
-            "kind": definition.split(".", 1)[1], "definition": definition,
-            "scope": "Namespaced" if match["ns"] else "Cluster"}
-    return sorted(found.values(), key=lambda r: (r["group"], r["plural"]))
+def resources(schema: dict[str, Any]) -> list[dict[str, str]]:
+    """Every resource the schema names in `kinds` ("group/version/Kind" -> definition), as group, version,
+    plural, kind, definition and scope; every KubeVirt kind hybridorch renders is namespaced."""
+    found = []
+    for gvk, definition in schema["kinds"].items():
+        group_version, kind = gvk.rsplit("/", 1)
+        group, _, version = group_version.rpartition("/")
+        found.append({"group": group, "version": version, "plural": kind.lower(), "kind": kind,
+                      "definition": definition, "scope": "Namespaced"})
+    return sorted(found, key=lambda r: (r["group"], r["plural"]))
 
 
 def crd(conv: Converter, res: dict[str, str], short_names: dict[str, list[str]]) -> dict[str, Any]:
@@ -136,15 +135,16 @@ def crd(conv: Converter, res: dict[str, str], short_names: dict[str, list[str]])
         version["subresources"] = {"status": {}}
     return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": f"{plural}.{res['group']}",
-                         "labels": {"app.kubernetes.io/part-of": "kubevirt-crds-from-openapi"}},
+                         "labels": {"app.kubernetes.io/part-of": "kubevirt-crds-from-schema"}},
             "spec": {"group": res["group"], "scope": res["scope"], "names": names, "versions": [version]}}
 
 
-def convert(openapi: dict[str, Any]) -> dict[str, Any]:
-    conv = Converter(openapi["definitions"])
+def convert(schema: dict[str, Any]) -> dict[str, Any]:
+    """The CRDs (a kubectl List) for the KubeVirt JSON Schema hybridorch ships in hybridorch/data/."""
+    conv = Converter(schema["$defs"])
     short = {"VirtualMachine": ["vm", "vms"], "VirtualMachineInstance": ["vmi", "vmis"],
              "DataVolume": ["dv", "dvs"]}
-    items = [crd(conv, r, short) for r in resources(openapi)]
+    items = [crd(conv, r, short) for r in resources(schema)]
     # CDI's DataVolume is not in KubeVirt's API, but KubeVirt embeds its spec (dataVolumeTemplates):
     # a standalone DataVolume gets the same schema, so a stack with a disk size validates either way.
     if "v1.DataVolumeTemplateSpec" in conv.definitions:
@@ -155,12 +155,12 @@ def convert(openapi: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: kubevirt_crds.py KUBEVIRT-OPENAPI-V2.json > crds.json", file=sys.stderr)
+    if len(argv) > 2 or argv[1:2] in (["-h"], ["--help"]):
+        print(f"usage: kubevirt_crds.py [KUBEVIRT-SCHEMA.json] > crds.json (default: {SHIPPED})", file=sys.stderr)
         return 2
-    with open(argv[1], encoding="utf-8") as fh:
-        openapi = json.load(fh)
-    json.dump(convert(openapi), sys.stdout, separators=(",", ":"))
+    with open(argv[1] if len(argv) == 2 else SHIPPED, encoding="utf-8") as fh:
+        schema = json.load(fh)
+    json.dump(convert(schema), sys.stdout, separators=(",", ":"))
     return 0
 
 
