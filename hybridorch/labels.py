@@ -7,6 +7,9 @@ LABEL_STACK = "hybridorch.dev/stack"
 LABEL_WORKLOAD = "hybridorch.dev/workload"
 LABEL_RUNTIME = "hybridorch.dev/runtime"
 LABEL_TENANT = "hybridorch.dev/tenant"
+# Lifecycle: who answers for a workload and how long it may live (gc and audit read them back from what runs)
+LABEL_OWNER = "hybridorch.dev/owner"
+LABEL_TTL = "hybridorch.dev/ttl"
 
 
 def object_labels(stack: str, workload: str | None = None, runtime: str | None = None,
@@ -18,6 +21,17 @@ def object_labels(stack: str, workload: str | None = None, runtime: str | None =
         out[LABEL_RUNTIME] = runtime
     if tenant:
         out[LABEL_TENANT] = tenant
+    return out
+
+
+def lifecycle_labels(owner: str | None, ttl: str | None) -> dict[str, str]:
+    """The owner/ttl labels of a stack or workload (spec.py merges them into its labels, which render puts on every
+    Kubernetes object, KubeVirt VM and libvirt domain and the docker backend on every container and network)."""
+    out = {}
+    if owner:
+        out[LABEL_OWNER] = owner
+    if ttl:
+        out[LABEL_TTL] = ttl
     return out
 
 

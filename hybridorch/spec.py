@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import Problem, SpecError
+from .labels import lifecycle_labels
 from .schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
                      parse_quantity)
 
@@ -23,6 +24,11 @@ _name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters
 _text = Scalar(str)
 _labels = MapOf(Scalar(str), key_pattern=r"([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _port_number = Scalar(int, minimum=1, maximum=65535, what="a port number")
+# owner and ttl become label values on every object, so they follow the label-value syntax
+_owner = Scalar(str, pattern=r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?",
+                what="an owner usable as a label value (letters, digits, '-', '_', '.'; at most 63), e.g. team-shop")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_duration = Scalar(str, pattern=r"(?=.{1,63}$)([0-9]+[smhdw])+", what="a duration such as 30m, 12h, 7d or 1d12h")
 
 
 PORT = Obj({
@@ -66,6 +72,11 @@ VM = Obj({
                    doc="Local guest built from Debian packages (kernel + busybox initramfs)."),
 })
 
+SNAPSHOTS = Obj({
+    "retain": Field(Scalar(int, minimum=1, maximum=100), default=3, doc="Snapshots kept per VM."),
+    "maxAge": Field(_duration, doc="Snapshots older than this are pruned (and flagged by `hybridorch audit`)."),
+}, description="Snapshot retention of a vm or nested workload.")
+
 READY = Obj({
     "port": Field(_port_number, doc="Ready when this port accepts connections (default: the first port)."),
     "marker": Field(_text, doc="Ready when this text appears in the log/console."),
@@ -93,6 +104,9 @@ WORKLOAD = Obj({
     "vm": Field(VM, doc="VM settings for vm and nested placements."),
     "ready": Field(READY, doc="How the local target decides the workload is ready."),
     "labels": Field(_labels, default=dict),
+    "owner": Field(_owner, doc="Who answers for this workload (default: metadata.owner); a label on what runs."),
+    "ttl": Field(_duration, doc="How long it may run (default: metadata.ttl); `hybridorch audit --live` flags it after."),
+    "snapshots": Field(SNAPSHOTS, doc="Snapshot retention (vm and nested workloads)."),
 })
 
 HOST_POOL = Obj({
@@ -109,7 +123,9 @@ HOST_POOL = Obj({
 STACK = Obj({
     "apiVersion": Field(Scalar(str, enum=(API_VERSION,)), required=True),
     "kind": Field(Scalar(str, enum=("Stack",)), required=True),
-    "metadata": Field(Obj({"name": Field(_name, required=True), "labels": Field(_labels, default=dict)}),
+    "metadata": Field(Obj({"name": Field(_name, required=True), "labels": Field(_labels, default=dict),
+                           "owner": Field(_owner, doc="Default owner of every workload."),
+                           "ttl": Field(_duration, doc="Default time to live of every workload.")}),
                       required=True),
     "spec": Field(Obj({
         "policy": Field(_text, default="balanced", doc="secure | balanced | efficient, or a policy file path."),
@@ -139,6 +155,18 @@ def memory_bytes(quantity: str) -> int:
     value = parse_quantity(quantity)
     assert value is not None
     return int(value)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as 7d or 1d12h (already checked against the pattern at load time)."""
+    total, number = 0, ""
+    for ch in text:
+        if ch.isdigit():
+            number += ch
+        else:
+            total += int(number) * DURATION_UNITS[ch]
+            number = ""
+    return total
 
 
 @dataclass(frozen=True)
@@ -196,6 +224,12 @@ class VmSettings:
 
 
 @dataclass(frozen=True)
+class Snapshots:
+    retain: int = 3
+    max_age: str | None = None
+
+
+@dataclass(frozen=True)
 class Readiness:
     port: int | None = None
     marker: str | None = None
@@ -222,7 +256,11 @@ class Workload:
     containers: tuple[InnerContainer, ...] = ()
     vm: VmSettings = VmSettings()
     ready: Readiness | None = None
+    # the user's labels plus the owner/ttl labels (labels.lifecycle_labels), so everything that runs carries them
     labels: Mapping[str, str] = field(default_factory=dict)
+    owner: str | None = None          # resolved: the workload's own, else metadata.owner
+    ttl: str | None = None            # resolved likewise
+    snapshots: Snapshots | None = None
     # where each field was written, for errors found after loading (policy contradictions)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -266,6 +304,8 @@ class Stack:
     workloads: tuple[Workload, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     policy_line: int = 0
+    owner: str | None = None
+    ttl: str | None = None
 
     def workload(self, name: str) -> Workload:
         for w in self.workloads:
@@ -285,8 +325,10 @@ def _tuple(v: list[str] | None) -> tuple[str, ...] | None:
     return None if v is None else tuple(v)
 
 
-def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int]) -> Workload:
+def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int], meta: dict[str, Any]) -> Workload:
     vm = v.get("vm") or {}
+    owner, ttl = v.get("owner") or meta.get("owner"), v.get("ttl") or meta.get("ttl")
+    snaps = v.get("snapshots")
     disk = vm.get("disk") or {}
     ready = v.get("ready")
     return Workload(
@@ -301,7 +343,8 @@ def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int]) -> Work
                       disk_pvc=disk.get("pvc"), disk_size=disk.get("size"), user_data=vm.get("userData"),
                       guest=vm.get("guest") or "busybox"),
         ready=Readiness(ready.get("port"), ready.get("marker"), ready["timeout"]) if ready else None,
-        labels=dict(v["labels"]), lines=lines)
+        labels={**v["labels"], **lifecycle_labels(owner, ttl)}, owner=owner, ttl=ttl,
+        snapshots=Snapshots(snaps["retain"], snaps.get("maxAge")) if snaps else None, lines=lines)
 
 
 def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors) -> None:
@@ -312,6 +355,9 @@ def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors)
                    f"inner containers need runtime nested, not {runtime}")
     if runtime == "nested" and not w.get("containers"):
         errors.add(doc.line(f"{path}.runtime"), f"{path}.runtime", "runtime nested needs a `containers` list")
+    if runtime in ("container", "sandboxed") and w.get("snapshots"):
+        errors.add(doc.line(f"{path}.snapshots"), f"{path}.snapshots",
+                   f"snapshots need a VM (runtime vm or nested), not {runtime}")
     if runtime in ("container", "sandboxed") and not w.get("image"):
         errors.add(doc.line(path), f"{path}.image", f"runtime {runtime} needs an image")
     if runtime == "auto" and not w.get("image") and not w.get("containers") and not w.get("vm"):
@@ -393,9 +439,11 @@ def load_stack(path: str, text: str | None = None) -> Stack:
         return out
 
     return Stack(
-        name=meta["name"], file=path, policy=spec["policy"], labels=dict(meta["labels"]),
+        name=meta["name"], file=path, policy=spec["policy"],
+        labels={**meta["labels"], **lifecycle_labels(meta.get("owner"), meta.get("ttl"))},
+        owner=meta.get("owner"), ttl=meta.get("ttl"),
         hosts=tuple(HostPool(**h) for h in pools) or DEFAULT_HOSTS,
-        workloads=tuple(_workload(w, meta["name"], sub_lines(f"spec.workloads[{i}]")) for i, w in workloads),
+        workloads=tuple(_workload(w, meta["name"], sub_lines(f"spec.workloads[{i}]"), meta) for i, w in workloads),
         policy_line=doc.line("spec.policy"))
 
 
@@ -425,4 +473,4 @@ def stack_json_schema() -> dict[str, Any]:
 
 
 __all__ = ["Stack", "Workload", "HostPool", "Port", "Resources", "Volume", "InnerContainer", "VmSettings",
-           "Readiness", "load_stack", "problem", "stack_json_schema", "SpecError", "RUNTIMES", "API_VERSION"]
+           "Readiness", "Snapshots", "parse_duration", "load_stack", "problem", "stack_json_schema", "SpecError", "RUNTIMES", "API_VERSION"]
