@@ -12,7 +12,7 @@ from .schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_doc
 from .spec import API_VERSION, Stack, load_hosts, load_stack
 
 if TYPE_CHECKING:
-    from .backends.base import WorkloadStatus
+    from .backends.base import Removal, WorkloadStatus
     from .render import Rendered
 
 _OVERHEAD = Obj({"cpu": Field(Quantity("cpu"), required=True), "memory": Field(Quantity("memory"), required=True)})
@@ -146,7 +146,9 @@ def logs(path: str, workload: str, target: str = "local", *, tail: int | None = 
     return backend.logs(plan, workload, tail=tail, follow=follow)
 
 
-def down(path: str, target: str = "local", *, policy: str | None = None, **options: Any) -> list[str]:
-    """Remove everything the tool created for the stack on the target, and nothing else."""
+def down(path: str, target: str = "local", *, delete_data: bool = False, policy: str | None = None,
+         **options: Any) -> "Removal":
+    """Remove everything the tool created for the stack on the target, and nothing else. Data (claims,
+    DataVolumes, volumes, disks) is kept unless `delete_data`; the result names what was removed and kept."""
     plan, backend = _backend_run(path, target, policy, options)
-    return backend.down(plan)
+    return backend.down(plan, delete_data=delete_data)

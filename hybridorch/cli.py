@@ -198,33 +198,52 @@ def logs(file: str, workload: str, target: str, context: str | None, tail: int |
         click.echo(line)
 
 
+delete_data_option = click.option("--delete-data", is_flag=True,
+                                  help="Also remove the stack's data (volumes, claims, DataVolumes, VM disks).")
+
+
+def _print_removal(result: Any, verb: str, again: str) -> None:
+    """What was removed, then what was kept and the command that removes each."""
+    for item in result.removed:
+        click.echo(f"{verb} {item}")
+    for kept in result.kept:
+        click.echo(str(kept))
+    if result.data_kept:
+        click.echo(f"data kept: `{again} --delete-data` removes it too")
+    if not result.removed and not result.kept:
+        click.echo("nothing to remove")
+
+
 @cli.command()
 @stack_file
 @target_option
 @context_option
+@delete_data_option
 @policy_option
-def down(file: str, target: str, context: str | None, policy: str | None) -> None:
-    """Remove every container, network, VM and file the tool created for the stack, and nothing else."""
+def down(file: str, target: str, context: str | None, delete_data: bool, policy: str | None) -> None:
+    """Remove every container, network, VM and file the tool created for the stack, and nothing else.
+    Data (volumes, VM disks) is kept unless --delete-data."""
     from . import api
 
-    removed = api.down(file, target, policy=policy, **_backend_options(context))
-    for item in removed:
-        click.echo(f"removed {item}")
-    if not removed:
-        click.echo("nothing to remove")
+    result = api.down(file, target, delete_data=delete_data, policy=policy, **_backend_options(context))
+    _print_removal(result, "removed", f"hybridorch down {file}" + (f" --target {target}" if target != "local" else ""))
 
 
 @cli.command()
 @stack_file
 @context_option
 @click.option("--namespace-prefix", default="", help="Prefix for every tenant namespace.")
+@delete_data_option
 @policy_option
-def delete(file: str, context: str | None, namespace_prefix: str, policy: str | None) -> None:
-    """Delete the stack's objects from the cluster (only objects carrying its labels)."""
+def delete(file: str, context: str | None, namespace_prefix: str, delete_data: bool, policy: str | None) -> None:
+    """Delete the stack's objects from the cluster (only objects carrying its labels). A namespace holding
+    objects hybridorch did not make is kept; claims and DataVolumes are kept unless --delete-data."""
     from . import api
 
-    for item in api.down(file, "kubernetes", policy=policy, **_backend_options(context, namespace_prefix)):
-        click.echo(f"deleted {item}")
+    result = api.down(file, "kubernetes", delete_data=delete_data, policy=policy,
+                      **_backend_options(context, namespace_prefix))
+    _print_removal(result, "deleted", f"hybridorch delete {file}" + (f" --context {context}" if context else "")
+                   + (f" --namespace-prefix {namespace_prefix}" if namespace_prefix else ""))
 
 
 @cli.command("soc-test")

@@ -145,3 +145,78 @@ def test_stream_is_one_json_document_per_object() -> None:
     text = k8s._stream([{"kind": "A"}, {"kind": "B"}])
     assert text == '---\n{"kind": "A"}\n---\n{"kind": "B"}\n'
     assert os.linesep not in text.replace("\n", "")
+
+
+# --- what keeps a namespace (the objects are shaped like `kubectl get -o json` output of the e2e cluster) ----
+
+OURS = {"app.kubernetes.io/managed-by": "hybridorch", "hybridorch.dev/stack": "shop"}
+
+
+def _obj(kind: str, name: str, uid: str, labels: dict[str, str] | None = None, owner: str | None = None,
+         **extra: object) -> dict:
+    meta: dict = {"name": name, "namespace": "shop", "uid": uid}
+    if labels:
+        meta["labels"] = labels
+    if owner:
+        meta["ownerReferences"] = [{"uid": owner, "kind": "Owner", "name": "x", "apiVersion": "v1"}]
+    return {"kind": kind, "metadata": meta, **extra}
+
+
+NAMESPACE = [
+    _obj("Deployment", "web", "d1", OURS),
+    _obj("ReplicaSet", "web-5d4f", "rs1", {"app": "web"}, owner="d1"),
+    _obj("Pod", "web-5d4f-abcde", "p1", {"app": "web"}, owner="rs1"),
+    _obj("Service", "web", "s1", OURS),
+    _obj("Endpoints", "web", "e1"),                                    # the endpoints controller sets no owner
+    _obj("EndpointSlice", "web-x7k2p", "es1", {"kubernetes.io/service-name": "web"}, owner="s1"),
+    _obj("StatefulSet", "db", "ss1", OURS),
+    _obj("ControllerRevision", "db-6c9f", "cr1", owner="ss1"),
+    _obj("PersistentVolumeClaim", "data-db-0", "pvc1", OURS, owner="ss1"),
+    _obj("VirtualMachine", "ledger", "vm1", OURS),
+    _obj("DataVolume", "ledger-disk", "dv1", OURS, owner="vm1"),
+    _obj("PersistentVolumeClaim", "ledger-disk", "pvc2", owner="dv1"),  # CDI's claim behind the DataVolume
+    _obj("ConfigMap", "kube-root-ca.crt", "c0"),
+    _obj("ServiceAccount", "default", "sa0"),
+    _obj("Secret", "default-token-x", "st0", type="kubernetes.io/service-account-token"),
+    _obj("Event", "web.17a", "ev1"),
+]
+NAMESPACE[14]["metadata"]["annotations"] = {"kubernetes.io/service-account.name": "default"}
+
+
+def test_a_namespace_with_only_our_objects_and_kubernetes_own_holds_nothing_foreign() -> None:
+    assert k8s.foreign_objects(NAMESPACE, "shop") == []
+
+
+def test_objects_hybridorch_did_not_make_are_foreign() -> None:
+    mine = _obj("ConfigMap", "settings", "u1")
+    other_stack = _obj("Deployment", "api", "u2", {**OURS, "hybridorch.dev/stack": "other"})
+    other_pod = _obj("Pod", "api-1", "u3", owner="u2")
+    orphan_endpoints = _obj("Endpoints", "not-a-service-of-ours", "u4")
+    other_token = _obj("Secret", "ci-token", "u5", type="kubernetes.io/service-account-token")
+    going = _obj("ConfigMap", "being-deleted", "u6")
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    items = NAMESPACE + [mine, other_stack, other_pod, orphan_endpoints, other_token, going]
+    foreign = [str(k8s.ObjectRef.of(o)) for o in k8s.foreign_objects(items, "shop")]
+    assert foreign == ["ConfigMap shop/settings", "Deployment shop/api", "Pod shop/api-1",
+                       "Endpoints shop/not-a-service-of-ours", "Secret shop/ci-token"]
+
+
+def test_an_owner_chain_that_leaves_the_listing_or_loops_is_not_ours() -> None:
+    loop = [_obj("Pod", "a", "a", owner="b"), _obj("Pod", "b", "b", owner="a"), _obj("Pod", "c", "c", owner="gone")]
+    assert [o["metadata"]["name"] for o in k8s.foreign_objects(loop, "shop")] == ["a", "b", "c"]
+
+
+def test_data_is_every_claim_and_datavolume_of_the_stack_owned_or_labelled() -> None:
+    user_claim = _obj("PersistentVolumeClaim", "mine", "u1")
+    data = [str(k8s.ObjectRef.of(o)) for o in k8s.data_objects(NAMESPACE + [user_claim], "shop")]
+    assert data == ["PersistentVolumeClaim shop/data-db-0", "DataVolume shop/ledger-disk",
+                    "PersistentVolumeClaim shop/ledger-disk"]
+    assert k8s.foreign_objects([user_claim], "shop") == [user_claim]
+
+
+def test_kept_data_says_how_to_remove_it() -> None:
+    backend = k8s.KubernetesBackend(context="kind-x")
+    ref = k8s.ObjectRef("PersistentVolumeClaim", "shop", "data-db-0")
+    assert backend._delete_command(ref) == "kubectl --context kind-x delete persistentvolumeclaims -n shop data-db-0"
+    assert k8s.KubernetesBackend()._delete_command(k8s.ObjectRef("Namespace", "", "shop")) == \
+        "kubectl delete namespaces shop"

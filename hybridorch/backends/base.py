@@ -45,6 +45,34 @@ class WorkloadStatus:
         return out
 
 
+@dataclass(frozen=True)
+class Kept:
+    """Something `down`/`delete` left in place on purpose: what, why, and the exact command that removes it."""
+
+    what: str          # e.g. "PersistentVolumeClaim shop/data-db-0", "volume hybridorch-shop-db-0-data"
+    reason: str        # e.g. "data (kept without --delete-data)"
+    remove: str        # a command a user can paste
+
+    def __str__(self) -> str:
+        return f"kept {self.what}: {self.reason}; remove it with: {self.remove}"
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What `down`/`delete` removed, and what it kept (data without --delete-data, namespaces holding objects
+    hybridorch did not make)."""
+
+    removed: tuple[str, ...] = ()
+    kept: tuple[Kept, ...] = ()
+
+    def __add__(self, other: Removal) -> Removal:
+        return Removal(self.removed + other.removed, self.kept + other.kept)
+
+    @property
+    def data_kept(self) -> bool:
+        return any(k.reason.startswith("data") for k in self.kept)
+
+
 class Backend(ABC):
     """up/status/logs/down for one kind of runtime. Each backend owns its SDK and raises only BackendError."""
 
@@ -66,8 +94,9 @@ class Backend(ABC):
         """Container logs or VM console lines of one workload."""
 
     @abstractmethod
-    def down(self, plan: Plan) -> list[str]:
-        """Remove everything this tool created for the stack, and nothing else; returns what was removed."""
+    def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
+        """Remove everything this tool created for the stack, and nothing else. Data (volumes, claims, disks)
+        outlives it unless `delete_data`; the result says what was removed and what was kept."""
 
 
 def get_backend(target: str, **options: Any) -> Backend:

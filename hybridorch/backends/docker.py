@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import images
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
-from .base import Backend, WorkloadStatus
+from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 LABEL_SPEC_HASH = "hybridorch.dev/spec-hash"
 LABEL_REPLICA = "hybridorch.dev/replica"
+LABEL_VOLUME = "hybridorch.dev/volume"
+DATA_KEPT = "data (kept without --delete-data)"
 CONTAINER_RUNTIMES = ("container", "sandboxed")
 PIDS_LIMIT = 256   # enough for a service, stops a fork bomb from starving the host
 # Docker runtimes that give a sandboxed placement its own kernel, best first (gVisor, then Kata)
@@ -50,6 +52,12 @@ def network_name(stack: str, tenant: str) -> str:
 
 def container_name(stack: str, workload: str, replica: int) -> str:
     return f"{stack}-{workload}-{replica}"
+
+
+def volume_name(stack: str, workload: str, replica: int, volume: str) -> str:
+    """One named volume per replica and spec volume, like a StatefulSet's claim per pod: data outlives the
+    container (a changed spec replaces the container, not its data) and `down`, unless --delete-data."""
+    return f"hybridorch-{stack}-{workload}-{replica}-{volume}"
 
 
 def stack_filter(stack: str) -> dict[str, list[str]]:
@@ -70,6 +78,7 @@ class ContainerSpec:
     spec_hash: str = ""
     host_ports: tuple[tuple[str, int, str], ...] = ()   # (address, port, tcp|udp)
     sandbox: str = ""                                   # how a sandboxed placement is isolated, for status
+    volumes: tuple[tuple[str, dict[str, str]], ...] = ()  # (volume name, its labels)
 
 
 @dataclass
@@ -79,6 +88,7 @@ class _Run:
     stack: str
     containers: list[str] = field(default_factory=list)   # names, recorded before the create call
     networks: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
 
 
 class DockerBackend(Backend):
@@ -143,7 +153,7 @@ class DockerBackend(Backend):
     def rollback(self) -> list[str]:
         """Remove what the last `up` created (called by up itself on failure, and by LocalBackend)."""
         run, self._run = self._run, None
-        if run is None or (not run.containers and not run.networks):
+        if run is None or (not run.containers and not run.networks and not run.volumes):
             return []
         removed: list[str] = []
         with _no_interrupts():
@@ -151,6 +161,9 @@ class DockerBackend(Backend):
                 removed += self._remove_container(name, run.stack)
             for name in reversed(run.networks):
                 removed += self._remove_network(name, run.stack)
+            # volumes this run created hold nothing older than this run
+            for name in reversed(run.volumes):
+                removed += self._remove_volume(name, run.stack)
         return removed
 
     def status(self, plan: Plan) -> list[WorkloadStatus]:
@@ -180,17 +193,26 @@ class DockerBackend(Backend):
             found = found[:1]
         return self._log_lines(found, tail, follow)
 
-    def down(self, plan: Plan) -> list[str]:
+    def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
+        """Containers and networks of the stack (found by label); its volumes only with `delete_data`."""
         removed: list[str] = []
+        stack = plan.stack.name
         with self._api("listing containers"):
-            containers = self.client.containers.list(all=True, filters=stack_filter(plan.stack.name))
+            containers = self.client.containers.list(all=True, filters=stack_filter(stack))
         for c in containers:
-            removed += self._remove_container(c.name, plan.stack.name)
+            removed += self._remove_container(c.name, stack)
         with self._api("listing networks"):
-            networks = self.client.networks.list(filters=stack_filter(plan.stack.name))
+            networks = self.client.networks.list(filters=stack_filter(stack))
         for n in networks:
-            removed += self._remove_network(n.name, plan.stack.name)
-        return removed
+            removed += self._remove_network(n.name, stack)
+        with self._api("listing volumes"):
+            volumes = sorted(v.name for v in self.client.volumes.list(filters=stack_filter(stack)))
+        if delete_data:
+            for name in volumes:
+                removed += self._remove_volume(name, stack)
+            return Removal(tuple(removed))
+        return Removal(tuple(removed), tuple(Kept(f"volume {name}", DATA_KEPT, f"docker volume rm {name}")
+                                             for name in volumes))
 
     # --- up, step by step -----------------------------------------------------------------------------
 
@@ -211,6 +233,7 @@ class DockerBackend(Backend):
             self._remove_container(name, stack)
         networks = self._ensure_networks(stack, {s.network: plan.placement(s.workload).workload.tenant
                                                  for s in wanted})
+        self._ensure_volumes(create)
         for spec in create:
             self._create(spec)
         self._prune_networks(stack, keep=networks)
@@ -281,6 +304,9 @@ class DockerBackend(Backend):
             name = container_name(stack, w.name, i)
             labels = {**plan.stack.labels, **w.labels, **object_labels(stack, w.name, p.runtime, w.tenant),
                       LABEL_REPLICA: str(i)}
+            volumes = tuple((volume_name(stack, w.name, i, v.name),
+                             {**object_labels(stack, w.name, tenant=w.tenant), LABEL_REPLICA: str(i),
+                              LABEL_VOLUME: v.name}) for v in w.volumes)
             host_ports = tuple(("0.0.0.0" if x.public else "127.0.0.1", x.published, x.protocol.lower())
                                for x in w.ports) if i == 0 else ()
             create: dict[str, Any] = {
@@ -303,6 +329,8 @@ class DockerBackend(Backend):
                 "sysctls": {"net.ipv4.ip_unprivileged_port_start": str(low)} if low is not None and non_root else None,
                 "read_only": sandboxed,
                 "tmpfs": dict(SANDBOX_TMPFS) if sandboxed else None,
+                "volumes": {vol: {"bind": v.mount_path, "mode": "rw"}
+                            for (vol, _), v in zip(volumes, w.volumes)} or None,
                 "runtime": sandbox_runtime if sandboxed and sandbox_runtime else None,
                 "ipc_mode": "private",
                 "network": network,
@@ -314,7 +342,7 @@ class DockerBackend(Backend):
             create["labels"] = {**labels, LABEL_SPEC_HASH: digest}
             specs.append(ContainerSpec(name=name, workload=w.name, replica=i, runtime=p.runtime, network=network,
                                        alias=w.name, create=create, spec_hash=digest, host_ports=host_ports,
-                                       sandbox=sandbox))
+                                       sandbox=sandbox, volumes=volumes))
         return specs
 
     def _check_ports(self, create: list[ContainerSpec], existing: dict[str, Any], stale: list[str]) -> None:
@@ -354,6 +382,20 @@ class DockerBackend(Backend):
                 self.client.networks.create(name, driver="bridge", check_duplicate=True,
                                             labels=object_labels(stack, tenant=tenant))
         return set(wanted)
+
+    def _ensure_volumes(self, specs: list[ContainerSpec]) -> None:
+        """Create the missing named volumes with the stack's labels (Docker would make unlabelled ones)."""
+        assert self._run is not None
+        for spec in specs:
+            for name, labels in spec.volumes:
+                with self._api(f"creating volume {name}"):
+                    try:
+                        self.client.volumes.get(name)
+                        continue
+                    except self._errors.NotFound:
+                        pass
+                    self._run.volumes.append(name)
+                    self.client.volumes.create(name, driver="local", labels=labels)
 
     def _prune_networks(self, stack: str, keep: set[str]) -> None:
         with self._api("listing networks"):
@@ -495,6 +537,18 @@ class DockerBackend(Backend):
             except self._errors.NotFound:
                 return []
         return [f"network {name}"]
+
+
+    def _remove_volume(self, name: str, stack: str) -> list[str]:
+        with self._api(f"removing volume {name}"):
+            try:
+                volume = self.client.volumes.get(name)
+                if not _belongs(volume.attrs.get("Labels"), stack):
+                    return []
+                volume.remove(force=True)
+            except self._errors.NotFound:
+                return []
+        return [f"volume {name}"]
 
 
 # --- helpers private to this backend ------------------------------------------------------------------

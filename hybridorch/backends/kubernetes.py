@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
-from .base import Backend, WorkloadStatus
+from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -42,6 +42,7 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("Service", "services"),
     ("Deployment", "deployments.apps"),
     ("StatefulSet", "statefulsets.apps"),
+    ("PodDisruptionBudget", "poddisruptionbudgets.policy"),
     ("DataVolume", "datavolumes.cdi.kubevirt.io"),
     ("VirtualMachine", "virtualmachines.kubevirt.io"),
 )
@@ -49,6 +50,13 @@ KIND_ORDER = {kind: i for i, (kind, _) in enumerate(KINDS)}
 RESOURCE_OF = dict(KINDS)
 CLUSTER_SCOPED = {"Namespace", "RuntimeClass"}
 WORKLOAD_KINDS = ("deployments.apps", "statefulsets.apps", "virtualmachines.kubevirt.io")
+# Kinds that hold data: they outlive `delete` (and prune) unless --delete-data is given
+DATA_KINDS = frozenset({"PersistentVolumeClaim", "DataVolume"})
+DATA_KEPT = "data (kept without --delete-data)"
+# Objects Kubernetes makes in every namespace by itself; they never keep a namespace alive
+AUTOMATIC = frozenset({("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")})
+# Resources that are records of what happened, not objects anybody made
+IGNORED_RESOURCES = frozenset({"events", "events.events.k8s.io"})
 REQUEST_TIMEOUT = "30s"
 ACCEPTED = "accepted; no KubeVirt controller in the cluster runs it"
 
@@ -176,6 +184,7 @@ class KubernetesBackend(Backend):
         self.kubeconfig = kubeconfig
         self._kubectl_path: str | None = None
         self._resources: set[str] | None = None
+        self._namespaced: list[str] | None = None
 
     # --- kubectl ----------------------------------------------------------------------------------------
 
@@ -303,8 +312,10 @@ class KubernetesBackend(Backend):
                 and i["metadata"].get("labels", {}).get(LABEL_STACK) == stack]
 
     def prune(self, stack: str, keep: set[ObjectRef]) -> list[str]:
-        """Delete the stack's objects that are no longer rendered; namespaces last."""
-        stale = [ObjectRef.of(o) for o in self.owned_objects(stack) if ObjectRef.of(o) not in keep]
+        """Delete the stack's objects that are no longer rendered; namespaces last. Data (claims, DataVolumes)
+        is never pruned: only `delete --delete-data` removes it."""
+        stale = [ObjectRef.of(o) for o in self.owned_objects(stack)
+                 if ObjectRef.of(o) not in keep and o.get("kind") not in DATA_KINDS]
         return self._delete(self._unshared(stack, stale))
 
     def _unshared(self, stack: str, refs: list[ObjectRef]) -> list[ObjectRef]:
@@ -471,8 +482,12 @@ class KubernetesBackend(Backend):
             if stream.wait() not in (0, -15):
                 raise BackendError(explain_kubectl_error(stream.stderr.read(), self.where))
 
-    def down(self, plan: Plan) -> list[str]:
-        refs = [ObjectRef.of(o) for o in self.owned_objects(plan.stack.name)]
+    def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
+        """Delete the stack's objects. Like Helm, a namespace that holds objects hybridorch did not make is kept
+        (and named with what kept it); claims and DataVolumes are kept unless `delete_data`, and with them
+        their namespace."""
+        stack = plan.stack.name
+        refs = [ObjectRef.of(o) for o in self.owned_objects(stack)]
         # a shared RuntimeClass carries the labels of whichever stack applied it last, so the last stack to go
         # must also take the ones labelled for a stack that is already gone (_unshared keeps those still in use)
         if "runtimeclasses.node.k8s.io" in self.available_resources():
@@ -480,7 +495,139 @@ class KubernetesBackend(Backend):
                 ref = ObjectRef.of(o)
                 if ref not in refs:
                     refs.append(ref)
-        return self._delete(self._unshared(plan.stack.name, refs))
+        refs = self._unshared(stack, refs)
+        namespaces = sorted({r.name for r in refs if r.kind == "Namespace"} |
+                            {r.namespace for r in refs if r.namespace})
+        kept: list[Kept] = []
+        keep_namespaces: set[str] = set()
+        for ns in namespaces:
+            contents = self.namespace_contents(ns)
+            data = [o for o in data_objects(contents, stack)]
+            if delete_data:
+                refs += [r for r in map(ObjectRef.of, data) if r not in refs]
+            else:
+                self._release(data, contents)
+                refs = [r for r in refs if r.kind not in DATA_KINDS]
+                kept += [Kept(str(ObjectRef.of(o)), DATA_KEPT, self._delete_command(ObjectRef.of(o))) for o in data]
+            foreign = [str(ObjectRef.of(o)) for o in foreign_objects(contents, stack)]
+            if foreign or (data and not delete_data):
+                keep_namespaces.add(ns)
+                if any(r.kind == "Namespace" and r.name == ns for r in refs):
+                    why = (f"it holds objects hybridorch did not make: {_listing(foreign)}" if foreign else
+                           "it holds the data kept above")
+                    kept.append(Kept(f"Namespace {ns}", why, self._delete_command(ObjectRef("Namespace", "", ns))))
+        refs = [r for r in refs if not (r.kind == "Namespace" and r.name in keep_namespaces)]
+        return Removal(tuple(self._delete(refs)), tuple(kept))
+
+    def _delete_command(self, ref: ObjectRef) -> str:
+        where = (f" --context {self.context}" if self.context else "") + \
+            (f" --kubeconfig {self.kubeconfig}" if self.kubeconfig else "")
+        scope = f" -n {ref.namespace}" if ref.namespace else ""
+        return f"kubectl{where} delete {ref.resource}{scope} {ref.name}"
+
+    def namespace_contents(self, namespace: str) -> list[dict[str, Any]]:
+        """Every object in the namespace, of every namespaced kind the cluster lists (events aside)."""
+        if self._namespaced is None:
+            out = self.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout
+            self._namespaced = [r for r in out.split() if r not in IGNORED_RESOURCES]
+        proc = self.kubectl("get", ",".join(self._namespaced), "-n", namespace, "-o", "json", check=False)
+        if proc.returncode == 0:
+            return list((json.loads(proc.stdout or "{}")).get("items", []))
+        # one kind failed (an aggregated API that is down...): list kind by kind, and refuse to guess about the
+        # kinds that cannot be listed, since deleting the namespace would delete whatever they hold
+        items: list[dict[str, Any]] = []
+        for res in self._namespaced:
+            one = self.kubectl("get", res, "-n", namespace, "-o", "json", check=False)
+            if one.returncode != 0:
+                if "NotFound" in one.stderr or "could not find the requested resource" in one.stderr:
+                    continue
+                raise BackendError(f"cannot list {res} in namespace {namespace} ({explain_kubectl_error(one.stderr, self.where)}); "
+                                   "nothing was deleted, since the namespace may hold objects hybridorch did not make")
+            items += json.loads(one.stdout or "{}").get("items", [])
+        return items
+
+    def _release(self, data: list[dict[str, Any]], contents: list[dict[str, Any]]) -> None:
+        """Cut the data's ties to the objects about to be deleted, so the garbage collector keeps it: a
+        StatefulSet whose claims go with it (whenDeleted: Delete) is told to retain them, and a claim or
+        DataVolume drops owner references to anything that is not data itself."""
+        if not data:
+            return
+        for o in contents:
+            policy = (o.get("spec") or {}).get("persistentVolumeClaimRetentionPolicy") or {}
+            if o.get("kind") == "StatefulSet" and policy.get("whenDeleted") == "Delete":
+                self.kubectl("patch", "statefulsets.apps", o["metadata"]["name"], "-n", o["metadata"]["namespace"],
+                             "--type=merge", "-p", json.dumps({"spec": {"persistentVolumeClaimRetentionPolicy":
+                                                                        {"whenDeleted": "Retain"}}}))
+        data_uids = {o["metadata"].get("uid") for o in data}
+        for o in data:
+            refs = o["metadata"].get("ownerReferences") or []
+            left = [r for r in refs if r.get("uid") in data_uids]
+            if len(left) != len(refs):
+                ref = ObjectRef.of(o)
+                self.kubectl("patch", ref.resource, ref.name, "-n", ref.namespace, "--type=merge", "-p",
+                             json.dumps({"metadata": {"ownerReferences": left or None}}))
+
+
+# --- what a namespace holds (pure: decides from the listed objects alone) -------------------------------------
+
+def _is_ours(obj: dict[str, Any], stack: str) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return labels.get(LABEL_MANAGED) == MANAGED_BY and labels.get(LABEL_STACK) == stack
+
+
+def ours_by_ownership(items: list[dict[str, Any]], stack: str) -> set[str]:
+    """UIDs of the objects that carry the stack's labels or whose ownerReferences chain leads to one that does
+    (ReplicaSets and Pods of a Deployment, ControllerRevisions, EndpointSlices of a Service, a VM's instance...)."""
+    by_uid = {o["metadata"].get("uid"): o for o in items if o.get("metadata", {}).get("uid")}
+    memo: dict[str, bool] = {}
+
+    def ours(uid: str, depth: int = 0) -> bool:
+        if uid not in memo:
+            memo[uid] = False  # a cycle of owner references leads nowhere
+            obj = by_uid[uid]
+            memo[uid] = _is_ours(obj, stack) or (depth < 50 and any(
+                r.get("uid") in by_uid and ours(r["uid"], depth + 1)
+                for r in obj["metadata"].get("ownerReferences") or []))
+        return memo[uid]
+
+    return {uid for uid in by_uid if ours(uid)}
+
+
+def foreign_objects(items: list[dict[str, Any]], stack: str) -> list[dict[str, Any]]:
+    """The objects of one namespace that hybridorch did not make for this stack and Kubernetes did not make by
+    itself: what must keep the namespace from being deleted. Objects already being deleted do not count."""
+    ours = ours_by_ownership(items, stack)
+    our_services = {o["metadata"]["name"] for o in items
+                    if o.get("kind") == "Service" and o["metadata"].get("uid") in ours}
+
+    def automatic(o: dict[str, Any]) -> bool:
+        meta = o["metadata"]
+        kind = o.get("kind", "")
+        if (kind, meta.get("name")) in AUTOMATIC or kind == "Event":
+            return True
+        if kind == "Endpoints" and meta.get("name") in our_services:
+            return True   # the endpoints controller names them after the Service and sets no owner
+        if kind == "EndpointSlice" and (meta.get("labels") or {}).get("kubernetes.io/service-name") in our_services:
+            return True
+        # the token Secret of the default ServiceAccount, on clusters that still make one
+        return kind == "Secret" and o.get("type") == "kubernetes.io/service-account-token" and \
+            (meta.get("annotations") or {}).get("kubernetes.io/service-account.name") == "default"
+
+    return [o for o in items if o["metadata"].get("uid") not in ours and not automatic(o)
+            and not o["metadata"].get("deletionTimestamp")]
+
+
+def data_objects(items: list[dict[str, Any]], stack: str) -> list[dict[str, Any]]:
+    """The stack's claims and DataVolumes in one namespace (a StatefulSet's claims and a VM's DataVolumes
+    included: they carry the stack's labels, or their owners lead to an object that does)."""
+    ours = ours_by_ownership(items, stack)
+    return [o for o in items if o.get("kind") in DATA_KINDS and o["metadata"].get("uid") in ours
+            and not o["metadata"].get("deletionTimestamp")]
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import BackendError
-from .base import Backend, WorkloadStatus
+from .base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -96,14 +96,15 @@ class LocalBackend(Backend):
         kind = "containers" if placement.runtime in CONTAINER_RUNTIMES else "vms"
         return self._side(kind).logs(replace(plan, placements=(placement,)), workload, tail=tail, follow=follow)
 
-    def down(self, plan: Plan) -> list[str]:
+    def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
         """Both sides are asked whatever the plan says now: Docker finds the stack's objects by label and QEMU by
-        the stack's state directory, so a workload that left the stack or changed runtime leaves nothing behind."""
-        removed: list[str] = []
+        the stack's state directory, so a workload that left the stack or changed runtime leaves nothing behind
+        (its data aside, which only `delete_data` removes)."""
+        removed = Removal()
         has = {kind for kind, _ in self.split(plan)}
         for kind in ("containers", "vms"):
             try:
-                removed += self._side(kind).down(plan)
+                removed += self._side(kind).down(plan, delete_data=delete_data)
             except BackendError:
                 if kind in has:
                     raise

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ..errors import BackendError
 from ..guest import (READY_MARKER, RESULT_PREFIX, ContainerRun, Guest, GuestProgram, build_initrd, cache_root,
                      check_arch, load_guest)
-from .base import Backend, WorkloadStatus
+from .base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -818,9 +818,11 @@ class QemuBackend(Backend):
         shutil.rmtree(workdir, ignore_errors=True)
         return stopped
 
-    def down(self, plan: Plan) -> list[str]:
+    def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
         """Every VM under the stack's state dir, whatever the plan says now (a workload removed from the
-        stack must not leave its VM behind)."""
+        stack must not leave its VM behind). A local VM holds no data to keep: it boots an initramfs rebuilt
+        on every start, and its state dir holds only that, its pid, spec hash and console log, so
+        `delete_data` changes nothing here."""
         stack_dir = self._stack_dir(plan)
         removed = []
         if stack_dir.is_dir():
@@ -829,4 +831,4 @@ class QemuBackend(Backend):
                     self._remove(workdir)
                     removed.append(f"vm {workdir.name}")
             shutil.rmtree(stack_dir, ignore_errors=True)
-        return removed
+        return Removal(tuple(removed))
