@@ -1,21 +1,31 @@
 """Packing: put every replica (with its VM/sandbox overhead) onto as few hosts as possible.
 
-Pure and deterministic. Best-fit decreasing over the host pools each placement may use, honouring the
-profile's headroom, tenant separation and replica spreading; reports hosts used against a lower bound.
+Pure and deterministic. Best-fit decreasing (indexed, so near-linear) is the first answer. Within a solver
+budget it is then improved: greedy variants and emptying the least-loaded hosts on any instance, and an exact
+OR-Tools CP-SAT model on small and medium ones. The lower bound accounts for pool eligibility, spread replicas,
+tenants kept apart and items that cannot share a host, so the printed gap is honest.
 """
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import PolicyError
 from .policy import Placement, Profile
 from .spec import HostPool
 
+DEFAULT_SOLVER_BUDGET = 2.0   # seconds (CP-SAT deterministic time, and the improvement's work allowance)
+EXACT_MAX_VARIABLES = 30_000  # larger models are improved heuristically instead of solved exactly
+_SCAN = 256                   # open hosts examined per best-fit query before a new host is opened
+_OPS_PER_SECOND = 2_000_000   # improvement work units per budget second (deterministic, unlike a clock)
+
 
 @dataclass(frozen=True)
 class Item:
+    """One replica, sized with its overhead."""
+
     workload: str
     replica: int
     tenant: str
@@ -29,42 +39,48 @@ class Item:
 class Host:
     pool: str
     index: int
-    cpu_capacity: int
+    cpu_capacity: int      # after headroom
     memory_capacity: int
     items: list[Item] = field(default_factory=list)
+    cpu_used: int = 0
+    memory_used: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.pool}-{self.index}"
 
-    @property
-    def cpu_used(self) -> int:
-        return sum(i.cpu_millis for i in self.items)
+    def add(self, item: Item) -> None:
+        self.items.append(item)
+        self.cpu_used += item.cpu_millis
+        self.memory_used += item.memory_bytes
 
-    @property
-    def memory_used(self) -> int:
-        return sum(i.memory_bytes for i in self.items)
 
-    def fits(self, item: Item, profile: Profile) -> bool:
-        if self.cpu_used + item.cpu_millis > self.cpu_capacity:
-            return False
-        if self.memory_used + item.memory_bytes > self.memory_capacity:
-            return False
-        if profile.separate_tenants and any(i.tenant != item.tenant for i in self.items):
-            return False
-        if profile.spread_replicas and any(i.workload == item.workload for i in self.items):
-            return False
-        return True
+@dataclass(frozen=True)
+class Unplaced:
+    """Replicas that got no host, and why."""
+
+    workload: str
+    replicas: int
+    reason: str
 
 
 @dataclass(frozen=True)
 class Packing:
     hosts: tuple[Host, ...]
     lower_bound: int
+    greedy_hosts: int = 0                 # what best-fit decreasing alone used
+    method: str = "best-fit decreasing"   # which step produced the hosts
+    optimal: bool = False                 # proven: equal to the lower bound, or CP-SAT proved it
+    unplaced: tuple[Unplaced, ...] = ()
 
     @property
     def hosts_used(self) -> int:
         return len(self.hosts)
+
+    @property
+    def gap(self) -> float:
+        """Hosts used over the lower bound, minus one (0.0 is optimal)."""
+        return self.hosts_used / self.lower_bound - 1 if self.lower_bound else 0.0
 
     def utilisation(self) -> tuple[float, float]:
         """Fraction of the used hosts' (headroom-reduced) CPU and memory that is allocated."""
@@ -78,11 +94,13 @@ class Packing:
     def to_dict(self) -> dict[str, Any]:
         cpu, mem = self.utilisation()
         return {
-            "hostsUsed": self.hosts_used, "lowerBound": self.lower_bound,
+            "hostsUsed": self.hosts_used, "lowerBound": self.lower_bound, "gap": round(self.gap, 4),
+            "optimal": self.optimal, "method": self.method, "greedyHosts": self.greedy_hosts,
             "utilisation": {"cpu": round(cpu, 4), "memory": round(mem, 4)},
             "hosts": [{"name": h.name, "pool": h.pool, "cpuMillis": h.cpu_used, "cpuCapacity": h.cpu_capacity,
                        "memoryBytes": h.memory_used, "memoryCapacity": h.memory_capacity,
                        "replicas": [f"{i.workload}/{i.replica}" for i in h.items]} for h in self.hosts],
+            "unplaced": [{"workload": u.workload, "replicas": u.replicas, "reason": u.reason} for u in self.unplaced],
         }
 
 
@@ -96,78 +114,582 @@ def items_of(placements: Sequence[Placement]) -> list[Item]:
             for p in placements for r in range(p.workload.replicas)]
 
 
-def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Profile) -> Packing:
-    """Best-fit decreasing. Raises PolicyError when a replica fits on no host or a pool runs out of hosts."""
-    by_name = {p.name: p for p in pools}
-    items = items_of(placements)
-    caps = {p.name: _capacity(p, profile) for p in pools}
+# --- the instance: identical replicas are one group -----------------------------------------------------
 
-    def size(item: Item) -> float:
-        cpu_cap, mem_cap = caps[item.pools[0]]
-        return max(item.cpu_millis / cpu_cap, item.memory_bytes / mem_cap)
+@dataclass(frozen=True)
+class _Group:
+    workload: str
+    tenant: str
+    runtime: str
+    cpu: int
+    mem: int
+    pools: tuple[str, ...]
+    count: int
 
-    # largest first; ties broken by name so the result never depends on input order accidents
-    items.sort(key=lambda i: (-size(i), i.workload, i.replica))
-    hosts: list[Host] = []
-    opened: dict[str, int] = {p.name: 0 for p in pools}
-    for item in items:
-        candidates = [h for h in hosts if h.pool in item.pools and h.fits(item, profile)]
-        if candidates:
-            # best fit: the host left fullest (by its scarcer resource) after adding the item
-            best = min(candidates, key=lambda h: (min((h.cpu_capacity - h.cpu_used - item.cpu_millis) / h.cpu_capacity,
-                                                      (h.memory_capacity - h.memory_used - item.memory_bytes)
-                                                      / h.memory_capacity), h.pool, h.index))
-            best.items.append(item)
-            continue
-        for pool_name in item.pools:
-            pool = by_name[pool_name]
-            cpu_cap, mem_cap = caps[pool_name]
-            if item.cpu_millis > cpu_cap or item.memory_bytes > mem_cap:
+
+def _groups(items: Iterable[Item]) -> list[_Group]:
+    found: dict[str, _Group] = {}
+    for i in items:
+        g = found.get(i.workload)
+        found[i.workload] = (_Group(i.workload, i.tenant, i.runtime, i.cpu_millis, i.memory_bytes, i.pools, 1)
+                             if g is None else _Group(g.workload, g.tenant, g.runtime, g.cpu, g.mem, g.pools,
+                                                      g.count + 1))
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class _Instance:
+    groups: tuple[_Group, ...]
+    caps: dict[str, tuple[int, int]]     # per pool, after headroom
+    counts: dict[str, int]               # hosts per pool
+    order: tuple[str, ...]               # pool names in spec order
+    spread: bool
+    separate: bool
+
+    def fits(self, g: _Group, pool: str) -> bool:
+        c, m = self.caps[pool]
+        return g.cpu <= c and g.mem <= m
+
+    def per_host(self, g: _Group, pool: str) -> int:
+        """How many replicas of g one empty host of pool holds."""
+        if self.spread:
+            return 1
+        c, m = self.caps[pool]
+        return min(g.count, c // g.cpu if g.cpu else g.count, m // g.mem if g.mem else g.count)
+
+
+class _Bin:
+    """A host being filled: remaining capacity and replica counts per workload, kept incrementally."""
+
+    __slots__ = ("pool", "index", "cap_c", "cap_m", "rem_c", "rem_m", "tenant", "seq", "counts")
+
+    def __init__(self, pool: str, index: int, cap: tuple[int, int], tenant: str, seq: int):
+        self.pool, self.index, self.seq, self.tenant = pool, index, seq, tenant
+        self.cap_c, self.cap_m = cap
+        self.rem_c, self.rem_m = cap
+        self.counts: dict[str, int] = {}
+
+    def put(self, g: _Group, k: int) -> None:
+        self.rem_c -= g.cpu * k
+        self.rem_m -= g.mem * k
+        self.counts[g.workload] = self.counts.get(g.workload, 0) + k
+
+    def load(self) -> float:
+        return max(1 - self.rem_c / self.cap_c if self.cap_c else 1, 1 - self.rem_m / self.cap_m if self.cap_m else 1)
+
+
+# --- best-fit decreasing, indexed ------------------------------------------------------------------------
+
+class _OpenHosts:
+    """Open hosts of one (pool, tenant), sorted by remaining CPU and by remaining memory.
+
+    A query starts at the first host with room in the item's dominant resource (bisect) instead of scanning
+    every open host, so packing stays near-linear; hosts with no room for the smallest item leave the index."""
+
+    def __init__(self) -> None:
+        self.by_cpu: list[tuple[int, int]] = []
+        self.by_mem: list[tuple[int, int]] = []
+
+    def add(self, b: _Bin) -> None:
+        insort(self.by_cpu, (b.rem_c, b.seq))
+        insort(self.by_mem, (b.rem_m, b.seq))
+
+    def remove(self, b: _Bin) -> None:
+        for lst, key in ((self.by_cpu, (b.rem_c, b.seq)), (self.by_mem, (b.rem_m, b.seq))):
+            i = bisect_left(lst, key)
+            if i < len(lst) and lst[i] == key:
+                del lst[i]
+
+
+def _too_big(g: _Group, inst: _Instance, headroom: int) -> str:
+    return (f"one replica needs {g.cpu}m CPU and {g.mem // 2**20}Mi (overhead included), more than a host of "
+            f"pool(s) {', '.join(g.pools)} offers after {headroom}% headroom")
+
+
+def _out_of_hosts(g: _Group) -> str:
+    return f"pool(s) {', '.join(g.pools)} ran out of hosts (raise count, or lower replicas/resources)"
+
+
+def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_first: bool,
+            headroom: int) -> tuple[list[_Bin], list[Unplaced]]:
+    groups = sorted(inst.groups, key=sort_key)
+    if not groups:
+        return [], []
+    min_c = min(g.cpu for g in groups)
+    min_m = min(g.mem for g in groups)
+    opened = {p: 0 for p in inst.order}
+    bins: list[_Bin] = []
+    by_seq: dict[int, _Bin] = {}
+    index: dict[tuple[str, str], _OpenHosts] = {}
+    unplaced: list[Unplaced] = []
+
+    def reindex(b: _Bin, old: tuple[int, int] | None) -> None:
+        idx = index.setdefault((b.pool, b.tenant if inst.separate else ""), _OpenHosts())
+        if old is not None:
+            cur = (b.rem_c, b.rem_m)
+            b.rem_c, b.rem_m = old
+            idx.remove(b)
+            b.rem_c, b.rem_m = cur
+        if b.rem_c >= min_c and b.rem_m >= min_m:
+            idx.add(b)
+
+    def candidates(g: _Group, want: int) -> list[tuple[float, int, int]]:
+        """(fraction of the dominant resource left after adding, pool preference, seq) of up to `want` hosts."""
+        tkey = g.tenant if inst.separate else ""
+        found: list[tuple[float, int, int]] = []
+        for po, pool in enumerate(g.pools):
+            idx = index.get((pool, tkey))
+            if idx is None:
                 continue
-            if opened[pool_name] >= pool.count:
-                continue
-            host = Host(pool_name, opened[pool_name], cpu_cap, mem_cap, [item])
-            opened[pool_name] += 1
-            hosts.append(host)
-            break
+            cap_c, cap_m = inst.caps[pool]
+            cpu_dominant = g.cpu * cap_m >= g.mem * cap_c
+            lst, need, cap = (idx.by_cpu, g.cpu, cap_c) if cpu_dominant else (idx.by_mem, g.mem, cap_m)
+            i = bisect_left(lst, (need, -1))
+            got = 0
+            stop = min(len(lst), i + want + _SCAN)
+            while i < stop and got < want:
+                rem, seq = lst[i]
+                i += 1
+                b = by_seq[seq]
+                if b.rem_c < g.cpu or b.rem_m < g.mem or (inst.spread and g.workload in b.counts):
+                    continue
+                found.append(((rem - need) / cap, po, seq))
+                got += 1
+        found.sort()
+        return found[:want]
+
+    def new_bin(g: _Group) -> _Bin | None:
+        pools = [p for p in g.pools if inst.fits(g, p) and opened[p] < inst.counts[p]]
+        if not pools:
+            return None
+        if biggest_pool_first:
+            pools.sort(key=lambda p: (-inst.caps[p][0] * inst.caps[p][1], g.pools.index(p)))
+        pool = pools[0]
+        b = _Bin(pool, opened[pool], inst.caps[pool], g.tenant, len(bins))
+        opened[pool] += 1
+        bins.append(b)
+        by_seq[b.seq] = b
+        return b
+
+    for g in groups:
+        left = g.count
+        if inst.spread:
+            # sequential best fit would give each replica the best remaining host: the `left` best hosts at once
+            for _, _, seq in candidates(g, left):
+                b = by_seq[seq]
+                old = (b.rem_c, b.rem_m)
+                b.put(g, 1)
+                reindex(b, old)
+                left -= 1
         else:
-            fits_anywhere = any(item.cpu_millis <= caps[n][0] and item.memory_bytes <= caps[n][1] for n in item.pools)
-            if not fits_anywhere:
-                raise PolicyError(
-                    f"workload {item.workload}: one replica needs {item.cpu_millis}m CPU and "
-                    f"{item.memory_bytes // 2**20}Mi (overhead included), more than a host of pool(s) "
-                    f"{', '.join(item.pools)} offers after {profile.headroom_percent}% headroom")
-            raise PolicyError(f"workload {item.workload}: pool(s) {', '.join(item.pools)} ran out of hosts "
-                              f"(raise count, or lower replicas/resources)")
-    hosts.sort(key=lambda h: (h.pool, h.index))
-    return Packing(tuple(hosts), lower_bound(items, pools, profile))
+            while left:
+                best = candidates(g, 1)
+                if not best:
+                    break
+                b = by_seq[best[0][2]]
+                # identical replicas: best fit keeps choosing this host while it has room, so fill it in bulk
+                k = min(left, b.rem_c // g.cpu if g.cpu else left, b.rem_m // g.mem if g.mem else left)
+                old = (b.rem_c, b.rem_m)
+                b.put(g, k)
+                reindex(b, old)
+                left -= k
+        while left:
+            b = new_bin(g)
+            if b is None:
+                fits = any(inst.fits(g, p) for p in g.pools)
+                unplaced.append(Unplaced(g.workload, left, _out_of_hosts(g) if fits else _too_big(g, inst, headroom)))
+                break
+            k = min(left, inst.per_host(g, b.pool))
+            b.put(g, k)
+            reindex(b, None)
+            left -= k
+    return bins, unplaced
+
+
+def _sort_keys(inst: _Instance) -> list[Callable[[_Group], Any]]:
+    def frac(g: _Group) -> tuple[float, float]:
+        c, m = inst.caps[g.pools[0]]
+        return g.cpu / c, g.mem / m
+
+    return [lambda g: (-max(frac(g)), g.workload),            # the classic: largest dominant share first
+            lambda g: (-sum(frac(g)), g.workload),
+            lambda g: (-frac(g)[0], -frac(g)[1], g.workload),
+            lambda g: (-frac(g)[1], -frac(g)[0], g.workload)]
+
+
+# --- improvement: empty the least-loaded hosts ------------------------------------------------------------
+
+def _empty_hosts(inst: _Instance, bins: list[_Bin], ops_budget: int) -> tuple[list[_Bin], int]:
+    """Repeatedly try to move every replica of the least-loaded host onto other hosts (best fit); keep the
+    move only when the host empties. Work is counted, not timed, so the result is deterministic."""
+    by_name = {g.workload: g for g in inst.groups}
+    bins = list(bins)
+    by_seq = {b.seq: b for b in bins}
+    ops = 0
+    improved = True
+    while improved and ops < ops_budget:
+        improved = False
+        for victim in sorted(bins, key=lambda b: (b.load(), b.seq)):
+            if ops >= ops_budget:
+                break
+            trial: dict[int, tuple[int, int, dict[str, int]]] = {}
+            ok = True
+            for w, n in sorted(victim.counts.items(), key=lambda kv: (-by_name[kv[0]].cpu, kv[0])):
+                g = by_name[w]
+                for _ in range(n):
+                    best: tuple[float, int] | None = None
+                    for b in bins:
+                        ops += 1
+                        if b is victim or b.pool not in g.pools or (inst.separate and b.tenant != g.tenant):
+                            continue
+                        rc, rm, added = trial.get(b.seq, (b.rem_c, b.rem_m, {}))
+                        if rc < g.cpu or rm < g.mem:
+                            continue
+                        if inst.spread and (w in b.counts or w in added):
+                            continue
+                        key = (min((rc - g.cpu) / b.cap_c, (rm - g.mem) / b.cap_m), b.seq)
+                        if best is None or key < best:
+                            best = key
+                    if best is None:
+                        ok = False
+                        break
+                    seq = best[1]
+                    target = by_seq[seq]
+                    rc, rm, added = trial.get(seq, (target.rem_c, target.rem_m, {}))
+                    added = dict(added)
+                    added[w] = added.get(w, 0) + 1
+                    trial[seq] = (rc - g.cpu, rm - g.mem, added)
+                if not ok:
+                    break
+            if ok:
+                for b in bins:
+                    if b.seq in trial:
+                        b.rem_c, b.rem_m, added = trial[b.seq]
+                        for w, n in added.items():
+                            b.counts[w] = b.counts.get(w, 0) + n
+                bins.remove(victim)
+                improved = True
+                break
+    return bins, ops
+
+
+# --- exact: CP-SAT -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Exact:
+    bins: list[_Bin] | None
+    optimal: bool
+    bound: int
+
+
+def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Exact | None:
+    """Solve exactly with CP-SAT, hinted with the best heuristic answer. None when the model is too large.
+
+    Deterministic: one worker, a fixed seed and a deterministic-time limit (the budget). A wall-clock cap of
+    5x the budget guards slow machines; only when that cap is hit can two runs differ."""
+    upper = len(start)
+    slots = {p: min(inst.counts[p], upper) for p in inst.order}
+    size = sum(slots[p] * (2 if inst.separate else 1) for g in inst.groups for p in g.pools)
+    if size > EXACT_MAX_VARIABLES:
+        return None
+    from ortools.sat.python import cp_model  # lazy: hundreds of ms to import, only paid when solving
+
+    model = cp_model.CpModel()
+    used: dict[tuple[str, int], Any] = {}
+    for p in inst.order:
+        if not any(p in g.pools for g in inst.groups):
+            continue
+        for k in range(slots[p]):
+            used[p, k] = model.NewBoolVar(f"y_{p}_{k}")
+            if k:
+                model.Add(used[p, k] <= used[p, k - 1])  # hosts of a pool are interchangeable: use them in order
+    n: dict[tuple[str, str, int], Any] = {}
+    for g in inst.groups:
+        terms = []
+        for p in g.pools:
+            if not inst.fits(g, p):
+                continue
+            top = inst.per_host(g, p)
+            for k in range(slots[p]):
+                v = model.NewIntVar(0, top, f"n_{g.workload}_{p}_{k}")
+                model.Add(v <= top * used[p, k])
+                n[g.workload, p, k] = v
+                terms.append(v)
+        model.Add(sum(terms) == g.count)
+    tenants = sorted({g.tenant for g in inst.groups})
+    for (p, k), y in used.items():
+        here = [(g, n[g.workload, p, k]) for g in inst.groups if (g.workload, p, k) in n]
+        cap_c, cap_m = inst.caps[p]
+        model.Add(sum(g.cpu * v for g, v in here) <= cap_c * y)
+        model.Add(sum(g.mem * v for g, v in here) <= cap_m * y)
+        if inst.separate and len(tenants) > 1:
+            z = {t: model.NewBoolVar(f"z_{t}_{p}_{k}") for t in tenants}
+            model.Add(sum(z.values()) <= y)
+            for g, v in here:
+                model.Add(v <= inst.per_host(g, p) * z[g.tenant])
+    model.Add(sum(used.values()) >= lower)
+    model.Minimize(sum(used.values()))
+    for b in start:
+        model.AddHint(used[b.pool, b.index], 1)
+    hinted = {(b.pool, b.index) for b in start}
+    for key, y in used.items():
+        if key not in hinted:
+            model.AddHint(y, 0)
+    where = {(w, b.pool, b.index): c for b in start for w, c in b.counts.items()}
+    for key, v in n.items():
+        model.AddHint(v, where.get(key, 0))
+
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 7
+    solver.parameters.max_deterministic_time = budget
+    solver.parameters.max_time_in_seconds = 5 * budget + 1
+    status = solver.Solve(model)
+    bound = max(lower, math.ceil(solver.BestObjectiveBound() - 1e-6)) if status in (
+        cp_model.OPTIMAL, cp_model.FEASIBLE) else lower
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return _Exact(None, False, lower)
+    bins: list[_Bin] = []
+    for (p, k), y in used.items():
+        if not solver.Value(y):
+            continue
+        b = _Bin(p, k, inst.caps[p], "", len(bins))
+        for g in inst.groups:
+            v = n.get((g.workload, p, k))
+            c = solver.Value(v) if v is not None else 0
+            if c:
+                b.put(g, c)
+                b.tenant = g.tenant
+        bins.append(b)
+    return _Exact(bins, status == cp_model.OPTIMAL, bound)
+
+
+# --- putting it together --------------------------------------------------------------------------------
+
+def _renumber(bins: list[_Bin]) -> list[_Bin]:
+    """Hosts of each pool numbered 0..k-1 in a canonical order, so equal packings print equally."""
+    out = sorted((b for b in bins if b.counts), key=lambda b: (b.pool, b.index, b.seq))
+    per_pool: dict[str, int] = {}
+    for b in out:
+        b.index = per_pool.get(b.pool, 0)
+        per_pool[b.pool] = b.index + 1
+    return out
+
+
+def _hosts(inst: _Instance, bins: list[_Bin], items: Sequence[Item]) -> tuple[Host, ...]:
+    by_workload: dict[str, list[Item]] = {}
+    for it in items:
+        by_workload.setdefault(it.workload, []).append(it)
+    taken = {w: 0 for w in by_workload}
+    hosts = []
+    for b in _renumber(bins):
+        h = Host(b.pool, b.index, b.cap_c, b.cap_m)
+        for w in sorted(b.counts):
+            for _ in range(b.counts[w]):
+                h.add(by_workload[w][taken[w]])
+                taken[w] += 1
+        hosts.append(h)
+    return tuple(hosts)
+
+
+def _copy(bins: list[_Bin]) -> list[_Bin]:
+    out = []
+    for b in bins:
+        c = _Bin(b.pool, b.index, (b.cap_c, b.cap_m), b.tenant, b.seq)
+        c.rem_c, c.rem_m, c.counts = b.rem_c, b.rem_m, dict(b.counts)
+        out.append(c)
+    return out
+
+
+def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Profile, *,
+         solver_budget: float = DEFAULT_SOLVER_BUDGET, strict: bool = True) -> Packing:
+    """Best-fit decreasing, then improved within `solver_budget` seconds (0 disables): never worse, never
+    breaking a hard constraint. strict: raise PolicyError when a replica gets no host; otherwise report it."""
+    items = items_of(placements)
+    inst = _Instance(tuple(g for g in _groups(items)), {p.name: _capacity(p, profile) for p in pools},
+                     {p.name: p.count for p in pools}, tuple(p.name for p in pools),
+                     profile.spread_replicas, profile.separate_tenants)
+    keys = _sort_keys(inst)
+    bins, unplaced = _greedy(inst, keys[0], False, profile.headroom_percent)
+    if unplaced and strict:
+        raise PolicyError(f"workload {unplaced[0].workload}: {unplaced[0].reason}")
+    if unplaced:
+        # what did get a host is packed and bounded on its own; the rest is reported
+        done: dict[str, int] = {}
+        for b in bins:
+            for w, c in b.counts.items():
+                done[w] = done.get(w, 0) + c
+        items = [i for i in items if i.replica < done.get(i.workload, 0)]
+        inst = _Instance(tuple(_groups(items)), inst.caps, inst.counts, inst.order, inst.spread, inst.separate)
+    lower = _lower_bound(inst)
+    greedy_count = len(bins)
+    method, optimal = "best-fit decreasing", greedy_count <= lower
+    if not optimal and solver_budget > 0:
+        # improvement only where the plain answer may not be optimal, so a tiny stack never loads the solver
+        for key in keys:
+            for biggest in (False, True):
+                if key is keys[0] and not biggest:
+                    continue
+                other, missed = _greedy(inst, key, biggest, profile.headroom_percent)
+                if not missed and len(other) < len(bins):
+                    bins, method = other, "best-fit decreasing (variant)"
+        if len(bins) > lower:
+            emptied, _ = _empty_hosts(inst, _copy(bins), int(solver_budget * _OPS_PER_SECOND))
+            if len(emptied) < len(bins):
+                bins, method = emptied, "best-fit decreasing, hosts emptied"
+        optimal = len(bins) <= lower
+        if not optimal:
+            bins = _renumber(bins)  # the hint needs hosts numbered 0..k-1 per pool, like the model's slots
+            exact = _exact(inst, bins, lower, solver_budget)
+            if exact is not None:
+                lower = max(lower, exact.bound)  # CP-SAT's proven bound is a bound too
+                # belt and braces: a solver answer is taken only when strictly better and legal
+                if exact.bins is not None and len(exact.bins) < len(bins) and not _violations(inst, exact.bins):
+                    bins, method = exact.bins, "CP-SAT"
+            optimal = len(bins) <= lower
+    return Packing(_hosts(inst, bins, items), lower, greedy_count, method, optimal, tuple(unplaced))
+
+
+def _violations(inst: _Instance, bins: list[_Bin]) -> list[str]:
+    by_name = {g.workload: g for g in inst.groups}
+    out = []
+    placed: dict[str, int] = {}
+    for b in bins:
+        if sum(by_name[w].cpu * c for w, c in b.counts.items()) > b.cap_c:
+            out.append(f"{b.pool}-{b.index}: CPU over capacity")
+        if sum(by_name[w].mem * c for w, c in b.counts.items()) > b.cap_m:
+            out.append(f"{b.pool}-{b.index}: memory over capacity")
+        for w, c in b.counts.items():
+            placed[w] = placed.get(w, 0) + c
+            if b.pool not in by_name[w].pools:
+                out.append(f"{w} on ineligible pool {b.pool}")
+            if inst.spread and c > 1:
+                out.append(f"{w}: {c} replicas on {b.pool}-{b.index}")
+        if inst.separate and len({by_name[w].tenant for w in b.counts}) > 1:
+            out.append(f"{b.pool}-{b.index}: tenants share a host")
+    per_pool: dict[str, set[int]] = {}
+    for b in bins:
+        per_pool.setdefault(b.pool, set()).add(b.index)
+    for p, idx in per_pool.items():
+        if len(idx) > inst.counts[p] or max(idx) >= inst.counts[p]:
+            out.append(f"pool {p}: more hosts than its count")
+    for g in inst.groups:
+        if placed.get(g.workload, 0) != g.count:
+            out.append(f"{g.workload}: {placed.get(g.workload, 0)} of {g.count} replicas placed")
+    return out
+
+
+def violations(packing: Packing, placements: Sequence[Placement], pools: Sequence[HostPool],
+               profile: Profile) -> list[str]:
+    """Every hard constraint a packing breaks (empty when legal): capacity after headroom, pool eligibility and
+    counts, tenants apart, replicas spread, every placed replica exactly once."""
+    out = []
+    caps = {p.name: _capacity(p, profile) for p in pools}
+    counts = {p.name: p.count for p in pools}
+    short = {u.workload: u.replicas for u in packing.unplaced}
+    wanted = {p.name: p.workload.replicas - short.get(p.name, 0) for p in placements}
+    expected = {(i.workload, i.replica) for i in items_of(placements) if i.replica < wanted[i.workload]}
+    seen: set[tuple[str, int]] = set()
+    names: set[str] = set()
+    for h in packing.hosts:
+        if h.name in names:
+            out.append(f"{h.name}: listed twice")
+        names.add(h.name)
+        if h.index >= counts.get(h.pool, 0):
+            out.append(f"{h.name}: pool {h.pool} has only {counts.get(h.pool, 0)} hosts")
+        cap_c, cap_m = caps[h.pool]
+        if sum(i.cpu_millis for i in h.items) > cap_c or sum(i.memory_bytes for i in h.items) > cap_m:
+            out.append(f"{h.name}: over capacity after {profile.headroom_percent}% headroom")
+        if profile.separate_tenants and len({i.tenant for i in h.items}) > 1:
+            out.append(f"{h.name}: tenants {sorted({i.tenant for i in h.items})} share it")
+        if profile.spread_replicas and len({i.workload for i in h.items}) < len(h.items):
+            out.append(f"{h.name}: two replicas of one workload")
+        for i in h.items:
+            if h.pool not in i.pools:
+                out.append(f"{i.workload}/{i.replica} on {h.name}: pool not eligible")
+            if (i.workload, i.replica) in seen:
+                out.append(f"{i.workload}/{i.replica}: placed twice")
+            seen.add((i.workload, i.replica))
+    missing = set(expected) - seen
+    if missing:
+        out.append(f"{len(missing)} replicas not placed: {sorted(missing)[:3]}")
+    return out
+
+
+# --- the lower bound ---------------------------------------------------------------------------------------
+
+def _hosts_to_cover(demand: int, hosts: list[tuple[int, int]]) -> int:
+    """Fewest hosts whose capacities add up to demand: the largest first. hosts: (capacity, how many)."""
+    need = 0
+    for cap, count in sorted(hosts, reverse=True):
+        if demand <= 0:
+            break
+        if cap <= 0:
+            continue
+        take = min(count, math.ceil(demand / cap))
+        need += take
+        demand -= take * cap
+    return need
+
+
+def _bound_on(groups: list[_Group], pools: list[str], inst: _Instance) -> int:
+    """Hosts needed by `groups` when only `pools` may hold them."""
+    if not groups:
+        return 0
+    cpu = sum(g.cpu * g.count for g in groups)
+    mem = sum(g.mem * g.count for g in groups)
+    b = max(_hosts_to_cover(cpu, [(inst.caps[p][0], inst.counts[p]) for p in pools]),
+            _hosts_to_cover(mem, [(inst.caps[p][1], inst.counts[p]) for p in pools]))
+    # items more than half of the largest host (in one resource) cannot share a host with each other
+    max_c = max(inst.caps[p][0] for p in pools)
+    max_m = max(inst.caps[p][1] for p in pools)
+    b = max(b, sum(g.count for g in groups if 2 * g.cpu > max_c), sum(g.count for g in groups if 2 * g.mem > max_m))
+    if inst.spread:
+        b = max(b, max(g.count for g in groups))
+    else:
+        # replicas of one workload: at most per_host of them fit on any one host
+        for g in groups:
+            per = max((inst.per_host(g, p) for p in pools if p in g.pools and inst.fits(g, p)), default=0)
+            if per:
+                b = max(b, math.ceil(g.count / per))
+    return b
+
+
+def _lower_bound(inst: _Instance) -> int:
+    groups = [g for g in inst.groups if g.count]
+    if not groups:
+        return 0
+    # pools linked by a workload that may use either form one component; components share no host
+    parent = {p: p for p in inst.order}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    for g in groups:
+        for p in g.pools[1:]:
+            parent[root(p)] = root(g.pools[0])
+    components: dict[str, list[_Group]] = {}
+    for g in groups:
+        components.setdefault(root(g.pools[0]), []).append(g)
+    total = 0
+    for comp in components.values():
+        tenants = sorted({g.tenant for g in comp}) if inst.separate else [""]
+        for t in tenants:
+            mine = [g for g in comp if not inst.separate or g.tenant == t]
+            # a pool set S must hold every workload whose pools all lie in S: try each workload's set and all
+            sets = {frozenset(g.pools) for g in mine} | {frozenset(p for g in mine for p in g.pools)}
+            total += max(_bound_on([g for g in mine if set(g.pools) <= s],
+                                   [p for p in inst.order if p in s], inst) for s in sets)
+    return total
 
 
 def lower_bound(items: Sequence[Item], pools: Sequence[HostPool], profile: Profile) -> int:
-    """A bound no packing can beat: capacity, spread and tenant constraints, per group of disjoint pools."""
-    if not items:
-        return 0
-    caps = {p.name: _capacity(p, profile) for p in pools}
-    groups: dict[frozenset[str], list[Item]] = {}
-    for item in items:
-        groups.setdefault(frozenset(item.pools), []).append(item)
-    keys = list(groups)
-    disjoint = all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1:])
-    parts = list(groups.values()) if disjoint else [list(items)]
-
-    def bound(part: list[Item]) -> int:
-        names = {n for i in part for n in i.pools}
-        cpu = max(caps[n][0] for n in names)
-        mem = max(caps[n][1] for n in names)
-        b = max(math.ceil(sum(i.cpu_millis for i in part) / cpu), math.ceil(sum(i.memory_bytes for i in part) / mem))
-        if profile.spread_replicas:
-            b = max(b, max(sum(1 for i in part if i.workload == w) for w in {i.workload for i in part}))
-        return b
-
-    def tenant_bound(part: list[Item]) -> int:
-        # tenants never share a host: each tenant's bound adds up
-        if not profile.separate_tenants:
-            return bound(part)
-        return sum(bound([i for i in part if i.tenant == t]) for t in {i.tenant for i in part})
-
-    return sum(tenant_bound(p) for p in parts)
+    """A bound no packing can beat: capacity (largest hosts first), pool eligibility, spread replicas, tenants
+    apart and items too big to share a host."""
+    inst = _Instance(tuple(_groups(items)), {p.name: _capacity(p, profile) for p in pools},
+                     {p.name: p.count for p in pools}, tuple(p.name for p in pools),
+                     profile.spread_replicas, profile.separate_tenants)
+    return _lower_bound(inst)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PolicyError, Problem, SpecError
-from .packing import Packing, pack
+from .packing import DEFAULT_SOLVER_BUDGET, Packing, pack
 from .policy import Placement, Profile, place_workload
 from .spec import Stack, problem
 
@@ -33,8 +33,12 @@ class Plan:
                 "warnings": self.warnings}
 
 
-def build_plan(stack: Stack, profile: Profile) -> Plan:
-    """Place every workload, then pack. Contradictions are reported for all workloads at once, at their lines."""
+def build_plan(stack: Stack, profile: Profile, solver_budget: float = DEFAULT_SOLVER_BUDGET,
+               strict: bool = True) -> Plan:
+    """Place every workload, then pack. Contradictions are reported for all workloads at once, at their lines.
+
+    solver_budget: seconds the packing may spend beyond best-fit decreasing (0: none). strict: a replica that
+    gets no host is an error; otherwise it is listed in packing.unplaced (the capacity report shows it)."""
     placements: list[Placement] = []
     problems: list[Problem] = []
     for w in stack.workloads:
@@ -46,7 +50,7 @@ def build_plan(stack: Stack, profile: Profile) -> Plan:
     if problems:
         raise SpecError(problems)
     try:
-        packing = pack(placements, stack.hosts, profile)
+        packing = pack(placements, stack.hosts, profile, solver_budget=solver_budget, strict=strict)
     except PolicyError as err:
         raise SpecError([Problem(stack.file, 0, "spec.hosts", str(err))]) from err
     return Plan(stack, profile, tuple(placements), packing)

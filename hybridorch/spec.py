@@ -117,6 +117,8 @@ HOST_POOL = Obj({
     "cpu": Field(Quantity("cpu"), default="8"),
     "memory": Field(Quantity("memory"), default="32Gi"),
     "count": Field(Scalar(int, minimum=1, maximum=10000), default=10, doc="Hosts available in this pool."),
+    "idleWatts": Field(Scalar(int, minimum=0, maximum=100000), doc="Power of one idle host (`capacity`)."),
+    "peakWatts": Field(Scalar(int, minimum=1, maximum=100000), doc="Power of one host at full CPU (`capacity`)."),
     "labels": Field(_labels, default=dict),
 })
 
@@ -282,6 +284,8 @@ class HostPool:
     memory: str = "32Gi"
     count: int = 10
     labels: Mapping[str, str] = field(default_factory=dict)
+    idleWatts: int | None = None   # spelled as in the file: pools are built with HostPool(**fields)
+    peakWatts: int | None = None
 
     @property
     def cpu_millis(self) -> int:
