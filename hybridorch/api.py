@@ -30,6 +30,9 @@ POLICY_FILE = Obj({
         "spreadReplicas": Field(Scalar(bool)),
         "headroomPercent": Field(Scalar(int, minimum=0, maximum=90)),
         "emulationCpuFactor": Field(Scalar(int, minimum=1, maximum=100)),
+        "maxVmCpus": Field(Scalar(int, minimum=1, maximum=1024), doc="Per-VM CPU ceiling (audit rule HYB002)."),
+        "maxSnapshotAge": Field(Scalar(str, pattern=r"([0-9]+[smhdw])+", what="a duration such as 7d"),
+                                doc="Longest snapshot retention the audit accepts (rule HYB015)."),
         "overheads": Field(Obj({"sandboxed": Field(_OVERHEAD), "vm": Field(_OVERHEAD)})),
     }), required=True),
 }, description="A hybridorch placement policy: a built-in profile with fields overridden.")
@@ -37,7 +40,8 @@ POLICY_FILE = Obj({
 _POLICY_KEYS = {"untrustedRuntime": "untrusted_runtime", "internalRuntime": "internal_runtime",
                 "privilegedTrustedAsContainer": "trusted_privileged_container", "separateTenants": "separate_tenants",
                 "spreadReplicas": "spread_replicas", "headroomPercent": "headroom_percent",
-                "emulationCpuFactor": "emulation_cpu_factor"}
+                "emulationCpuFactor": "emulation_cpu_factor", "maxVmCpus": "max_vm_cpus",
+                "maxSnapshotAge": "max_snapshot_age"}
 
 
 def _overhead(v: dict[str, str]) -> Overhead:

@@ -41,6 +41,8 @@ class Profile:
     sandbox_overhead: Overhead = Overhead(250, 160 * 2**20)
     vm_overhead: Overhead = Overhead(200, 256 * 2**20)
     emulation_cpu_factor: int = 4                 # TCG needs several host cores per emulated one
+    max_vm_cpus: int = 8                          # per-VM CPU ceiling (vCPUs or CPU limit); audit rule HYB002
+    max_snapshot_age: str = "30d"                 # longest snapshot retention the audit accepts (HYB015)
 
     def overhead(self, runtime: str) -> Overhead:
         if runtime == "sandboxed":
@@ -52,10 +54,10 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "secure": Profile("secure", untrusted_runtime="vm", internal_runtime="sandboxed", separate_tenants=True,
-                      headroom_percent=20),
+                      headroom_percent=20, max_vm_cpus=4, max_snapshot_age="7d"),
     "balanced": Profile("balanced"),
     "efficient": Profile("efficient", trusted_privileged_container=True, spread_replicas=False,
-                         headroom_percent=0),
+                         headroom_percent=0, max_vm_cpus=16, max_snapshot_age="90d"),
 }
 
 
