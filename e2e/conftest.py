@@ -92,7 +92,7 @@ def _age(created: str) -> float:
 
 
 def remove_test_objects(client: Any, stacks: set[str] | None = None) -> list[str]:
-    """Remove containers and networks hybridorch created for test stacks: `stacks`, or else every `e2e-*`
+    """Remove containers, networks and volumes hybridorch created for test stacks: `stacks`, or else every `e2e-*`
     stack's objects older than STALE_AFTER (leftovers of a killed run; a parallel run's objects are young)."""
     def ours(labels: dict[str, str] | None, created: str) -> bool:
         stack = (labels or {}).get(LABEL_STACK, "")
@@ -116,6 +116,14 @@ def remove_test_objects(client: Any, stacks: set[str] | None = None) -> list[str
                 n.remove()
                 removed.append(n.name)
             except docker.errors.NotFound:
+                pass
+    # volumes outlive `down` on purpose (data); test stacks' volumes go with the session
+    for v in client.volumes.list(filters={"label": f"{LABEL_MANAGED}=hybridorch"}):
+        if ours(v.attrs.get("Labels"), v.attrs.get("CreatedAt", "")):
+            try:
+                v.remove(force=True)
+                removed.append(v.name)
+            except docker.errors.APIError:  # gone meanwhile, or still used by a parallel run's container
                 pass
     return removed
 

@@ -44,7 +44,8 @@ def shop_copy(name: str, *, with_vm: bool = False) -> tuple[dict[str, Any], dict
 
 
 def containers_of(client: Any, stack: str) -> dict[str, Any]:
-    found = client.containers.list(all=True, filters={"label": f"hybridorch.dev/stack={stack}"})
+    # ignore_removed: a container listed and removed before the SDK inspects it is not an error here
+    found = client.containers.list(all=True, filters={"label": f"hybridorch.dev/stack={stack}"}, ignore_removed=True)
     return {c.name: c for c in found}
 
 
@@ -463,3 +464,49 @@ def test_vm_side_failure_removes_the_containers_this_up_started(docker_client: A
     assert_nothing_left(docker_client, "e2e-vmfail")
     statuses = json.loads(hybridorch("status", str(path), "-o", "json").stdout)
     assert {s["name"]: s["state"] for s in statuses} == {w["name"]: "absent" for w in doc["spec"]["workloads"]}
+
+
+# --- data outlives down ----------------------------------------------------------------------------------
+
+def test_down_keeps_volumes_and_delete_data_removes_them(docker_client: Any, stack_file: Any) -> None:
+    stack = "e2e-data"
+    volume = f"hybridorch-{stack}-db-0-data"
+    path = stack_file(f"""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {{name: {stack}}}
+        spec:
+          workloads:
+            - name: db
+              image: hybridorch.local/busybox:1
+              command: [sh, -c, "echo ready; exec sleep 3600"]
+              trust: trusted
+              volumes: [{{name: data, mountPath: /data, size: 64Mi}}]
+              ready: {{marker: ready, timeout: 60}}
+        """)
+    try:
+        hybridorch("up", path)
+        db = docker_client.containers.get(f"{stack}-db-0")
+        code, out = db.exec_run(["sh", "-c", "echo precious > /data/file"])
+        assert code == 0, out
+        assert docker_client.volumes.get(volume).attrs["Labels"]["hybridorch.dev/stack"] == stack
+
+        out = hybridorch("down", path).stdout
+        assert f"removed container {stack}-db-0" in out
+        assert f"kept volume {volume}: data (kept without --delete-data); remove it with: docker volume rm {volume}" \
+            in out, out
+        assert f"`hybridorch down {path} --delete-data` removes it too" in out
+        assert not containers_of(docker_client, stack)
+        docker_client.volumes.get(volume)   # still there
+
+        # the next up finds the data again, in a new container
+        hybridorch("up", path)
+        code, out = docker_client.containers.get(f"{stack}-db-0").exec_run(["cat", "/data/file"])
+        assert (code, out.decode().strip()) == (0, "precious")
+
+        out = hybridorch("down", path, "--delete-data").stdout
+        assert f"removed volume {volume}" in out and "kept" not in out, out
+        assert [v.name for v in docker_client.volumes.list(filters={"label": f"hybridorch.dev/stack={stack}"})] == []
+        assert hybridorch("down", path).stdout.strip() == "nothing to remove"
+    finally:
+        hybridorch("down", path, "--delete-data", check=False)

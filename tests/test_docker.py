@@ -98,6 +98,8 @@ def test_docker_backend_refuses_vm_placements() -> None:
 def test_names() -> None:
     assert docker_backend.container_name("shop", "web", 1) == "shop-web-1"
     assert docker_backend.network_name("shop", "payments") == "hybridorch-shop-payments"
+    # one volume per replica and spec volume, like a StatefulSet's claim per pod
+    assert docker_backend.volume_name("shop", "db", 1, "data") == "hybridorch-shop-db-1-data"
     assert docker_backend.stack_filter("shop") == {
         "label": ["app.kubernetes.io/managed-by=hybridorch", "hybridorch.dev/stack=shop"]}
 
@@ -128,3 +130,15 @@ def test_connection_errors_are_reduced_to_their_os_reason() -> None:
     message = docker_backend._engine_down_message("unix:///tmp/x.sock", ConnectionRefusedError(111, "Connection refused"))
     assert message.startswith("Docker engine not reachable at unix:///tmp/x.sock (Connection refused)")
     assert "\n" not in message
+
+
+def test_a_removal_says_what_was_kept_and_how_to_remove_it() -> None:
+    from hybridorch.backends.base import Kept, Removal
+
+    kept = Kept("volume hybridorch-shop-db-0-data", docker_backend.DATA_KEPT, "docker volume rm hybridorch-shop-db-0-data")
+    total = Removal(("container shop-db-0",)) + Removal((), (kept,))
+    assert total.removed == ("container shop-db-0",) and total.kept == (kept,) and total.data_kept
+    assert str(kept) == ("kept volume hybridorch-shop-db-0-data: data (kept without --delete-data); remove it with: "
+                         "docker volume rm hybridorch-shop-db-0-data")
+    assert not Removal((), (Kept("Namespace shop", "it holds objects hybridorch did not make: ConfigMap shop/x",
+                                 "kubectl delete namespaces shop"),)).data_kept

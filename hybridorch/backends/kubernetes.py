@@ -502,14 +502,14 @@ class KubernetesBackend(Backend):
         keep_namespaces: set[str] = set()
         for ns in namespaces:
             contents = self.namespace_contents(ns)
-            data = [o for o in data_objects(contents, stack)]
+            data = data_objects(contents, stack)
             if delete_data:
                 refs += [r for r in map(ObjectRef.of, data) if r not in refs]
             else:
                 self._release(data, contents)
                 refs = [r for r in refs if r.kind not in DATA_KINDS]
                 kept += [Kept(str(ObjectRef.of(o)), DATA_KEPT, self._delete_command(ObjectRef.of(o))) for o in data]
-            foreign = [str(ObjectRef.of(o)) for o in foreign_objects(contents, stack)]
+            foreign = sorted(str(ObjectRef.of(o)) for o in foreign_objects(contents, stack))
             if foreign or (data and not delete_data):
                 keep_namespaces.add(ns)
                 if any(r.kind == "Namespace" and r.name == ns for r in refs):
