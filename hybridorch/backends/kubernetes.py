@@ -316,7 +316,10 @@ class KubernetesBackend(Backend):
         is never pruned: only `delete --delete-data` removes it."""
         stale = [ObjectRef.of(o) for o in self.owned_objects(stack)
                  if ObjectRef.of(o) not in keep and o.get("kind") not in DATA_KINDS]
-        return self._delete(self._unshared(stack, stale))
+        if not stale:
+            return []
+        # a pruned StatefulSet's claims, or a pruned tenant's namespace with data or a user's objects, are kept
+        return list(self._remove(stack, self._unshared(stack, stale), delete_data=False).removed)
 
     def _unshared(self, stack: str, refs: list[ObjectRef]) -> list[ObjectRef]:
         """Leave out RuntimeClasses that workloads outside this stack still name.
@@ -495,7 +498,12 @@ class KubernetesBackend(Backend):
                 ref = ObjectRef.of(o)
                 if ref not in refs:
                     refs.append(ref)
-        refs = self._unshared(stack, refs)
+        return self._remove(stack, self._unshared(stack, refs), delete_data)
+
+    def _remove(self, stack: str, refs: list[ObjectRef], delete_data: bool) -> Removal:
+        """Delete `refs`, except namespaces holding foreign objects or kept data; data in the namespaces
+        involved is deleted with `delete_data`, else cut loose from its owners and kept."""
+        doomed = {r for r in refs if r.kind not in DATA_KINDS}
         namespaces = sorted({r.name for r in refs if r.kind == "Namespace"} |
                             {r.namespace for r in refs if r.namespace})
         kept: list[Kept] = []
@@ -506,7 +514,7 @@ class KubernetesBackend(Backend):
             if delete_data:
                 refs += [r for r in map(ObjectRef.of, data) if r not in refs]
             else:
-                self._release(data, contents)
+                self._release(contents, doomed)
                 refs = [r for r in refs if r.kind not in DATA_KINDS]
                 kept += [Kept(str(ObjectRef.of(o)), DATA_KEPT, self._delete_command(ObjectRef.of(o))) for o in data]
             foreign = sorted(str(ObjectRef.of(o)) for o in foreign_objects(contents, stack))
@@ -546,23 +554,22 @@ class KubernetesBackend(Backend):
             items += json.loads(one.stdout or "{}").get("items", [])
         return items
 
-    def _release(self, data: list[dict[str, Any]], contents: list[dict[str, Any]]) -> None:
-        """Cut the data's ties to the objects about to be deleted, so the garbage collector keeps it: a
-        StatefulSet whose claims go with it (whenDeleted: Delete) is told to retain them, and a claim or
-        DataVolume drops owner references to anything that is not data itself."""
-        if not data:
-            return
+    def _release(self, contents: list[dict[str, Any]], doomed: set[ObjectRef]) -> None:
+        """Cut the ties of the data in `contents` to the objects about to be deleted, so the garbage collector
+        keeps it: a doomed StatefulSet whose claims go with it (whenDeleted: Delete) is told to retain them, and
+        a claim or DataVolume drops its owner references to doomed objects."""
+        doomed_uids = {o["metadata"].get("uid") for o in contents if ObjectRef.of(o) in doomed}
         for o in contents:
             policy = (o.get("spec") or {}).get("persistentVolumeClaimRetentionPolicy") or {}
-            if o.get("kind") == "StatefulSet" and policy.get("whenDeleted") == "Delete":
+            if o.get("kind") == "StatefulSet" and o["metadata"].get("uid") in doomed_uids \
+                    and policy.get("whenDeleted") == "Delete":
                 self.kubectl("patch", "statefulsets.apps", o["metadata"]["name"], "-n", o["metadata"]["namespace"],
                              "--type=merge", "-p", json.dumps({"spec": {"persistentVolumeClaimRetentionPolicy":
                                                                         {"whenDeleted": "Retain"}}}))
-        data_uids = {o["metadata"].get("uid") for o in data}
-        for o in data:
+        for o in contents:
             refs = o["metadata"].get("ownerReferences") or []
-            left = [r for r in refs if r.get("uid") in data_uids]
-            if len(left) != len(refs):
+            left = [r for r in refs if r.get("uid") not in doomed_uids]
+            if o.get("kind") in DATA_KINDS and len(left) != len(refs):
                 ref = ObjectRef.of(o)
                 self.kubectl("patch", ref.resource, ref.name, "-n", ref.namespace, "--type=merge", "-p",
                              json.dumps({"metadata": {"ownerReferences": left or None}}))
