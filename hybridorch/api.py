@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import PolicyError, Problem, SpecError
+from .packing import DEFAULT_SOLVER_BUDGET
 from .plan import Plan, build_plan
 from .policy import PROFILES, Overhead, Profile, make_profile
 from .schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
 from .spec import API_VERSION, Stack, load_hosts, load_stack
 
 if TYPE_CHECKING:
+    from .audit import AuditReport
+    from .capacity import Assumptions, CapacityReport
     from .backends.base import Removal, WorkloadStatus
     from .render import Rendered
 
@@ -82,14 +86,40 @@ def resolve_policy(stack: Stack, override: str | None = None) -> Profile:
     return load_policy(path)
 
 
-def plan_stack(path: str, policy: str | None = None, hosts: str | None = None) -> Plan:
+def plan_stack(path: str, policy: str | None = None, hosts: str | None = None,
+               solver_budget: float = DEFAULT_SOLVER_BUDGET, strict: bool = True) -> Plan:
     """Load a stack file and decide every workload's runtime and host.
 
-    `hosts` is a `kind: Hosts` file describing the machines or cluster; it replaces the stack's spec.hosts."""
+    `hosts` is a `kind: Hosts` file describing the machines or cluster; it replaces the stack's spec.hosts.
+    `solver_budget`: seconds packing may spend improving on best-fit decreasing (0: none)."""
     stack = load_stack(path)
     if hosts:
         stack = replace(stack, hosts=load_hosts(hosts))
-    return build_plan(stack, resolve_policy(stack, policy))
+    return build_plan(stack, resolve_policy(stack, policy), solver_budget, strict)
+
+
+def capacity(path: str, policy: str | None = None, hosts: str | None = None,
+             solver_budget: float = DEFAULT_SOLVER_BUDGET, assumptions: "Assumptions | None" = None,
+             plot: str | None = None) -> "CapacityReport":
+    """The consolidation report (servers, energy, CO2: one workload per server against the packed plan); with
+    `plot`, also draw it into that .png or .svg file. Replicas that get no host are listed, not an error."""
+    from .capacity import Assumptions, capacity_report
+
+    fmt = os.path.splitext(plot)[1].lower().lstrip(".") if plot else ""
+    if plot and fmt not in ("png", "svg"):
+        raise SpecError([Problem(plot, 0, "", "--plot needs a file name ending in .png or .svg")])
+    report = capacity_report(plan_stack(path, policy, hosts, solver_budget, strict=False),
+                             assumptions or Assumptions())
+    if plot:
+        from .report import capacity_figure
+
+        data = capacity_figure(report, fmt)
+        try:
+            with open(plot, "wb") as out:
+                out.write(data)
+        except OSError as err:
+            raise SpecError([Problem(plot, 0, "", f"cannot write the plot: {err.strerror}")]) from err
+    return report
 
 
 def validate_files(paths: list[str], policy: str | None = None, hosts: str | None = None) -> list[Plan]:
@@ -98,7 +128,7 @@ def validate_files(paths: list[str], policy: str | None = None, hosts: str | Non
     problems: list[Problem] = []
     for path in paths:
         try:
-            plans.append(plan_stack(path, policy, hosts))
+            plans.append(plan_stack(path, policy, hosts, solver_budget=0))  # feasibility is enough here
         except SpecError as err:
             problems.extend(err.problems)
     if problems:
@@ -113,7 +143,7 @@ def render(path: str, target: str = "kubernetes", templates: str | None = None, 
     """Plan a stack and render it (validated, nothing written): Kubernetes/KubeVirt objects or local VM files."""
     from .render import render_plan
 
-    return render_plan(plan_stack(path, policy, hosts), target=target, templates_dir=templates,
+    return render_plan(plan_stack(path, policy, hosts, solver_budget=0), target=target, templates_dir=templates,
                        namespace_prefix=namespace_prefix)
 
 
@@ -121,7 +151,7 @@ def _backend_run(path: str, target: str, policy: str | None, options: dict[str, 
     from .backends.base import get_backend
 
     hosts = options.pop("hosts", None)
-    plan = plan_stack(path, policy, hosts)
+    plan = plan_stack(path, policy, hosts, solver_budget=0)  # manifests do not depend on the packing
     return plan, get_backend(target, **options)
 
 
@@ -156,3 +186,24 @@ def down(path: str, target: str = "local", *, delete_data: bool = False, policy:
     DataVolumes, volumes, disks) is kept unless `delete_data`; the result names what was removed and kept."""
     plan, backend = _backend_run(path, target, policy, options)
     return backend.down(plan, delete_data=delete_data)
+
+
+def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = None, templates: str | None = None,
+          live: bool = False, target: str = "local", context: str | None = None, namespace_prefix: str = "",
+          max_image_age: str | None = None, fmt: str = "table", fail_on: str = "high",
+          now: float | None = None) -> "AuditReport":
+    """Audit stack files, rendered manifests, libvirt domains and cloud-init (and with `live`, what runs) against
+    the rules in hybridorch.audit; report.check() raises AuditFailed when a finding reaches `fail_on`."""
+    from . import __version__
+    from .audit import AuditReport
+    from .audit_live import audit_files
+    from .spec import parse_duration
+
+    age = None
+    if max_image_age is not None:
+        if not re.fullmatch(r"([0-9]+[smhdw])+", max_image_age):
+            raise SpecError([Problem("--max-image-age", 0, "", f"{max_image_age!r} is not a duration such as 30d")])
+        age = parse_duration(max_image_age)
+    findings = audit_files(paths, policy=policy, hosts=hosts, templates=templates, live=live, target=target,
+                           context=context, namespace_prefix=namespace_prefix, max_image_age=age, now=now)
+    return AuditReport(tuple(findings), fmt, fail_on, __version__)

@@ -63,15 +63,22 @@ def validate(files: tuple[str, ...], policy: str | None) -> None:
         click.echo(f"{plan.stack.file}: ok ({len(plan.placements)} workloads)")
 
 
+solver_budget_option = click.option(
+    "--solver-budget", type=click.FloatRange(0, 3600), default=2.0, show_default=True, metavar="SECONDS",
+    help="Time packing may spend beyond best-fit decreasing (exact CP-SAT on small and medium stacks, "
+         "improvement on large ones; deterministic work limits, about seconds); 0 disables.")
+
+
 @cli.command()
 @stack_file
 @policy_option
 @click.option("--output", "-o", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
-def plan(file: str, policy: str | None, output: str) -> None:
+@solver_budget_option
+def plan(file: str, policy: str | None, output: str, solver_budget: float) -> None:
     """Decide and explain the runtime of every workload, and pack them onto hosts."""
     from .api import plan_stack
 
-    result = plan_stack(file, policy, _hosts())
+    result = plan_stack(file, policy, _hosts(), solver_budget)
     if output == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif output == "yaml":
@@ -84,6 +91,40 @@ def plan(file: str, policy: str | None, output: str) -> None:
         click.echo(plan_table(result))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+@cli.command()
+@stack_file
+@click.option("--hosts", "hosts_file", type=click.Path(dir_okay=False), metavar="HOSTS.yaml",
+              help="A `kind: Hosts` file (same as the global --hosts).")
+@policy_option
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png|FILE.svg",
+              help="Also draw servers, energy and every host's CPU and memory (needs hybridorch[plot]).")
+@click.option("--pue", type=click.FloatRange(1, 5), help="Power usage effectiveness (default printed with the report).")
+@click.option("--grid-intensity", type=click.FloatRange(0, 5000), metavar="G_PER_KWH",
+              help="Grid carbon intensity in gCO2/kWh (default printed with the report).")
+@click.option("--idle-watts", type=click.IntRange(0, 100000), help="Idle power of hosts whose pool gives none.")
+@click.option("--peak-watts", type=click.IntRange(1, 100000), help="Peak power of hosts whose pool gives none.")
+@solver_budget_option
+def capacity(file: str, hosts_file: str | None, policy: str | None, output: str, plot: str | None,
+             pue: float | None, grid_intensity: float | None, idle_watts: int | None, peak_watts: int | None,
+             solver_budget: float) -> None:
+    """Servers, energy and CO2: one workload per server against the packed plan, and what did not fit."""
+    from . import api
+    from .capacity import Assumptions
+
+    given = {"pue": pue, "grid_g_per_kwh": grid_intensity, "idle_watts": idle_watts, "peak_watts": peak_watts}
+    assumptions = Assumptions(**{k: v for k, v in given.items() if v is not None})
+    report = api.capacity(file, policy, hosts_file or _hosts(), solver_budget, assumptions, plot)
+    if output == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        from .report import capacity_table
+
+        click.echo(capacity_table(report))
+    if plot:
+        click.echo(f"wrote {plot}", err=True)
 
 
 @cli.command()
@@ -244,6 +285,39 @@ def delete(file: str, context: str | None, namespace_prefix: str, delete_data: b
                       **_backend_options(context, namespace_prefix))
     _print_removal(result, "deleted", f"hybridorch delete {file}" + (f" --context {context}" if context else "")
                    + (f" --namespace-prefix {namespace_prefix}" if namespace_prefix else ""))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--live", is_flag=True, help="Also inspect what runs for each stack file (containers, VMs, objects).")
+@target_option
+@context_option
+@click.option("--namespace-prefix", default="", help="Prefix of the tenant namespaces (--live --target kubernetes).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif"]), default="table", show_default=True)
+@click.option("--output", "out", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write the report to FILE instead of stdout.")
+@click.option("--fail-on", type=click.Choice(["low", "medium", "high", "never"]), default="high", show_default=True,
+              help="Exit 1 when a finding at or above this severity exists.")
+@click.option("--max-image-age", metavar="DURATION", help="Flag guest/container images older than this (e.g. 30d).")
+@click.option("--templates", type=click.Path(file_okay=False, exists=True),
+              help="Audit what these user templates render (searched before the built-in ones).")
+@policy_option
+def audit(files: tuple[str, ...], live: bool, target: str, context: str | None, namespace_prefix: str, fmt: str,
+          out: str | None, fail_on: str, max_image_age: str | None, templates: str | None,
+          policy: str | None) -> None:
+    """Check stacks, rendered manifests, libvirt domains and cloud-init for virtualization risks (rules HYB001...)."""
+    from . import api
+
+    report = api.audit(list(files), policy=policy, hosts=_hosts(), templates=templates, live=live, target=target,
+                       context=context, namespace_prefix=namespace_prefix, max_image_age=max_image_age,
+                       fmt=fmt, fail_on=fail_on)
+    if out:
+        with open(out, "w") as f:
+            f.write(report.text + "\n")
+        click.echo(f"wrote {out} ({len(report.findings)} findings)", err=True)
+    else:
+        click.echo(report.text)
+    report.check()   # AuditFailed (exit 1) when a finding reaches --fail-on
 
 
 @cli.command("soc-test")

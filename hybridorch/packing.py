@@ -492,6 +492,38 @@ def _hosts(inst: _Instance, bins: list[_Bin], items: Sequence[Item]) -> tuple[Ho
     return tuple(hosts)
 
 
+def _right_size(inst: _Instance, bins: list[_Bin], pools: Sequence[HostPool]) -> None:
+    """Move each host, whole, to the pool that runs its load with the least power (or, without power figures,
+    the smallest machine) among the pools every replica on it may use. Host count and constraints unchanged."""
+    by_name = {g.workload: g for g in inst.groups}
+    spec = {p.name: p for p in pools}
+    left = dict(inst.counts)
+    for b in bins:
+        left[b.pool] -= 1
+
+    def watts(pool: str, cpu: int) -> float:
+        p = spec[pool]
+        if p.idleWatts is None or p.peakWatts is None:
+            return 0.0
+        return p.idleWatts + (p.peakWatts - p.idleWatts) * min(1.0, cpu / p.cpu_millis)
+
+    for b in sorted(bins, key=lambda b: (b.load(), b.seq)):
+        cpu, mem = b.cap_c - b.rem_c, b.cap_m - b.rem_m
+        allowed = set(inst.order)
+        for w in b.counts:
+            allowed &= set(by_name[w].pools)
+        options = [p for p in inst.order if p in allowed and (p == b.pool or left[p] > 0)
+                   and inst.caps[p][0] >= cpu and inst.caps[p][1] >= mem]
+        known = all(spec[p].idleWatts is not None and spec[p].peakWatts is not None for p in options)
+        best = min(options, key=lambda p: (watts(p, cpu) if known else 0.0, inst.caps[p], p != b.pool))
+        if best != b.pool:
+            left[b.pool] += 1
+            left[best] -= 1
+            b.pool, b.index = best, inst.counts[best] + b.seq  # renumbered later
+            b.cap_c, b.cap_m = inst.caps[best]
+            b.rem_c, b.rem_m = b.cap_c - cpu, b.cap_m - mem
+
+
 def _copy(bins: list[_Bin]) -> list[_Bin]:
     out = []
     for b in bins:
@@ -547,6 +579,7 @@ def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Pr
                 if exact.bins is not None and len(exact.bins) < len(bins) and not _violations(inst, exact.bins):
                     bins, method = exact.bins, "CP-SAT"
             optimal = len(bins) <= lower
+    _right_size(inst, bins, pools)
     return Packing(_hosts(inst, bins, items), lower, greedy_count, method, optimal, tuple(unplaced))
 
 
