@@ -554,6 +554,17 @@ class KubernetesBackend(Backend):
             items += json.loads(one.stdout or "{}").get("items", [])
         return items
 
+    def _await_observed(self, namespace: str, name: str, generation: int, timeout: float = 10) -> None:
+        """Wait (briefly) until the StatefulSet controller has seen a new spec: one still acting on the old
+        retention policy would put back the owner references about to be removed from the claims. Without a
+        controller nothing acts on the old policy either, so the wait just ends."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.get_json("statefulsets.apps", name, "-n", namespace, "--ignore-not-found")
+            if not st or (st[0].get("status") or {}).get("observedGeneration", 0) >= generation:
+                return
+            time.sleep(0.2)
+
     def _release(self, contents: list[dict[str, Any]], doomed: set[ObjectRef]) -> None:
         """Cut the ties of the data in `contents` to the objects about to be deleted, so the garbage collector
         keeps it: a doomed StatefulSet whose claims go with it (whenDeleted: Delete) is told to retain them, and
@@ -563,9 +574,11 @@ class KubernetesBackend(Backend):
             policy = (o.get("spec") or {}).get("persistentVolumeClaimRetentionPolicy") or {}
             if o.get("kind") == "StatefulSet" and o["metadata"].get("uid") in doomed_uids \
                     and policy.get("whenDeleted") == "Delete":
-                self.kubectl("patch", "statefulsets.apps", o["metadata"]["name"], "-n", o["metadata"]["namespace"],
-                             "--type=merge", "-p", json.dumps({"spec": {"persistentVolumeClaimRetentionPolicy":
-                                                                        {"whenDeleted": "Retain"}}}))
+                ns, name = o["metadata"]["namespace"], o["metadata"]["name"]
+                patched = json.loads(self.kubectl(
+                    "patch", "statefulsets.apps", name, "-n", ns, "--type=merge", "-o", "json", "-p",
+                    json.dumps({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain"}}})).stdout)
+                self._await_observed(ns, name, patched["metadata"].get("generation", 0))
         for o in contents:
             refs = o["metadata"].get("ownerReferences") or []
             left = [r for r in refs if r.get("uid") not in doomed_uids]
