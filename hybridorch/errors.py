@@ -63,6 +63,12 @@ class BackendError(HybridorchError):
     exit_code = 4
 
 
+class AuditFailed(HybridorchError):
+    """An audit completed and found something at or above the --fail-on severity."""
+
+    exit_code = 1
+
+
 class TestFailure(HybridorchError):
     """A test run completed but some tests failed (soc-test)."""
 

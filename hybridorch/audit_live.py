@@ -1,0 +1,268 @@
+"""Gather what the audit rules (audit.py) look at: the input files, a stack's plan and rendered output, cached guest
+images and, with --live, what runs (Docker containers and QEMU VMs by their labels and state, or the cluster).
+
+Runtimes are only read, through the existing backend classes (their Docker client, kubectl and state directory).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from . import audit
+from .audit import Context, Finding
+from .errors import BackendError, Problem, SpecError
+from .labels import LABEL_STACK, LABEL_WORKLOAD
+from .plan import Plan
+from .policy import PROFILES, Profile
+from .spec import Workload
+
+LIVE_TARGETS = ("local", "kubernetes")
+SNAPSHOT_RESOURCE = "virtualmachinesnapshots.snapshot.kubevirt.io"
+
+
+def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | None = None,
+                templates: str | None = None, live: bool = False, target: str = "local",
+                context: str | None = None, namespace_prefix: str = "", max_image_age: int | None = None,
+                now: float | None = None) -> list[Finding]:
+    """Every finding on every file: stack files (plan, both renderings, cached guests, and what runs with
+    `live`), Kubernetes manifests, libvirt domain XML and cloud-init user data given directly."""
+    from .api import plan_stack, resolve_policy
+
+    now = time.time() if now is None else now
+    default_profile = _policy(policy, resolve_policy)
+    findings: list[Finding] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append(Problem(path, 0, "", f"cannot read: {getattr(err, 'strerror', None) or err}"))
+            continue
+        try:
+            kind = _kind(path, text)
+            if kind == "stack":
+                plan = plan_stack(path, policy, hosts)
+                findings += audit_plan(plan, templates=templates, max_image_age=max_image_age, now=now)
+                if live:
+                    findings += audit_running(plan, target, context=context, namespace_prefix=namespace_prefix,
+                                              max_image_age=max_image_age, now=now)
+            else:
+                ctx = Context(default_profile, now, max_image_age)
+                findings += _audit_plain(path, text, kind, ctx)
+        except SpecError as err:
+            problems += err.problems
+    if problems:
+        raise SpecError(problems)
+    return audit.dedupe(findings)
+
+
+def _policy(policy: str | None, resolve: Callable[..., Profile]) -> Profile:
+    if policy is None:
+        return PROFILES["balanced"]
+    if policy in PROFILES:
+        return PROFILES[policy]
+    from .api import load_policy
+
+    if not os.path.exists(policy):
+        from .errors import PolicyError
+
+        raise PolicyError(f"policy {policy!r} is neither {', '.join(PROFILES)} nor an existing file")
+    return load_policy(policy)
+
+
+def _kind(path: str, text: str) -> str:
+    head = text.lstrip()
+    if path.endswith(".xml") or head.startswith("<"):
+        return "domain"
+    if head.startswith("#cloud-config"):
+        return "cloud-init"
+    try:
+        first = next(iter(yaml.safe_load_all(text)), None)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise SpecError([Problem(path, mark.line + 1 if mark else 0, "", f"not valid YAML: "
+                                 f"{getattr(err, 'problem', None) or err}")]) from None
+    if isinstance(first, dict) and first.get("kind") == "Stack":
+        return "stack"
+    return "manifests"
+
+
+def _audit_plain(path: str, text: str, kind: str, ctx: Context) -> list[Finding]:
+    """A file that is already rendered: Kubernetes/KubeVirt objects, a libvirt domain or cloud-init user data.
+
+    Its findings are kept one per object and line (not merged per workload as a stack's are)."""
+    return [replace(f, workload="") for f in _audit_rendered_file(path, text, kind, ctx)]
+
+
+def _audit_rendered_file(path: str, text: str, kind: str, ctx: Context) -> list[Finding]:
+    if kind == "domain":
+        try:
+            return audit.check_domain(text, ctx, lambda line, _w: (path, line))
+        except ValueError as err:
+            raise SpecError([Problem(path, 0, "", f"not a well-formed XML document: {err}")]) from None
+    if kind == "cloud-init":
+        lines = audit.yaml_documents(text)
+        where = lines[0][1] if lines else {}
+        return audit.check_cloud_init(text, ctx, lambda key: (path, audit.line_for(where, key)),
+                                      f"user-data {os.path.basename(path)}")
+    docs = audit.yaml_documents(text)
+    objects = [(d, lines) for d, lines in docs if isinstance(d, dict) and d.get("kind")]
+    if len(objects) != len(docs):
+        bad = next(lines[""] for d, lines in docs if not (isinstance(d, dict) and d.get("kind")))
+        raise SpecError([Problem(path, bad, "", "not a Kubernetes object (no kind); audit takes stack files, "
+                                                "Kubernetes manifests, libvirt domain XML and #cloud-config")])
+    return audit.check_objects([d for d, _ in objects], ctx,
+                               lambda i, p: (path, audit.line_for(objects[i][1], p)))
+
+
+# --- a stack: its plan and both renderings ----------------------------------------------------------------
+
+def _stack_context(plan: Plan, now: float, max_image_age: int | None) -> Context:
+    return Context(plan.profile, now, max_image_age, {w.name: w for w in plan.stack.workloads})
+
+
+def _stack_locate(plan: Plan) -> Callable[[str, str], tuple[str, int]]:
+    where = audit.stack_where(plan.stack)
+    return lambda workload, fld="": where.at(workload, fld)
+
+
+def audit_plan(plan: Plan, *, templates: str | None = None, max_image_age: int | None = None,
+               now: float | None = None) -> list[Finding]:
+    """The plan, its Kubernetes rendering, its local rendering (domains and cloud-init) and the cached guests."""
+    from .render import render_plan
+
+    ctx = _stack_context(plan, time.time() if now is None else now, max_image_age)
+    locate = _stack_locate(plan)
+    out = audit.check_plan(plan, ctx)
+    k8s = render_plan(plan, target="kubernetes", templates_dir=templates)
+    docs = list(k8s.documents)
+    out += audit.check_objects(docs, ctx, lambda i, _p: locate(_workload_of(docs[i], plan), ""))
+    local = render_plan(plan, target="local", templates_dir=templates)
+    for f in local.files:
+        workload = f.path.split("/", 1)[0]
+        if f.path.endswith("/domain.xml"):
+            out += audit.check_domain(f.content, ctx, lambda _line, w: locate(w or workload, ""))
+        elif f.path.endswith("/user-data"):
+            out += audit.check_cloud_init(f.content, ctx, lambda key, w=workload: locate(w, "vm.userData"),
+                                          f"user-data of {workload}", workload)
+    out += _guest_images(plan, ctx, locate)
+    return out
+
+
+def _workload_of(doc: dict[str, Any], plan: Plan) -> str:
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    if labels.get(LABEL_WORKLOAD):
+        return str(labels[LABEL_WORKLOAD])
+    # tenant objects: the first workload of that tenant
+    ns = (doc.get("metadata") or {}).get("name") if doc.get("kind") == "Namespace" else \
+        (doc.get("metadata") or {}).get("namespace")
+    return next((w.name for w in plan.stack.workloads if ns and ns.endswith(w.tenant)), "")
+
+
+def _guest_images(plan: Plan, ctx: Context, locate: Callable[[str, str], tuple[str, int]]) -> list[Finding]:
+    """Local guests (kernel + initramfs fetched from Debian) age like any image: their guest.json says when."""
+    if ctx.max_image_age is None:
+        return []
+    from .guest import guest_dir
+
+    out: list[Finding] = []
+    for p in plan.placements:
+        if p.runtime not in ("vm", "nested") or p.workload.arch not in ("amd64", "arm64"):
+            continue
+        marker = guest_dir(p.workload.arch) / "guest.json"
+        try:
+            built = marker.stat().st_mtime
+        except OSError:
+            continue   # not fetched here: nothing local to age
+        out += audit.check_image_age(f"local {p.workload.arch} guest {marker.parent}", built, ctx,
+                                     locate(p.name, "vm"), f"workload {p.name}", p.name)
+    return out
+
+
+# --- what runs ------------------------------------------------------------------------------------------
+
+def audit_running(plan: Plan, target: str, *, context: str | None = None, namespace_prefix: str = "",
+                  max_image_age: int | None = None, now: float | None = None) -> list[Finding]:
+    ctx = _stack_context(plan, time.time() if now is None else now, max_image_age)
+    if target == "kubernetes":
+        return _running_kubernetes(plan, ctx, context, namespace_prefix)
+    if target == "local":
+        return _running_containers(plan, ctx) + _running_vms(plan, ctx)
+    raise BackendError(f"unknown live target {target!r}: use {' or '.join(LIVE_TARGETS)}")
+
+
+def _running_containers(plan: Plan, ctx: Context) -> list[Finding]:
+    from .backends.docker import DockerBackend, stack_filter
+
+    client = DockerBackend().client   # a BackendError naming the engine when it is unreachable
+    locate = _stack_locate(plan)
+    out: list[Finding] = []
+    try:
+        containers = client.containers.list(all=True, filters=stack_filter(plan.stack.name))
+    except Exception as err:  # noqa: BLE001 - the SDK's errors, turned into ours at this boundary
+        raise BackendError(f"listing the containers of stack {plan.stack.name}: {err}") from err
+    for c in containers:
+        attrs = c.attrs
+        if (attrs.get("State") or {}).get("Status") not in ("running", "restarting", "paused", "created"):
+            continue
+        try:
+            image_created = audit.parse_time(client.images.get(attrs.get("Image")).attrs.get("Created"))
+        except Exception:  # noqa: BLE001 - image removed meanwhile: its age is unknown, not an error
+            image_created = None
+        workload = ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_WORKLOAD, "")
+        out += audit.check_container(attrs, image_created, ctx, locate(workload, ""))
+    return out
+
+
+def _running_vms(plan: Plan, ctx: Context) -> list[Finding]:
+    """QEMU VMs of the stack: the state records the qemu backend keeps beside each running VM."""
+    from .backends.qemu import state_root
+
+    locate = _stack_locate(plan)
+    workloads = {w.name: w for w in plan.stack.workloads}
+    out: list[Finding] = []
+    stack_dir = state_root() / plan.stack.name
+    for state_file in sorted(stack_dir.glob("*/state.json")) if stack_dir.is_dir() else []:
+        try:
+            state = json.loads(state_file.read_text())
+            pid = int((state_file.parent / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not os.path.exists(f"/proc/{pid}"):
+            continue   # stopped: nothing runs
+        w: Workload | None = workloads.get(str(state.get("workload", "")))
+        out += audit.check_local_vm(state, w, ctx, locate(w.name if w else "", ""))
+        if w is not None and not (w.owner and w.ttl):
+            missing = [x for x, v in (("owner", w.owner), ("ttl", w.ttl)) if not v]
+            out.append(ctx.finding("HYB013", f"running VM {w.name} has no {' and no '.join(missing)}",
+                                   locate(w.name, ""), f"vm {plan.stack.name}/{w.name}", w.name))
+    return out
+
+
+def _running_kubernetes(plan: Plan, ctx: Context, context: str | None, namespace_prefix: str) -> list[Finding]:
+    from .backends.kubernetes import KubernetesBackend
+
+    backend = KubernetesBackend(context=context, namespace_prefix=namespace_prefix)
+    objects = backend.owned_objects(plan.stack.name)
+    served = set(backend.kubectl("api-resources", "-o", "name").stdout.split())
+    if SNAPSHOT_RESOURCE in served:
+        vms = {(o["metadata"].get("namespace"), o["metadata"].get("name")) for o in objects
+               if o.get("kind") == "VirtualMachine"}
+        # snapshots are made by people or tools other than apply, so they are matched by the VM they copy
+        objects += [s for s in backend.get_json(SNAPSHOT_RESOURCE, "--all-namespaces")
+                    if (s["metadata"].get("namespace"), (s.get("spec") or {}).get("source", {}).get("name")) in vms]
+    locate = _stack_locate(plan)
+    stack = plan.stack.name
+
+    def where(i: int, _path: str) -> tuple[str, int]:
+        doc = objects[i]
+        workload = _workload_of(doc, plan) if (doc["metadata"].get("labels") or {}).get(LABEL_STACK) == stack \
+            else str((doc.get("spec") or {}).get("source", {}).get("name", ""))
+        return locate(workload, "")
+    return audit.check_objects(objects, ctx, where)
