@@ -335,30 +335,32 @@ def _check_pod(doc: dict[str, Any], prefix: str, labels: dict[str, str], add: Ca
         host = (vol or {}).get("hostPath")
         if isinstance(host, dict):
             path = str(host.get("path", ""))
-            add("HYB003", f"hostPath volume {vol.get('name')} mounts host path {path}", f"{prefix}.volumes")
+            add("HYB003", f"hostPath volume {vol.get('name')} mounts host path {path}",
+                f"{prefix}.volumes[{v_i}]")
             if runtime_socket(path):
                 add("HYB010", f"hostPath volume {vol.get('name')} mounts the runtime socket {path}",
-                    f"{prefix}.volumes")
+                    f"{prefix}.volumes[{v_i}]")
     for group in ("initContainers", "containers"):
-        for c in spec.get(group) or []:
+        for c_i, c in enumerate(spec.get(group) or []):
             c = c or {}
+            at = f"{prefix}.{group}[{c_i}]"
             cname = c.get("name")
             limits = _get(c, "resources.limits") or {}
             missing = [x for x in ("cpu", "memory") if not limits.get(x)]
             if missing and group == "containers":
-                add("HYB001", f"container {cname} has no {' and no '.join(missing)} limit", f"{prefix}.{group}")
+                add("HYB001", f"container {cname} has no {' and no '.join(missing)} limit", f"{at}.resources")
             sc = c.get("securityContext") or {}
             if sc.get("privileged"):
-                add("HYB005", f"container {cname} is privileged", f"{prefix}.{group}")
+                add("HYB005", f"container {cname} is privileged", f"{at}.securityContext")
             added = _get(sc, "capabilities.add") or []
             if added:
                 add("HYB007", f"container {cname} adds capabilities {', '.join(map(str, added))}",
-                    f"{prefix}.{group}")
+                    f"{at}.securityContext.capabilities")
             for p in c.get("ports") or []:
                 what = management_port(int((p or {}).get("containerPort") or 0))
                 if what and (p or {}).get("hostPort"):
                     add("HYB009", f"{what} port {p['containerPort']} of container {cname} is published on every "
-                                  f"node as hostPort {p['hostPort']}", f"{prefix}.{group}")
+                                  f"node as hostPort {p['hostPort']}", f"{at}.ports")
 
 
 def _check_service(doc: dict[str, Any], add: Callable[..., None]) -> None:
@@ -367,12 +369,12 @@ def _check_service(doc: dict[str, Any], add: Callable[..., None]) -> None:
     exposed = kind in ("NodePort", "LoadBalancer") or bool(spec.get("externalIPs"))
     if not exposed:
         return
-    for p in spec.get("ports") or []:
+    for p_i, p in enumerate(spec.get("ports") or []):
         p = p or {}
         for port in {p.get("port"), p.get("targetPort")}:
             what = management_port(port) if isinstance(port, int) else None
             if what:
-                add("HYB009", f"{what} port {port} is published through a {kind} Service", "spec.ports")
+                add("HYB009", f"{what} port {port} is published through a {kind} Service", f"spec.ports[{p_i}]")
                 break
 
 
@@ -638,7 +640,7 @@ def check_local_vm(state: Mapping[str, Any], w: Workload | None, ctx: Context, w
 # --- parsing hand-written inputs with line numbers ------------------------------------------------------
 
 def yaml_documents(text: str) -> list[tuple[Any, dict[str, int]]]:
-    """Every YAML document with the line of each dotted path in it (lists as their key), for SARIF regions."""
+    """Every YAML document with the line of each path in it (a.b[0].c), for SARIF regions."""
     out: list[tuple[Any, dict[str, int]]] = []
     loader = yaml.SafeLoader(text)
     try:
@@ -661,8 +663,9 @@ def _node_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
             lines.setdefault(sub, key.start_mark.line + 1)
             _node_lines(value, sub, lines)
     elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _node_lines(item, path, lines)
+        for i, item in enumerate(node.value):
+            lines.setdefault(f"{path}[{i}]", item.start_mark.line + 1)
+            _node_lines(item, f"{path}[{i}]", lines)
 
 
 def line_for(lines: Mapping[str, int], path: str) -> int:
@@ -670,7 +673,10 @@ def line_for(lines: Mapping[str, int], path: str) -> int:
     while path:
         if path in lines:
             return lines[path]
-        path = path.rsplit(".", 1)[0] if "." in path else ""
+        if path.endswith("]"):
+            path = path[:path.rindex("[")]
+        else:
+            path = path.rsplit(".", 1)[0] if "." in path else ""
     return lines.get("", 1)
 
 
