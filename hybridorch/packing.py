@@ -19,7 +19,9 @@ from .spec import HostPool
 DEFAULT_SOLVER_BUDGET = 2.0   # seconds (CP-SAT deterministic time, and the improvement's work allowance)
 EXACT_MAX_VARIABLES = 30_000  # larger models are improved heuristically instead of solved exactly
 _SCAN = 256                   # open hosts examined per best-fit query before a new host is opened
-_OPS_PER_SECOND = 2_000_000   # improvement work units per budget second (deterministic, unlike a clock)
+_NEAR = 16                    # feasible hosts compared per query, from each resource's ordering
+_OPS_PER_SECOND = 5_000_000   # improvement work units per budget second (deterministic, unlike a clock)
+_GREEDY_OP_COST = 3           # one host examined by best fit, in those units (measured: about 0.5 us)
 
 
 @dataclass(frozen=True)
@@ -211,10 +213,12 @@ def _out_of_hosts(g: _Group) -> str:
 
 
 def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_first: bool,
-            headroom: int) -> tuple[list[_Bin], list[Unplaced]]:
+            headroom: int) -> tuple[list[_Bin], list[Unplaced], int]:
+    """Best-fit decreasing in the order of sort_key; also returns the work done (hosts examined)."""
     groups = sorted(inst.groups, key=sort_key)
     if not groups:
-        return [], []
+        return [], [], 0
+    work = [len(groups)]
     min_c = min(g.cpu for g in groups)
     min_m = min(g.mem for g in groups)
     opened = {p: 0 for p in inst.order}
@@ -233,30 +237,32 @@ def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_fir
         if b.rem_c >= min_c and b.rem_m >= min_m:
             idx.add(b)
 
-    def candidates(g: _Group, want: int) -> list[tuple[float, int, int]]:
-        """(fraction of the dominant resource left after adding, pool preference, seq) of up to `want` hosts."""
+    def candidates(g: _Group, want: int) -> list[tuple[float, float, int, int]]:
+        """Up to `want` hosts, best first. A host is better when, after adding the replica, the more plentiful of
+        its two resources is the least left over: filling the slack resource keeps CPU and memory balanced, where
+        best fit on the scarcer one strands the other (two 100m/4Gi replicas fill a 4-CPU host's memory)."""
         tkey = g.tenant if inst.separate else ""
-        found: list[tuple[float, int, int]] = []
+        found: dict[int, tuple[float, float, int, int]] = {}
         for po, pool in enumerate(g.pools):
             idx = index.get((pool, tkey))
             if idx is None:
                 continue
             cap_c, cap_m = inst.caps[pool]
-            cpu_dominant = g.cpu * cap_m >= g.mem * cap_c
-            lst, need, cap = (idx.by_cpu, g.cpu, cap_c) if cpu_dominant else (idx.by_mem, g.mem, cap_m)
-            i = bisect_left(lst, (need, -1))
-            got = 0
-            stop = min(len(lst), i + want + _SCAN)
-            while i < stop and got < want:
-                rem, seq = lst[i]
-                i += 1
-                b = by_seq[seq]
-                if b.rem_c < g.cpu or b.rem_m < g.mem or (inst.spread and g.workload in b.counts):
-                    continue
-                found.append(((rem - need) / cap, po, seq))
-                got += 1
-        found.sort()
-        return found[:want]
+            for lst, need in ((idx.by_cpu, g.cpu), (idx.by_mem, g.mem)):
+                i = bisect_left(lst, (need, -1))
+                got = 0
+                stop = min(len(lst), i + want + _SCAN)
+                while i < stop and got < want + _NEAR:
+                    seq = lst[i][1]
+                    i += 1
+                    work[0] += 1
+                    b = by_seq[seq]
+                    if b.rem_c < g.cpu or b.rem_m < g.mem or (inst.spread and g.workload in b.counts):
+                        continue
+                    got += 1
+                    left_c, left_m = (b.rem_c - g.cpu) / cap_c, (b.rem_m - g.mem) / cap_m
+                    found[seq] = (max(left_c, left_m), min(left_c, left_m), po, seq)
+        return sorted(found.values())[:want]
 
     def new_bin(g: _Group) -> _Bin | None:
         pools = [p for p in g.pools if inst.fits(g, p) and opened[p] < inst.counts[p]]
@@ -275,7 +281,7 @@ def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_fir
         left = g.count
         if inst.spread:
             # sequential best fit would give each replica the best remaining host: the `left` best hosts at once
-            for _, _, seq in candidates(g, left):
+            for *_, seq in candidates(g, left):
                 b = by_seq[seq]
                 old = (b.rem_c, b.rem_m)
                 b.put(g, 1)
@@ -286,7 +292,7 @@ def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_fir
                 best = candidates(g, 1)
                 if not best:
                     break
-                b = by_seq[best[0][2]]
+                b = by_seq[best[0][3]]
                 # identical replicas: best fit keeps choosing this host while it has room, so fill it in bulk
                 k = min(left, b.rem_c // g.cpu if g.cpu else left, b.rem_m // g.mem if g.mem else left)
                 old = (b.rem_c, b.rem_m)
@@ -303,7 +309,7 @@ def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_fir
             b.put(g, k)
             reindex(b, None)
             left -= k
-    return bins, unplaced
+    return bins, unplaced, work[0]
 
 
 def _sort_keys(inst: _Instance) -> list[Callable[[_Group], Any]]:
@@ -311,7 +317,15 @@ def _sort_keys(inst: _Instance) -> list[Callable[[_Group], Any]]:
         c, m = inst.caps[g.pools[0]]
         return g.cpu / c, g.mem / m
 
+    # interleaved: CPU-heavy and memory-heavy workloads alternate (each class largest first), so hosts fill
+    # in both resources at once instead of memory-heavy ones filling hosts whose CPU then stays idle
+    cpu_heavy = sorted((g for g in inst.groups if frac(g)[0] >= frac(g)[1]), key=lambda g: (-max(frac(g)), g.workload))
+    mem_heavy = sorted((g for g in inst.groups if frac(g)[0] < frac(g)[1]), key=lambda g: (-max(frac(g)), g.workload))
+    rank = {g.workload: (2 * i, 0) for i, g in enumerate(cpu_heavy)}
+    step = len(cpu_heavy) / len(mem_heavy) if mem_heavy else 1.0
+    rank.update({g.workload: (2 * int(i * step) + 1, 1) for i, g in enumerate(mem_heavy)})
     return [lambda g: (-max(frac(g)), g.workload),            # the classic: largest dominant share first
+            lambda g: (rank[g.workload], g.workload),
             lambda g: (-sum(frac(g)), g.workload),
             lambda g: (-frac(g)[0], -frac(g)[1], g.workload),
             lambda g: (-frac(g)[1], -frac(g)[0], g.workload)]
@@ -382,6 +396,12 @@ class _Exact:
     bound: int
 
 
+def _model_size(inst: _Instance, upper: int) -> int:
+    """Variables of the CP-SAT model when no solution may use more than `upper` hosts."""
+    slots = {p: min(inst.counts[p], upper) for p in inst.order}
+    return sum(slots[p] * (2 if inst.separate else 1) for g in inst.groups for p in g.pools)
+
+
 def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Exact | None:
     """Solve exactly with CP-SAT, hinted with the best heuristic answer. None when the model is too large.
 
@@ -389,8 +409,7 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
     5x the budget guards slow machines; only when that cap is hit can two runs differ."""
     upper = len(start)
     slots = {p: min(inst.counts[p], upper) for p in inst.order}
-    size = sum(slots[p] * (2 if inst.separate else 1) for g in inst.groups for p in g.pools)
-    if size > EXACT_MAX_VARIABLES:
+    if _model_size(inst, upper) > EXACT_MAX_VARIABLES:
         return None
     from ortools.sat.python import cp_model  # lazy: hundreds of ms to import, only paid when solving
 
@@ -542,7 +561,7 @@ def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Pr
                      {p.name: p.count for p in pools}, tuple(p.name for p in pools),
                      profile.spread_replicas, profile.separate_tenants)
     keys = _sort_keys(inst)
-    bins, unplaced = _greedy(inst, keys[0], False, profile.headroom_percent)
+    bins, unplaced, work = _greedy(inst, keys[0], False, profile.headroom_percent)
     if unplaced and strict:
         raise PolicyError(f"workload {unplaced[0].workload}: {unplaced[0].reason}")
     if unplaced:
@@ -557,22 +576,28 @@ def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Pr
     greedy_count = len(bins)
     method, optimal = "best-fit decreasing", greedy_count <= lower
     if not optimal and solver_budget > 0:
-        # improvement only where the plain answer may not be optimal, so a tiny stack never loads the solver
-        for key in keys:
-            for biggest in (False, True):
-                if key is keys[0] and not biggest:
-                    continue
-                other, missed = _greedy(inst, key, biggest, profile.headroom_percent)
-                if not missed and len(other) < len(bins):
-                    bins, method = other, "best-fit decreasing (variant)"
+        # improvement only where the plain answer may not be optimal, so a tiny stack never loads the solver.
+        # Work is counted, not timed, so the same input gives the same answer on any machine and load.
+        exact_fits = _model_size(inst, len(bins)) <= EXACT_MAX_VARIABLES
+        allowance = int(solver_budget * _OPS_PER_SECOND * (0.2 if exact_fits else 1.0))
+        spent = 0
+        variants = [(k, big) for k in keys for big in (False, True) if (k, big) != (keys[0], False)]
+        variants.sort(key=lambda v: v[0] is not keys[1])  # interleaved first: it helps most on mixed stacks
+        for key, biggest in variants:
+            if spent + work * _GREEDY_OP_COST > allowance // 2:
+                break
+            other, missed, cost = _greedy(inst, key, biggest, profile.headroom_percent)
+            spent += cost * _GREEDY_OP_COST
+            if not missed and len(other) < len(bins):
+                bins, method = other, "best-fit decreasing (variant)"
         if len(bins) > lower:
-            emptied, _ = _empty_hosts(inst, _copy(bins), int(solver_budget * _OPS_PER_SECOND))
+            emptied, _ = _empty_hosts(inst, _copy(bins), allowance - spent)
             if len(emptied) < len(bins):
                 bins, method = emptied, "best-fit decreasing, hosts emptied"
         optimal = len(bins) <= lower
         if not optimal:
             bins = _renumber(bins)  # the hint needs hosts numbered 0..k-1 per pool, like the model's slots
-            exact = _exact(inst, bins, lower, solver_budget)
+            exact = _exact(inst, bins, lower, solver_budget * 0.8)
             if exact is not None:
                 lower = max(lower, exact.bound)  # CP-SAT's proven bound is a bound too
                 # belt and braces: a solver answer is taken only when strictly better and legal
