@@ -137,6 +137,7 @@ class Finding:
     line: int
     object: str
     workload: str = field(default="", compare=False)   # for de-duplication across plan and rendered output
+    live: bool = field(default=False, compare=False)   # seen on what runs (kept apart from the static view)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "severity": self.severity, "message": self.message, "file": self.file,
@@ -174,9 +175,10 @@ class Context:
     now: float
     max_image_age: int | None = None        # seconds
     workloads: Mapping[str, Workload] = field(default_factory=dict)   # the stack's, for per-workload settings
+    live: bool = False                      # the facts come from what runs
 
     def finding(self, rule: str, message: str, where: tuple[str, int], obj: str, workload: str = "") -> Finding:
-        return Finding(rule, RULE_BY_ID[rule].severity, message, where[0], where[1], obj, workload)
+        return Finding(rule, RULE_BY_ID[rule].severity, message, where[0], where[1], obj, workload, self.live)
 
 
 # --- the plan ------------------------------------------------------------------------------------------
@@ -685,10 +687,11 @@ def line_for(lines: Mapping[str, int], path: str) -> int:
 def dedupe(findings: Iterable[Finding]) -> list[Finding]:
     """One finding per rule and workload of a stack (its plan, both renderings and what runs often see the same
     thing; the first, the plan's, has the most precise line); findings of no workload are kept per line."""
-    seen: set[tuple[str, str, int, str, str]] = set()
+    seen: set[tuple[str, str, int, str, str, bool]] = set()
     out = []
     for f in findings:
-        key = (f.rule, f.file, 0, f.workload, "") if f.workload else (f.rule, f.file, f.line, "", f.message)
+        key = (f.rule, f.file, 0, f.workload, "", f.live) if f.workload else \
+            (f.rule, f.file, f.line, "", f.message, f.live)
         if key not in seen:
             seen.add(key)
             out.append(f)

@@ -189,7 +189,7 @@ def _guest_images(plan: Plan, ctx: Context, locate: Callable[[str, str], tuple[s
 
 def audit_running(plan: Plan, target: str, *, context: str | None = None, namespace_prefix: str = "",
                   max_image_age: int | None = None, now: float | None = None) -> list[Finding]:
-    ctx = _stack_context(plan, time.time() if now is None else now, max_image_age)
+    ctx = replace(_stack_context(plan, time.time() if now is None else now, max_image_age), live=True)
     if target == "kubernetes":
         return _running_kubernetes(plan, ctx, context, namespace_prefix)
     if target == "local":

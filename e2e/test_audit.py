@@ -1,0 +1,91 @@
+"""End-to-end: `hybridorch audit --live --target local` against what really runs here (Docker and QEMU).
+
+A small stack goes up for real; the live audit must see what is actually set (a sandboxed workload running under
+runc because no kata/runsc runtime is registered, an SSH port published on every address, a VM above the
+policy's CPU ceiling) and flag what outlived its TTL; after `down` nothing of it is reported any more.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e.conftest import free_ports, hybridorch, require
+from hybridorch.guest import guest_dir
+
+pytestmark = pytest.mark.e2e
+
+STACK = "e2e-audit-live"
+
+
+def audit_json(*args: str) -> list[dict]:
+    result = hybridorch("audit", *args, "--format", "json", "--fail-on", "never")
+    return json.loads(result.stdout)["findings"]
+
+
+def test_live_audit_of_the_local_runtime(docker_client, state_dir: Path, stack_file, tmp_path: Path) -> None:
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 missing (e2e/packages.txt)")
+    require((guest_dir("amd64") / "guest.json").exists(), "no amd64 guest cached: run e2e/setup.d/20-guests.sh")
+    sandbox_runtimes = set((docker_client.info().get("Runtimes") or {})) & {"kata", "kata-runtime", "runsc"}
+    ssh, plugin, vm = free_ports(3)
+    (tmp_path / "policy.yaml").write_text("""\
+apiVersion: hybridorch.dev/v1alpha1
+kind: Policy
+metadata: {name: e2e-tight}
+spec: {base: balanced, maxVmCpus: 1}
+""")
+    path = stack_file(f"""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {{name: {STACK}, owner: e2e, ttl: 2s}}
+        spec:
+          policy: policy.yaml
+          workloads:
+            - name: jump
+              image: hybridorch.local/httpd:1
+              command: ["httpd", "-f", "-p", "22", "-h", "/www"]
+              trust: trusted
+              ports: [{{port: 22, hostPort: {ssh}, public: true}}]
+              ttl: 1h
+            - name: plugin
+              image: hybridorch.local/httpd:1
+              command: ["httpd", "-f", "-p", "8082", "-h", "/www"]
+              trust: untrusted
+              ports: [{{port: 8082, hostPort: {plugin}}}]
+            - name: worker-vm
+              runtime: vm
+              resources: {{cpu: "2", memory: 160Mi}}
+              ports: [{{port: 80, hostPort: {vm}}}]
+        """, "stack.yaml")
+    static = audit_json(path)
+    assert not [f for f in static if f["rule"] == "HYB014"], "a TTL cannot pass before anything runs"
+    try:
+        hybridorch("up", path, timeout=600)
+        time.sleep(3)   # past the stack's 2s TTL; jump keeps its own 1h
+        findings = audit_json(path, "--live", "--target", "local")
+        # what runs, read back from Docker: SSH published on 0.0.0.0, the untrusted plugin not really sandboxed
+        assert any(f["rule"] == "HYB009" and f["object"].startswith("container ") and "jump" in f["object"]
+                   and f"0.0.0.0:{ssh}" in f["message"] for f in findings), findings
+        if not sandbox_runtimes:
+            assert any(f["rule"] == "HYB012" and "runc" in f["message"] and "plugin" in f["object"]
+                       for f in findings), findings
+        # TTL: the plugin container and the VM (2s) are past it, jump (1h) is not
+        expired = {f["object"] for f in findings if f["rule"] == "HYB014"}
+        assert any("plugin" in o for o in expired) and any("worker-vm" in o for o in expired), findings
+        assert not any("jump" in o for o in expired), findings
+        # the VM runs with 2 vCPUs against a ceiling of 1: from its live state as well as from the plan
+        vm_cpus = {f["object"] for f in findings if f["rule"] == "HYB002"}
+        assert vm_cpus == {"workload worker-vm", f"vm {STACK}/worker-vm"}, findings
+        # every finding points at the stack file
+        assert {f["file"] for f in findings} == {path}
+        gate = hybridorch("audit", path, "--live", "--target", "local", check=False)
+        assert gate.returncode == 1 and "at or above severity high" in gate.stderr
+        sarif = json.loads(hybridorch("audit", path, "--live", "--format", "sarif", "--fail-on", "never").stdout)
+        assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= {"HYB002", "HYB009", "HYB014"}
+    finally:
+        hybridorch("down", path, timeout=300)
+    after = audit_json(path, "--live", "--target", "local")
+    assert not [f for f in after if f["rule"] == "HYB014"], after
