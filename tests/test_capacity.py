@@ -125,7 +125,7 @@ def test_plan_prints_the_gap(write_stack):
 
 def test_plan_gap_after_the_solver(write_stack):
     # seven workloads where best fit alone opens a fourth host
-    rows = [("3", "4Gi"), ("2", "4Gi"), ("1500m", "5Gi"), ("500m", "1Gi"), ("2", "1Gi"), ("100m", "1Gi"), ("2", "4Gi")]
+    rows = [("2500m", "4Gi"), ("1", "3Gi"), ("1", "1Gi"), ("2", "3Gi"), ("2", "1Gi"), ("2", "1Gi"), ("1", "5Gi")]
     body = "".join(f"    - {{name: w{i}, image: x, trust: trusted, resources: {{cpu: \"{c}\", memory: {m}}}}}\n"
                    for i, (c, m) in enumerate(rows))
     path = write_stack(STACK.split("  workloads:\n")[0].replace('cpu: "8", memory: 32Gi', 'cpu: "4", memory: 8Gi')

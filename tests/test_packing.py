@@ -78,8 +78,8 @@ def test_disjoint_pools_are_bounded_separately():
 
 def test_seven_workloads_fit_on_three_hosts_not_four():
     # the held-out shape: best fit on the scarcer resource strands the other and opens a fourth host
-    ps = placements(("3", "4Gi", 1, "a"), ("2", "4Gi", 1, "a"), ("1500m", "5Gi", 1, "a"), ("500m", "1Gi", 1, "a"),
-                    ("2", "1Gi", 1, "a"), ("100m", "1Gi", 1, "a"), ("2", "4Gi", 1, "a"))
+    ps = placements(("2500m", "4Gi", 1, "a"), ("1", "3Gi", 1, "a"), ("1", "1Gi", 1, "a"), ("2", "3Gi", 1, "a"),
+                    ("2", "1Gi", 1, "a"), ("2", "1Gi", 1, "a"), ("1", "5Gi", 1, "a"))
     plain = pack(ps, POOL, PROFILES["efficient"], solver_budget=0)
     better = pack(ps, POOL, PROFILES["efficient"])
     assert (plain.hosts_used, better.hosts_used, better.lower_bound) == (4, 3, 3)
