@@ -149,12 +149,18 @@ def capacity_figure(report: "CapacityReport", fmt: str) -> bytes:
     headroom = report.plan.profile.headroom_percent
     if headroom:
         ax.axhline(100 - headroom, color="#555555", linestyle="--", linewidth=1)
-        ax.text(len(servers) - 0.5, 100 - headroom + 1.5, f"{headroom}% headroom kept free", ha="right",
-                fontsize=9, color="#555555")
+        ax.text(0.995, (100 - headroom + 1.5) / 110, f"{headroom}% headroom kept free", ha="right", fontsize=9,
+                color="#555555", transform=ax.transAxes)
     baseline_cpu = b.cpu_utilisation * 100
-    ax.axhline(baseline_cpu, color=before, linestyle=":", linewidth=1.5)
-    ax.text(-0.5, baseline_cpu + 1.5, f"one workload per server: {baseline_cpu:.0f}% CPU on average", fontsize=9,
-            color="#616161")
+    ax.axhline(baseline_cpu, color="#616161", linestyle=":", linewidth=1.5)
+    ax.text(0.995, (baseline_cpu + 1.5) / 110, f"one workload per server: {baseline_cpu:.0f}% CPU on average",
+            ha="right", fontsize=9, color="#424242", transform=ax.transAxes,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+    if len(servers) <= 16:
+        for x, s in zip(xs, servers):
+            ax.text(x - width / 2, s.cpu_utilisation * 100 + 1, f"{s.cpu_utilisation:.0%}", ha="center", fontsize=8)
+            ax.text(x + width / 2, s.memory_utilisation * 100 + 1, f"{s.memory_utilisation:.0%}", ha="center",
+                    fontsize=8)
     ax.set_ylim(0, 110)
     ax.set_ylabel("allocated, % of the host")
     ax.set_title(f"packed hosts: CPU and memory allocated ({len(servers)} hosts)", fontsize=12)
@@ -164,8 +170,8 @@ def capacity_figure(report: "CapacityReport", fmt: str) -> bytes:
     else:
         ax.set_xlabel("host")
         ax.set_xticks([])
-    ax.set_xlim(-0.6, max(len(servers), 1) - 0.4)
-    ax.legend(loc="upper right", bbox_to_anchor=(1, 0.97), ncols=2, frameon=False)
+    ax.set_xlim(-0.6, max(len(servers), 6) - 0.4)  # a few hosts keep a readable bar width
+    ax.legend(loc="upper left", ncols=2, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     if report.unfit:
         fig.text(0.01, 0.005, "did not fit: " + "; ".join(f"{u.workload} ({u.replicas})" for u in report.unfit),
