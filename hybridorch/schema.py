@@ -12,34 +12,18 @@ from typing import Any, Callable
 import yaml
 
 from .errors import Problem, SpecError
-
-try:  # the C loader is several times faster; fall back when libyaml is absent
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    _Loader = yaml.SafeLoader
-
+from .safeload import MAX_INPUT_BYTES, compose_yaml, read_input
 
 # --- reading -------------------------------------------------------------------------------------
 
 def read_nodes(path: str, text: str | None = None) -> yaml.Node | None:
-    """Parse one YAML document into nodes (which carry line numbers); a syntax error is a SpecError."""
+    """Read (safely: regular file, size limit, UTF-8) and parse one YAML document into nodes, which carry line
+    numbers; every problem, syntax included, is a one-line SpecError."""
     if text is None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as err:
-            raise SpecError([Problem(path, 0, "", f"cannot read file: {err.strerror}")]) from err
-    try:
-        docs = list(yaml.compose_all(text, Loader=_Loader))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpecError([Problem(path, line, "", f"YAML syntax error: {reason}")]) from err
-    docs = [d for d in docs if d is not None]
-    if len(docs) > 1:
-        raise SpecError([Problem(path, docs[1].start_mark.line + 1, "", "expected one YAML document, found several")])
-    return docs[0] if docs else None
+        text = read_input(path)
+    elif len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:
+        raise SpecError([Problem(path, 0, "", f"text is larger than the {MAX_INPUT_BYTES // 2**20} MiB input limit")])
+    return compose_yaml(text, path)
 
 
 def line_of(node: yaml.Node) -> int:
@@ -51,12 +35,16 @@ def line_of(node: yaml.Node) -> int:
 _BIN = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DEC = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1), "k": Decimal(10**3),
         "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15), "E": Decimal(10**18)}
-_QUANTITY = re.compile(r"^([+]?[0-9]+(?:\.[0-9]*)?|[+]?\.[0-9]+)(?:(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]+))?$")
+# digits and exponent are bounded in the pattern itself, so no input makes Decimal arithmetic overflow or crawl
+_QUANTITY = re.compile(r"^([+]?[0-9]{1,30}(?:\.[0-9]{0,30})?|[+]?\.[0-9]{1,30})"
+                       r"(?:(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]{1,2}))?$")
+# Kubernetes stores a quantity in a signed 64-bit integer of its smallest unit (millicores, bytes)
+MAX_QUANTITY_UNITS = 2**63 - 1
 
 
 def parse_quantity(text: str) -> Decimal | None:
     """A Kubernetes resource quantity ('500m', '1.5', '256Mi', '1e9') as a Decimal, or None if it is not one."""
-    m = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
+    m = _QUANTITY.match(text.strip()) if isinstance(text, str) and len(text) <= 100 else None
     if not m:
         return None
     try:
@@ -104,6 +92,18 @@ class Type:
 
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def show(value: Any) -> str:
+    """A value quoted in an error message: repr (so one line) and cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:56] + "...'"
+
+
+def key_text(key: str) -> str:
+    """A mapping key as written in a field path; quoted when it would break the one-line message."""
+    return key if key.isprintable() and 0 < len(key) <= 80 else show(key)
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -111,7 +111,8 @@ def _scalar(node: yaml.Node) -> Any:
         return node.value
     try:
         return _CONSTRUCTOR.construct_object(node, deep=True)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError, TypeError, ArithmeticError):
+        # e.g. an !!int that is not one, a date such as 2024-13-45, an integer of 5,000 digits
         return node.value
 
 
@@ -120,7 +121,7 @@ def _kind(node: yaml.Node) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return f"{_scalar(node)!r}"
+    return show(_scalar(node))
 
 
 @dataclass
@@ -141,24 +142,27 @@ class Scalar(Type):
         if not isinstance(node, yaml.ScalarNode):
             errors.add(node, path, f"expected {self._what()}, got {_kind(node)}")
             return None
+        if self.py is int and node.tag == _INT_TAG and len(node.value) > 20:
+            errors.add(node, path, f"{show(node.value)} is out of range")
+            return None
         value = _scalar(node)
         if self.py is str and isinstance(value, (int, float)) and not isinstance(value, bool) and not self.enum:
             value = node.value  # '8080' or 1.5 written bare is still usable as text where text is wanted
         ok = isinstance(value, self.py) and not (self.py is int and isinstance(value, bool))
         if not ok:
-            errors.add(node, path, f"{value!r} is not {self._what()}")
+            errors.add(node, path, f"{show(value)} is not {self._what()}")
             return None
         if self.enum and value not in self.enum:
-            errors.add(node, path, f"{value!r} is not one of: {', '.join(map(str, self.enum))}")
+            errors.add(node, path, f"{show(value)} is not one of: {', '.join(map(str, self.enum))}")
             return None
         if self.pattern and not re.fullmatch(self.pattern, value):
-            errors.add(node, path, f"{value!r} is not {self.what or 'valid'}")
+            errors.add(node, path, f"{show(value)} is not {self.what or 'valid'}")
             return None
         if self.minimum is not None and value < self.minimum:
-            errors.add(node, path, f"{value!r} is below the minimum {self.minimum}")
+            errors.add(node, path, f"{show(value)} is below the minimum {self.minimum}")
             return None
         if self.maximum is not None and value > self.maximum:
-            errors.add(node, path, f"{value!r} is above the maximum {self.maximum}")
+            errors.add(node, path, f"{show(value)} is above the maximum {self.maximum}")
             return None
         if self.validate:
             message = self.validate(value)
@@ -191,22 +195,32 @@ class Quantity(Type):
 
     kind: str  # "cpu" or "memory"
     description: str = ""
+    minimum: str = ""  # e.g. the smallest host that can run anything: capacities below it break the packing
 
     def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
         lines[path] = line_of(node)
         if not isinstance(node, yaml.ScalarNode):
             errors.add(node, path, f"expected a {self.kind} quantity, got {_kind(node)}")
             return None
+        text = show(node.value)
         value = parse_quantity(str(node.value))
         if value is None or value <= 0:
-            errors.add(node, path, f"{node.value!r} is not a {'CPU' if self.kind == 'cpu' else 'memory'} quantity"
+            errors.add(node, path, f"{text} is not a {'CPU' if self.kind == 'cpu' else 'memory'} quantity"
                        + (" (e.g. 500m, 2)" if self.kind == "cpu" else " (e.g. 256Mi, 2Gi)"))
             return None
-        if self.kind == "memory" and value != value.to_integral_value():
-            errors.add(node, path, f"{node.value!r} is not a whole number of bytes")
+        units = value * 1000 if self.kind == "cpu" else value
+        if units > MAX_QUANTITY_UNITS:
+            errors.add(node, path, f"{text} is out of range")
             return None
-        if self.kind == "cpu" and (value * 1000) != (value * 1000).to_integral_value():
-            errors.add(node, path, f"{node.value!r} is finer than 1m (one millicore)")
+        if self.kind == "memory" and value != value.to_integral_value():
+            errors.add(node, path, f"{text} is not a whole number of bytes")
+            return None
+        if self.kind == "cpu" and units != units.to_integral_value():
+            errors.add(node, path, f"{text} is finer than 1m (one millicore)")
+            return None
+        least = parse_quantity(self.minimum) if self.minimum else None
+        if least is not None and value < least:
+            errors.add(node, path, f"{text} is below the minimum {self.minimum}")
             return None
         return str(node.value)
 
@@ -254,14 +268,18 @@ class MapOf(Type):
             return None
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                errors.add(key_node, path, f"a key must be text, not {_kind(key_node)}")
+                continue
             key = str(key_node.value)
+            sub = f"{path}.{key_text(key)}"
             if key in out:
-                errors.add(key_node, f"{path}.{key}", "duplicate key")
+                errors.add(key_node, sub, "duplicate key")
                 continue
             if self.key_pattern and not re.fullmatch(self.key_pattern, key):
-                errors.add(key_node, f"{path}.{key}", f"{key!r} is not a valid key")
+                errors.add(key_node, sub, f"{show(key)} is not a valid key")
                 continue
-            out[key] = self.value.check(value_node, f"{path}.{key}", errors, lines)
+            out[key] = self.value.check(value_node, sub, errors, lines)
         return out
 
     def json_schema(self) -> dict[str, Any]:
@@ -302,8 +320,11 @@ class Obj(Type):
         out: dict[str, Any] = {}
         seen: set[str] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                errors.add(key_node, path, f"a key must be text, not {_kind(key_node)}")
+                continue
             key = str(key_node.value)
-            sub = f"{path}.{key}" if path else key
+            sub = f"{path}.{key_text(key)}" if path else key_text(key)
             if key in seen:
                 errors.add(key_node, sub, "duplicate key")
                 continue
@@ -376,6 +397,26 @@ class Document:
         return self.lines.get("", 1)
 
 
+def _envelope_problem(node: yaml.Node, root: Obj) -> tuple[int, str] | None:
+    """Why the file is not a document of root's apiVersion and kind, or None when it is one."""
+    api, kind = root.fields.get("apiVersion"), root.fields.get("kind")
+    if api is None or kind is None or not isinstance(api.type, Scalar) or not isinstance(kind.type, Scalar):
+        return None
+    want_api, want_kind = api.type.enum[0], kind.type.enum[0]
+    what = f"not a hybridorch {want_kind} file (it needs apiVersion: {want_api} and kind: {want_kind})"
+    if not isinstance(node, yaml.MappingNode):
+        return line_of(node), what
+    found = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value in ("apiVersion", "kind")}
+    got_api, got_kind = found.get("apiVersion"), found.get("kind")
+    if not isinstance(got_api, yaml.ScalarNode) or got_api.value != want_api:
+        return (line_of(got_api) if got_api is not None else line_of(node)), what
+    if not isinstance(got_kind, yaml.ScalarNode) or got_kind.value != want_kind:
+        # the apiVersion is ours, so this is a hybridorch document: naming its kind discloses nothing
+        other = f": it is a {show(got_kind.value)}" if isinstance(got_kind, yaml.ScalarNode) else ""
+        return (line_of(got_kind) if got_kind is not None else line_of(node)), what + other
+    return None
+
+
 def check_document(file: str, root: Obj, text: str | None = None, errors: Errors | None = None,
                    raise_errors: bool = True) -> Document:
     """Read and type-check a file against `root`; raises SpecError listing every problem (unless asked not to,
@@ -385,6 +426,11 @@ def check_document(file: str, root: Obj, text: str | None = None, errors: Errors
     doc = Document(file)
     if node is None:
         errors.add(1, "", "the file is empty")
+        raise SpecError(errors.problems)
+    not_ours = _envelope_problem(node, root)
+    if not_ours:
+        # the file may be anything (a key, a password file): say what it is not, quote nothing of it
+        errors.add(not_ours[0], "", not_ours[1])
         raise SpecError(errors.problems)
     doc.values = root.check(node, "", errors, doc.lines) or {}
     doc.lines[""] = line_of(node)

@@ -121,12 +121,14 @@ def test_malformed_spec_is_one_located_line(write_stack, body, line, path, words
 
 @pytest.mark.parametrize("text,line,words", [
     ("apiVersion: v1\nkind: Stack\nmetadata: {name: a}\nspec: {workloads: [{name: a, image: b}]}\n", 1,
-     "not one of: hybridorch.dev/v1alpha1"),
-    ("kind: Stack\n", 1, "required field is missing"),
+     "not a hybridorch Stack file (it needs apiVersion: hybridorch.dev/v1alpha1 and kind: Stack)"),
+    ("kind: Stack\n", 1, "not a hybridorch Stack file"),
+    ("apiVersion: hybridorch.dev/v1alpha1\nkind: Policy\n", 2, "not a hybridorch Stack file (it needs "
+     "apiVersion: hybridorch.dev/v1alpha1 and kind: Stack): it is a 'Policy'"),
     ("", 1, "the file is empty"),
     ("spec: [\n", 2, "YAML syntax error"),
-    ("a: 1\n---\nb: 2\n", 3, "expected one YAML document"),
-    ("- 1\n", 1, "expected a mapping"),
+    ("a: 1\n---\nb: 2\n", 2, "expected one YAML document"),
+    ("- 1\n", 1, "not a hybridorch Stack file"),
 ])
 def test_malformed_documents(write_stack, text, line, words):
     with pytest.raises(SpecError) as info:

@@ -1,0 +1,222 @@
+"""Reading user input safely: every loader (stack, hosts, policy, SocTest plan) reads through `read_input` and
+parses through `compose_yaml`, so no input can disclose another file, block, exhaust memory or crash the parser.
+
+Rules: only regular files, at most MAX_INPUT_BYTES, UTF-8 text; YAML with bounded nesting and alias expansion,
+one document; paths named inside a file stay inside that file's directory (`path_inside`).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import re
+import stat
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import yaml
+
+from .errors import Problem, SpecError
+
+MAX_INPUT_BYTES = 8 * 2**20
+# a stack is about 7 levels deep; libyaml's parse time grows with the square of the depth (20,000 nested `[`
+# take seconds, 100,000 crash the interpreter), so nesting is cut off early, while parsing
+MAX_DEPTH = 64
+# aliases may add as many nodes as the file itself holds, and at least this many: a few hundred bytes of nested
+# aliases ("billion laughs") otherwise expand to billions of nodes when checked
+ALIAS_NODES_FLOOR = 100_000
+
+try:  # the C parser is several times faster; fall back when libyaml is absent
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _Loader = yaml.SafeLoader
+
+
+def _fail(path: str, message: str, line: int = 0) -> SpecError:
+    return SpecError([Problem(path, line, "", message)])
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+def path_inside(owner_file: str, ref: str) -> str | None:
+    """The path `ref` names inside `owner_file` (relative to its directory), or None when it leaves that directory
+    (an absolute path, `..`, or a symlink pointing out): a file must not make the tool read files beside it."""
+    if not ref or os.path.isabs(ref) or "\0" in ref:
+        return None
+    base = os.path.realpath(os.path.dirname(os.path.abspath(owner_file)))
+    target = os.path.realpath(os.path.join(base, ref))
+    try:
+        return target if os.path.commonpath([base, target]) == base else None
+    except ValueError:  # pragma: no cover - different drives (Windows)
+        return None
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_input(path: str) -> str:
+    """The UTF-8 text of a regular file of at most MAX_INPUT_BYTES; anything else is a one-line SpecError that
+    quotes nothing of the file (it may be a key or a password file named by mistake or on purpose)."""
+    try:
+        # stat before open: opening a FIFO for reading would block until a writer appears
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(path, f"cannot read file: it is {_kind_of(st.st_mode)}, not a regular file")
+        if st.st_size > MAX_INPUT_BYTES:
+            raise _fail(path, f"file is larger than the {MAX_INPUT_BYTES // 2**20} MiB input limit")
+        # O_NONBLOCK: the path may have been swapped for a FIFO since the stat
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _fail(path, f"cannot read file: it is {_kind_of(st.st_mode)}, not a regular file")
+            chunks, size = [], 0
+            while size <= MAX_INPUT_BYTES:
+                chunk = os.read(fd, min(1 << 20, MAX_INPUT_BYTES + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise _fail(path, f"cannot read file: {err.strerror or 'error'}") from None
+    data = b"".join(chunks)
+    if len(data) > MAX_INPUT_BYTES:  # it grew after the stat
+        raise _fail(path, f"file is larger than the {MAX_INPUT_BYTES // 2**20} MiB input limit")
+    return decode_text(path, data)
+
+
+def decode_text(path: str, data: bytes) -> str:
+    if b"\0" in data:
+        raise _fail(path, "is a binary file, not YAML text", data.count(b"\n", 0, data.index(b"\0")) + 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _fail(path, "is not UTF-8 text", data.count(b"\n", 0, err.start) + 1) from None
+    return text.removeprefix("\ufeff")
+
+
+# --- YAML ----------------------------------------------------------------------------------------
+
+class YamlLimit(yaml.YAMLError):
+    """Internal: a document went past a limit; reported like a syntax error, at its line."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+_QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""")
+
+
+def _safe_reason(reason: str) -> str:
+    """A YAML error reason without quoted input (the pure-Python parser quotes characters and alias names), since
+    the file may not be YAML at all; token names such as '<block end>' are kept."""
+    return _QUOTED.sub(lambda m: m.group(0) if m.group(0)[1:2] == "<" else "a character", reason).strip()
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Composing allocates hundreds of thousands of nodes that hold no cycles; the cyclic collector would rescan
+    the whole growing tree again and again (loading 10,000 workloads took several times longer with it on)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def compose_yaml(text: str, path: str, *, max_depth: int = MAX_DEPTH,
+                 alias_floor: int = ALIAS_NODES_FLOOR) -> yaml.Node | None:
+    """One YAML document as nodes (with line numbers), or None for an empty file; syntax errors, several documents,
+    nesting deeper than `max_depth` and aliases expanding past the budget are SpecErrors at their line."""
+    loader = _Loader(text)
+    try:
+        with _no_gc():
+            loader.get_event()  # StreamStart
+            if loader.check_event(yaml.StreamEndEvent):
+                return None
+            loader.get_event()  # DocumentStart
+            node = _compose_node(loader, max_depth, alias_floor)
+            loader.get_event()  # DocumentEnd
+            if not loader.check_event(yaml.StreamEndEvent):
+                event = loader.peek_event()
+                raise _fail(path, "expected one YAML document, found several", event.start_mark.line + 1)
+            return node
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        reason = getattr(err, "problem", None) or "unreadable"
+        raise _fail(path, f"YAML syntax error: {_safe_reason(str(reason))}", line) from None
+    finally:
+        loader.dispose()
+
+
+def _compose_node(loader: Any, max_depth: int, alias_floor: int) -> yaml.Node:
+    """Build the node tree from parser events without recursion, counting each collection's expanded size (aliases
+    included) so that an alias bomb is refused while it is read, long before anything walks it."""
+    anchors: dict[str, yaml.Node] = {}
+    sizes: dict[int, int] = {}          # id(anchored node) -> its expanded size, once complete
+    open_: list[list[Any]] = []         # [node, expanded size, anchor, flat children]
+    written = aliased = 0
+    while True:
+        event = loader.get_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = anchors.get(event.anchor)
+            if target is None:
+                raise YamlLimit("an alias names no anchor defined before it", event.start_mark)
+            size = sizes.get(id(target))
+            if size is None:
+                raise YamlLimit("an alias refers to a collection that contains it", event.start_mark)
+            aliased += size
+            if aliased > max(alias_floor, written):
+                raise YamlLimit(f"aliases expand to more than {max(alias_floor, written)} nodes", event.start_mark)
+            node: yaml.Node = target
+        elif isinstance(event, yaml.ScalarEvent):
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            written += 1
+            size = 1
+            if event.anchor is not None:
+                anchors[event.anchor] = node
+                sizes[id(node)] = 1
+        elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            seq = isinstance(event, yaml.SequenceStartEvent)
+            kind = yaml.SequenceNode if seq else yaml.MappingNode
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = loader.resolve(kind, None, event.implicit)
+            node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            written += 1
+            if event.anchor is not None:
+                anchors[event.anchor] = node  # its size is unknown until it ends: an alias inside it is recursive
+            open_.append([node, 1, event.anchor, []])
+            if len(open_) > max_depth:
+                raise YamlLimit(f"nested deeper than {max_depth} levels", event.start_mark)
+            continue
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            node, size, anchor, children = open_.pop()
+            node.end_mark = event.end_mark
+            node.value = children if isinstance(node, yaml.SequenceNode) else list(zip(children[::2], children[1::2]))
+            if anchor is not None:
+                sizes[id(node)] = size
+        else:  # pragma: no cover - the parser emits no other events inside a document
+            raise YamlLimit(f"unexpected {type(event).__name__}", event.start_mark)
+        if not open_:
+            return node
+        parent = open_[-1]
+        parent[1] += size
+        parent[3].append(node)
