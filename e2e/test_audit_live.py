@@ -66,6 +66,7 @@ spec: {base: balanced, maxVmCpus: 1}
         hybridorch("up", path, timeout=600)
         time.sleep(3)   # past the stack's 2s TTL; jump keeps its own 1h
         findings = audit_json(path, "--live", "--target", "local")
+        assert all(f["live"] == f["object"].startswith(("container ", "vm ")) for f in findings), findings
         # what runs, read back from Docker: SSH published on 0.0.0.0, the untrusted plugin not really sandboxed
         assert any(f["rule"] == "HYB009" and f["object"].startswith("container ") and "jump" in f["object"]
                    and f"0.0.0.0:{ssh}" in f["message"] for f in findings), findings
@@ -89,3 +90,59 @@ spec: {base: balanced, maxVmCpus: 1}
         hybridorch("down", path, timeout=300)
     after = audit_json(path, "--live", "--target", "local")
     assert not [f for f in after if f["rule"] == "HYB014"], after
+
+
+# --- the cluster: kubectl get of the stack's labelled objects, same rules ---------------------------------
+
+from e2e.test_kubernetes import cluster, kubectl  # noqa: E402,F401  (the session's real API server)
+
+K8S_STACK = "e2e-audit-k8s"
+
+
+def test_live_audit_of_a_cluster_sees_drift_and_expired_objects(cluster: dict[str, str], stack_file,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("""\
+apiVersion: hybridorch.dev/v1alpha1
+kind: Policy
+metadata: {name: e2e-tight}
+spec: {base: balanced, maxVmCpus: 1}
+""")
+    path = stack_file(f"""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {{name: {K8S_STACK}, owner: e2e, ttl: 2s}}
+        spec:
+          policy: policy.yaml
+          workloads:
+            - {{name: web, image: hybridorch.local/httpd:1, ports: [8080], trust: trusted}}
+            - name: builder
+              runtime: vm
+              image: quay.io/containerdisks/debian:12
+              resources: {{cpu: "2", memory: 1Gi}}
+        """, "k8s.yaml")
+
+    def findings(*extra: str) -> list[dict]:
+        result = hybridorch("audit", path, *extra, "--format", "json", "--fail-on", "never", env=cluster)
+        return json.loads(result.stdout)["findings"]
+    static = findings()
+    assert not [f for f in static if f["rule"] in ("HYB006", "HYB014")], static
+    try:
+        hybridorch("apply", path, "--no-wait", env=cluster)
+        # drift: someone gives the pods the host's network after apply; only the live audit can know
+        kubectl(cluster, "patch", "deployment", "web", "-n", K8S_STACK, "--type", "merge", "-p",
+                '{"spec": {"template": {"spec": {"hostNetwork": true}}}}')
+        time.sleep(3)   # past the 2s TTL
+        live = [f for f in findings("--live", "--target", "kubernetes") if f["live"]]
+        rules = {(f["rule"], f["object"]) for f in live}
+        assert ("HYB006", f"Deployment {K8S_STACK}/web") in rules, live
+        assert ("HYB002", f"VirtualMachine {K8S_STACK}/builder") in rules, live
+        # one TTL finding per workload (its Deployment or Service) and one for the tenant's own objects
+        expired = sorted(o for r, o in rules if r == "HYB014")
+        assert len(expired) == 3, expired
+        assert any(o.endswith("/web") for o in expired) and f"VirtualMachine {K8S_STACK}/builder" in expired
+        assert any(o.startswith(("Namespace", "NetworkPolicy", "LimitRange", "ResourceQuota")) for o in expired)
+        # the tenant's default-deny NetworkPolicy is there: no HYB011
+        assert not [f for f in live if f["rule"] == "HYB011"], live
+        assert {f["file"] for f in live} == {path}
+    finally:
+        hybridorch("delete", path, env=cluster, check=False)

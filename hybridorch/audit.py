@@ -15,7 +15,7 @@ from xml.parsers import expat
 import yaml
 
 from .errors import AuditFailed
-from .labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_TTL, LABEL_WORKLOAD
+from .labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD
 from .plan import Plan
 from .policy import Profile
 from .spec import Stack, Workload, cpu_millis, parse_duration
@@ -141,7 +141,7 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "severity": self.severity, "message": self.message, "file": self.file,
-                "line": self.line, "object": self.object}
+                "line": self.line, "object": self.object, "live": self.live}
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,10 @@ def check_objects(docs: list[dict[str, Any]], ctx: Context, locate: Callable[[in
     for i, doc in enumerate(docs):
         kind = doc.get("kind")
         labels = _labels(doc)
-        workload = labels.get(LABEL_WORKLOAD, "")
+        meta = doc.get("metadata") or {}
+        # a stack's objects of no workload (namespace, policies, quota) are reported once per tenant namespace
+        tenant = f"tenant {meta.get('namespace') or meta.get('name')}" if labels.get(LABEL_STACK) else ""
+        workload = labels.get(LABEL_WORKLOAD) or tenant
         obj = _name(doc)
 
         def add(rule: str, message: str, path: str = "") -> None:

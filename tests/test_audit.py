@@ -129,7 +129,8 @@ def test_json_output_shape():
     assert set(data["summary"]) == {"low", "medium", "high"}
     assert sum(data["summary"].values()) == len(data["findings"])
     for f in data["findings"]:
-        assert set(f) == {"rule", "severity", "message", "file", "line", "object"}
+        assert set(f) == {"rule", "severity", "message", "file", "line", "object", "live"}
+        assert f["live"] is False   # no --live: everything comes from the files
         assert isinstance(f["line"], int) and f["severity"] in ("low", "medium", "high")
 
 
