@@ -363,6 +363,94 @@ def test_invalid_render_writes_nothing(tmp_path: Path):
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tpl"]
 
 
+# --- what a user template may cost -------------------------------------------------------------------------
+
+# each template would hang, exhaust memory or recurse without the sandbox's bounds; each must end in one line
+COSTLY = {
+    "power": ("x: {{ 9 ** (9 ** 9) }}\n", "would make a number of more than"),
+    "power-of-variables": ("{% set n = 9 %}x: {{ n ** (n ** n) }}\n", "would make a number of more than"),
+    "big-products": ("{% set n = 10 ** 300 %}{% set m = n * n * n * n * n %}x: {{ m * m * m }}\n",
+                     "would make a number of more than"),
+    "string-times": ("x: {{ 'a' * 1000000000 }}\n", "would make a value larger than"),
+    "list-times": ("x: {{ ([1] * 100000) * 100000 }}\n", "would make a value larger than"),
+    "range": ("{% for i in range(10 ** 9) %}{% endfor %}x: 1\n", "larger than 100000"),
+    "range-under-arg-limit": ("{% for i in range(99999) %}{% endfor %}x: 1\n", "range() of more than"),
+    "recursive-macro": ("{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}x: {{ m(1) }}\n", "calls nested more than"),
+    "self-include": ("{% include 'kubernetes/workload.yaml.j2' %}\n", "nest too deeply"),
+    "doubling-concat": ("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}"
+                        "{% set ns.s = ns.s ~ ns.s %}{% endfor %}x: {{ ns.s }}\n", "a ~ result larger than"),
+    "doubling-lists": ("{% set ns = namespace(l=['x' * 1000]) %}{% for i in range(40) %}"
+                       "{% set ns.l = [ns.l, ns.l] %}{% endfor %}x: {{ ns.l|string|length }}\n", "larger than"),
+    "wide-method": ("x: {{ 'a'.center(1000000000) }}\n", "larger than 100000"),
+    "wide-filter": ("x: {{ 'a'|center(1000000000) }}\n", "larger than 100000"),
+    "wide-format": ("x: {{ '%0999999999d' % 1 }}\n", "format width"),
+    "wide-str-format": ("x: {{ '{:>999999999}'.format(1) }}\n", "format width"),
+    "output": ("{% for i in range(10000) %}{{ 'x' * 1000 }}{% endfor %}\n", "output larger than"),
+    "join": ("{% set l = ['x' * 1000000] * 4 %}x: {{ (l * 4)|join }}\n", "would make a value larger than"),
+    "division-by-zero": ("x: {{ 1 / 0 }}\n", "ZeroDivisionError"),
+    "float-overflow": ("x: {{ 9.0 ** 99999 }}\n", "OverflowError"),
+    "yaml-alias-bomb": ("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b]\n",
+                        "aliases are not allowed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COSTLY))
+def test_costly_user_template_is_one_line_render_error(tmp_path: Path, case: str):
+    text, reason = COSTLY[case]
+    # workload.yaml.j2 sees only `w`: nothing shadows the sandbox's globals (namespace, range)
+    tpl = user_templates(tmp_path, {"kubernetes/workload.yaml.j2": text})
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, ["render", example("shop"), "--templates", tpl])
+    assert time.monotonic() - start < 8, case
+    assert result.exit_code == 3, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"error: {tpl}/kubernetes/workload.yaml.j2"), lines[0]
+    assert reason in lines[0], lines[0]
+
+
+def test_endless_loop_stops_at_the_deadline_and_leaves_no_thread_or_alarm(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    import signal
+    import threading
+
+    from hybridorch import render as render_module
+
+    monkeypatch.setattr(render_module, "MAX_SECONDS", 1.0)
+    # nested loops over a plain list call no sandbox hook at all: only the alarm can stop them
+    tpl = user_templates(tmp_path, {"kubernetes/workload.yaml.j2":
+                                    "{% set l = range(10000)|list %}{% for a in l %}{% for b in l %}{% for c in l %}"
+                                    "{% endfor %}{% endfor %}{% endfor %}x: 1\n"})
+    threads, handler = threading.active_count(), signal.getsignal(signal.SIGALRM)
+    start = time.monotonic()
+    with pytest.raises(RenderError, match=r"workload\.yaml\.j2:1: rendering took longer than 1 s"):
+        render(example("shop"), templates=tpl)
+    assert time.monotonic() - start < 5
+    assert threading.active_count() == threads
+    assert signal.getsignal(signal.SIGALRM) == handler and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
+def test_template_symlink_leaving_the_directory_is_refused(tmp_path: Path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password: hunter2\n")
+    tpl = Path(user_templates(tmp_path, {"cloud-init/meta-data.yaml.j2": "x: 1\n"}))
+    (tpl / "kubernetes").mkdir()
+    (tpl / "kubernetes" / "service.yaml.j2").symlink_to(secret)
+    result = CliRunner().invoke(cli, ["render", example("shop"), "--templates", str(tpl)])
+    assert result.exit_code == 3 and "hunter2" not in result.output
+    assert "service.yaml.j2: refused: the template is a symlink" in result.output
+    # a symlinked directory is refused the same way; a symlink that stays inside is fine
+    (tpl / "kubernetes" / "service.yaml.j2").unlink()
+    (tpl / "kubevirt").symlink_to(tmp_path)
+    (tmp_path / "virtualmachine.yaml.j2").write_text("x: 1\n")
+    with pytest.raises(RenderError, match="refused: the template is a symlink"):
+        render(example("shop"), templates=str(tpl))
+    (tpl / "kubevirt").unlink()
+    (tpl / "kubernetes" / "own.yaml.j2").write_text((ROOT / "templates/kubernetes/service.yaml.j2").read_text())
+    (tpl / "kubernetes" / "service.yaml.j2").symlink_to("own.yaml.j2")
+    assert render(example("shop"), templates=str(tpl)).documents
+
+
 def test_invalid_libvirt_xml_is_a_render_error(tmp_path: Path):
     require(validate.libvirt_available(), "virt-xml-validate/xmllint not installed (e2e/packages.txt)")
     tpl = user_templates(tmp_path, {"libvirt/domain.xml.j2": "<domain type='nonsense'><name>{{ domain }}</name></domain>\n"})
@@ -380,7 +468,7 @@ def test_invalid_user_data_is_a_render_error(write_stack: Callable[..., str]):
           workloads:
             - name: box
               runtime: vm
-              vm: {userData: "packages: 3"}
+              vm: {userData: "#cloud-config\\npackages: 3"}
     """)
     with pytest.raises(RenderError, match="box: cloud-init user data is invalid: .*packages"):
         render(path)
