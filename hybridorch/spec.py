@@ -5,13 +5,17 @@ Nothing downstream re-validates input; what leaves this module is known to be we
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import yaml
+
 from .errors import Problem, SpecError
 from .labels import lifecycle_labels
+from .safeload import compose_yaml
 from .schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
-                     parse_quantity)
+                     parse_quantity, show)
 
 API_VERSION = "hybridorch.dev/v1alpha1"
 RUNTIMES = ("container", "sandboxed", "vm", "nested")
@@ -22,7 +26,39 @@ REQUIREMENTS = ("privileged", "kernel-modules", "custom-kernel", "host-devices",
 
 _name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
 _text = Scalar(str)
-_labels = MapOf(Scalar(str), key_pattern=r"([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+# Kubernetes' label syntax: a value (63 at most, may be empty) and a key with an optional DNS-subdomain prefix;
+# the patterns also keep newlines out, which could otherwise forge the file headers of `render --out -`
+LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?"
+LABEL_KEY = (r"((?=[^/]{1,253}/)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+             r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_labels = MapOf(Scalar(str, pattern=LABEL_VALUE, what="a label value (letters, digits, '-', '_', '.'; at most 63)"),
+                key_pattern=LABEL_KEY)
+# IANA service name: at most 15 of lowercase letters, digits and single '-', at least one letter
+PORT_NAME = r"(?=.{1,15}$)(?=[0-9-]*[a-z])[a-z0-9]+(-[a-z0-9]+)*"
+# a Service name (DNS-1035): a DNS label that starts with a letter
+DNS_1035 = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
+MAX_USER_DATA = 64 * 2**10
+LOCAL_IMAGES = "hybridorch.local/"  # images.LOCAL_REGISTRY: built from images/<name>/, so <name> is a path
+_IMAGE_PATH = r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+
+
+def _image_problem(value: str) -> str | None:
+    """An image reference that cannot be mistaken for an engine option or point outside the recipes directory."""
+    if value.startswith("-"):
+        return f"{show(value)} is not an image reference: it starts with '-'"
+    if value.startswith(LOCAL_IMAGES):
+        name = value[len(LOCAL_IMAGES):].split(":", 1)[0].split("@", 1)[0]
+        if not re.fullmatch(_IMAGE_PATH, name):
+            return f"{show(value)}: a {LOCAL_IMAGES} image name is lowercase path components (no '..')"
+    return None
+
+
+def _argv0_problem(value: str) -> str | None:
+    return f"{show(value)} starts with '-': it would be read as an option" if value.startswith("-") else None
+
+
+_image = Scalar(str, validate=_image_problem)
+_command = ListOf(_text)
 _port_number = Scalar(int, minimum=1, maximum=65535, what="a port number")
 # owner and ttl become label values on every object, so they follow the label-value syntax
 _owner = Scalar(str, pattern=r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?",
@@ -34,7 +70,8 @@ _duration = Scalar(str, pattern=r"(?=.{1,63}$)([0-9]+[smhdw])+", what="a duratio
 PORT = Obj({
     "port": Field(_port_number, required=True, doc="Port the workload listens on."),
     "protocol": Field(Scalar(str, enum=("TCP", "UDP")), default="TCP"),
-    "name": Field(Scalar(str, pattern=r"[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?", what="a port name (IANA_SVC_NAME)")),
+    "name": Field(Scalar(str, pattern=PORT_NAME, what="a port name (IANA service name: at most 15 lowercase letters,"
+                                                      " digits and single '-', with a letter)")),
     "hostPort": Field(_port_number, doc="Port published on the host by the local target (default: same as port)."),
     "public": Field(Scalar(bool), default=False,
                     doc="Publish on all host addresses instead of 127.0.0.1 (local target)."),
@@ -53,17 +90,18 @@ VOLUME = Obj({
 
 INNER_CONTAINER = Obj({
     "name": Field(_name, required=True),
-    "image": Field(_text, required=True),
-    "command": Field(ListOf(_text)),
+    "image": Field(_image, required=True),
+    "command": Field(_command),
     "env": Field(MapOf(_text), default=dict),
     "ports": Field(ListOf(PORT), default=list),
 }, description="A container run inside the VM of a `nested` workload.")
 
 VM = Obj({
     "cpus": Field(Scalar(int, minimum=1, maximum=64), doc="vCPUs (default: the CPU resource rounded up)."),
-    "machine": Field(_text, doc="QEMU/KubeVirt machine type (default: q35 on amd64, virt on arm64/riscv64)."),
+    "machine": Field(Scalar(str, pattern=r"[a-z0-9][a-z0-9._-]{0,63}", what="a machine type such as q35 or virt"),
+                     doc="QEMU/KubeVirt machine type (default: q35 on amd64, virt on arm64/riscv64)."),
     "disk": Field(Obj({
-        "image": Field(_text, doc="containerDisk image holding the boot disk."),
+        "image": Field(_image, doc="containerDisk image holding the boot disk."),
         "pvc": Field(_name, doc="An existing PersistentVolumeClaim holding the boot disk."),
         "size": Field(Quantity("memory"), doc="Size of a DataVolume created for the boot disk."),
     })),
@@ -85,8 +123,8 @@ READY = Obj({
 
 WORKLOAD = Obj({
     "name": Field(_name, required=True, doc="DNS-1123 label, unique in the stack."),
-    "image": Field(_text, doc="Container image (container, sandboxed) or containerDisk image (vm)."),
-    "command": Field(ListOf(_text), doc="Entrypoint override."),
+    "image": Field(_image, doc="Container image (container, sandboxed) or containerDisk image (vm)."),
+    "command": Field(_command, doc="Entrypoint override."),
     "args": Field(ListOf(_text)),
     "env": Field(MapOf(_text, key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"), default=dict),
     "ports": Field(ListOf(PORT), default=list),
@@ -114,8 +152,9 @@ HOST_POOL = Obj({
     "os": Field(Scalar(str, enum=OSES), default="linux"),
     "arch": Field(Scalar(str, enum=ARCHES), default="amd64"),
     "virtualization": Field(Scalar(bool), default=True, doc="Hardware virtualisation (KVM) is available."),
-    "cpu": Field(Quantity("cpu"), default="8"),
-    "memory": Field(Quantity("memory"), default="32Gi"),
+    # a host below these runs nothing, and a capacity that rounds to zero would break the packing arithmetic
+    "cpu": Field(Quantity("cpu", minimum="100m"), default="8"),
+    "memory": Field(Quantity("memory", minimum="64Mi"), default="32Gi"),
     "count": Field(Scalar(int, minimum=1, maximum=10000), default=10, doc="Hosts available in this pool."),
     "idleWatts": Field(Scalar(int, minimum=0, maximum=100000), doc="Power of one idle host (`capacity`)."),
     "peakWatts": Field(Scalar(int, minimum=1, maximum=100000), doc="Power of one host at full CPU (`capacity`)."),
@@ -265,6 +304,7 @@ class Workload:
     snapshots: Snapshots | None = None
     # where each field was written, for errors found after loading (policy contradictions)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    index: int = field(default=-1, compare=False, repr=False)  # position in stack.workloads (-1: not loaded)
 
     def line(self, fld: str = "") -> int:
         return self.lines.get(fld) or self.lines.get("", 0)
@@ -329,7 +369,8 @@ def _tuple(v: list[str] | None) -> tuple[str, ...] | None:
     return None if v is None else tuple(v)
 
 
-def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int], meta: dict[str, Any]) -> Workload:
+def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int], meta: dict[str, Any],
+              index: int = -1) -> Workload:
     vm = v.get("vm") or {}
     owner, ttl = v.get("owner") or meta.get("owner"), v.get("ttl") or meta.get("ttl")
     snaps = v.get("snapshots")
@@ -348,7 +389,7 @@ def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int], meta: d
                       guest=vm.get("guest") or "busybox"),
         ready=Readiness(ready.get("port"), ready.get("marker"), ready["timeout"]) if ready else None,
         labels={**v["labels"], **lifecycle_labels(owner, ttl)}, owner=owner, ttl=ttl,
-        snapshots=Snapshots(snaps["retain"], snaps.get("maxAge")) if snaps else None, lines=lines)
+        snapshots=Snapshots(snaps["retain"], snaps.get("maxAge")) if snaps else None, lines=lines, index=index)
 
 
 def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors) -> None:
@@ -392,6 +433,77 @@ def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors)
     if ready.get("port") and ready["port"] not in {p["port"] for p in w["ports"] if p}:
         errors.add(doc.line(f"{path}.ready.port"), f"{path}.ready.port",
                    f"port {ready['port']} is not one of the workload's ports")
+    _check_rendered_names(w, path, doc, errors)
+    _check_argv0(w.get("command"), f"{path}.command", doc, errors)
+    for i, c in enumerate(w.get("containers") or ()):
+        if c:
+            _check_argv0(c.get("command"), f"{path}.containers[{i}].command", doc, errors)
+    user_data = (w.get("vm") or {}).get("userData")
+    if user_data is not None:
+        message = _user_data_problem(user_data)
+        if message:
+            errors.add(doc.line(f"{path}.vm.userData"), f"{path}.vm.userData", message)
+
+
+def _check_argv0(command: list[str] | None, path: str, doc: Document, errors: Errors) -> None:
+    """The first word of a command follows the image on the engine's command line (podman run ... IMAGE CMD)."""
+    if command and command[0] is not None:
+        message = _argv0_problem(command[0])
+        if message:
+            errors.add(doc.line(f"{path}[0]"), f"{path}[0]", message)
+
+
+def _check_rendered_names(w: dict[str, Any], path: str, doc: Document, errors: Errors) -> None:
+    """Names that become Kubernetes names must be valid there too: a workload with ports gets a Service (DNS-1035:
+    a letter first), and the port names of one workload (its inner containers' included) are unique."""
+    ports = [p for p in w["ports"] if p]
+    inner = [(f"{path}.containers[{i}]", p) for i, c in enumerate(w.get("containers") or ()) if c
+             for p in c["ports"] if p]
+    if (ports or inner) and w["name"] and not re.fullmatch(DNS_1035, w["name"]):
+        errors.add(doc.line(f"{path}.name"), f"{path}.name",
+                   f"{show(w['name'])} gets a Service (it has ports), whose name must start with a letter (DNS-1035)")
+    # the ports a VM exposes: its own, then its containers', the first of each port/protocol wins (render._vm_ports)
+    named: dict[str, str] = {}
+    seen: set[tuple[int, str]] = set()
+    for where, p in [(f"{path}.ports[{j}]", p) for j, p in enumerate(w["ports"]) if p] + _numbered(inner):
+        if (p["port"], p["protocol"]) in seen:
+            continue
+        seen.add((p["port"], p["protocol"]))
+        name = p.get("name") or f"{p['protocol'].lower()}-{p['port']}"
+        if name in named:
+            errors.add(doc.line(where), f"{where}.name", f"port name {name!r} is already used by {named[name]}")
+        named.setdefault(name, where)
+
+
+def _numbered(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """(container path, port) pairs -> (container path, port index within it) for messages."""
+    out: list[tuple[str, Any]] = []
+    count: dict[str, int] = {}
+    for where, p in pairs:
+        j = count.get(where, 0)
+        count[where] = j + 1
+        out.append((f"{where}.ports[{j}]", p))
+    return out
+
+
+def _user_data_problem(text: str) -> str | None:
+    """vm.userData is merged into our cloud-config before `cloud-init schema` sees it: it must be a #cloud-config
+    YAML mapping, parsed here with the input limits (size, depth, aliases) so it cannot hang or exhaust anything."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_USER_DATA:
+        return f"user data is larger than {MAX_USER_DATA // 2**10} KiB"
+    if not text.startswith("#cloud-config"):
+        return "user data must be a cloud-config document starting with `#cloud-config`"
+    try:
+        node = compose_yaml(text, "userData", max_depth=32, alias_floor=10_000)
+        value = yaml.constructor.SafeConstructor().construct_document(node) if node is not None else None
+    except SpecError as err:
+        return "user data: " + err.problems[0].message + (f" (its line {err.problems[0].line})"
+                                                           if err.problems[0].line else "")
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, ArithmeticError, RecursionError):
+        return "user data: a value cannot be read as YAML (e.g. an invalid date or !!int)"
+    if value is not None and not isinstance(value, dict):
+        return "user data must be a YAML mapping (#cloud-config keys)"
+    return None
 
 
 def _check_unique_names(items: list[Any], prefix: str, what: str, doc: Document, errors: Errors) -> None:
@@ -407,19 +519,48 @@ def _check_unique_names(items: list[Any], prefix: str, what: str, doc: Document,
         first.setdefault(name, i)
 
 
+_ITEM = re.compile(r"(spec\.workloads|spec\.hosts)\[(\d+)\]")
+
+
+def _failed_items(problems: list[Problem]) -> set[tuple[str, int]]:
+    """(list path, index) of every workload and host pool some problem is about."""
+    out = set()
+    for p in problems:
+        m = _ITEM.match(p.path)
+        if m:
+            out.add((m.group(1), int(m.group(2))))
+    return out
+
+
+def _workload_lines(lines: dict[str, int]) -> dict[int, dict[str, int]]:
+    """Workload index -> {field path inside it: line}, in one pass over every line (a scan per workload was what
+    made 10,000 workloads take minutes)."""
+    prefix = "spec.workloads["
+    out: dict[int, dict[str, int]] = {}
+    for key, line in lines.items():
+        if not key.startswith(prefix):
+            continue
+        close = key.find("]", len(prefix))
+        if close < 0 or not key[len(prefix):close].isdigit():
+            continue
+        sub = key[close + 2:] if len(key) > close + 1 and key[close + 1] == "." else ("" if len(key) == close + 1
+                                                                                      else None)
+        if sub is not None:
+            out.setdefault(int(key[len(prefix):close]), {})[sub] = line
+    return out
+
+
 def load_stack(path: str, text: str | None = None) -> Stack:
     """Load and check a stack file; raises SpecError naming file, line and field of every problem."""
     errors = Errors(path)
     doc = check_document(path, STACK, text, errors, raise_errors=False)
     spec = doc.values.get("spec") or {}
     meta = doc.values.get("metadata") or {}
-    # cross-field checks run on the parts that typed correctly, so one pass reports both kinds of problem
-    def typed_ok(prefix: str) -> bool:
-        return not any(p.path == prefix or p.path.startswith(prefix + ".") or p.path.startswith(prefix + "[")
-                       for p in errors.problems)
-
+    # cross-field checks run on the parts that typed correctly, so one pass reports both kinds of problem;
+    # the failed items are collected in one pass over the problems (a scan per item was quadratic)
+    failed = _failed_items(errors.problems)
     workloads = [(i, w) for i, w in enumerate(spec.get("workloads") or [])
-                 if w and typed_ok(f"spec.workloads[{i}]")]
+                 if w and ("spec.workloads", i) not in failed]
     host_ports: dict[int, str] = {}
     _check_unique_names(spec.get("workloads") or [], "spec.workloads", "workload name", doc, errors)
     for i, w in workloads:
@@ -432,22 +573,17 @@ def load_stack(path: str, text: str | None = None) -> Stack:
                            f"host port {hp} is already published by workload {host_ports[hp]!r}"
                            " (set hostPort to another port)")
             host_ports.setdefault(hp, w["name"])
-    pools = [h for i, h in enumerate(spec.get("hosts") or []) if h and typed_ok(f"spec.hosts[{i}]")]
+    pools = [h for i, h in enumerate(spec.get("hosts") or []) if h and ("spec.hosts", i) not in failed]
     _check_unique_names(spec.get("hosts") or [], "spec.hosts", "host pool", doc, errors)
     errors.raise_if_any()
 
-    def sub_lines(prefix: str) -> dict[str, int]:
-        cut = len(prefix) + 1
-        out = {k[cut:]: v for k, v in doc.lines.items() if k.startswith(prefix + ".")}
-        out[""] = doc.lines.get(prefix, 0)
-        return out
-
+    lines = _workload_lines(doc.lines)
     return Stack(
         name=meta["name"], file=path, policy=spec["policy"],
         labels={**meta["labels"], **lifecycle_labels(meta.get("owner"), meta.get("ttl"))},
         owner=meta.get("owner"), ttl=meta.get("ttl"),
         hosts=tuple(HostPool(**h) for h in pools) or DEFAULT_HOSTS,
-        workloads=tuple(_workload(w, meta["name"], sub_lines(f"spec.workloads[{i}]"), meta) for i, w in workloads),
+        workloads=tuple(_workload(w, meta["name"], lines.get(i, {}), meta, i) for i, w in workloads),
         policy_line=doc.line("spec.policy"))
 
 
@@ -462,7 +598,7 @@ def load_hosts(path: str) -> tuple[HostPool, ...]:
 
 def problem(stack: Stack, workload: Workload, fld: str, message: str) -> Problem:
     """A Problem located at a workload's field, for checks made after loading (policy contradictions)."""
-    index = stack.workloads.index(workload)
+    index = workload.index if workload.index >= 0 else stack.workloads.index(workload)
     path = f"spec.workloads[{index}]" + (f".{fld}" if fld else "")
     return Problem(stack.file, workload.line(fld), path, message)
 
