@@ -228,9 +228,82 @@ def test_removing_a_workload_prunes_it_and_nothing_else(cluster: dict[str, str],
         # the neighbouring stack still has both of its workloads
         assert {o["metadata"]["name"] for o in get(cluster, "deployments", "-n", "e2e-neighbour")} == {"keep", "gone"}
     finally:
-        hybridorch("delete", first, env=cluster, check=False)
+        deleted = hybridorch("delete", first, env=cluster, check=False)
         hybridorch("delete", other, env=cluster, check=False)
-    assert get(cluster, "namespaces", "-l", "hybridorch.dev/stack in (e2e-prune,e2e-neighbour)") == []
+    # the user's objects keep their namespace, and the output says so; the neighbour's namespace is gone
+    assert "kept Namespace e2e-prune: it holds objects hybridorch did not make: ConfigMap e2e-prune/lookalike, " \
+        "ConfigMap e2e-prune/users-own" in deleted.stdout, deleted.stdout
+    assert {c["metadata"]["name"] for c in get(cluster, "configmaps", "-n", "e2e-prune")} >= {"users-own", "lookalike"}
+    kubectl(cluster, "delete", "namespace", "e2e-prune", "--wait=false")
+    assert [n["metadata"]["name"] for n in get(cluster, "namespaces", "-l", "hybridorch.dev/stack in (e2e-prune,e2e-neighbour)")
+            if not n["metadata"].get("deletionTimestamp")] == []
+
+
+# --- delete keeps what hybridorch did not make, and data -------------------------------------------------
+
+def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f}s"
+        time.sleep(0.5)
+
+
+def test_delete_keeps_a_namespace_holding_a_users_object_and_names_it(cluster: dict[str, str],
+                                                                      stack_file: Any) -> None:
+    path = stack_file(two_workloads("e2e-foreign", with_second=False))
+    try:
+        hybridorch("apply", path, env=cluster)
+        kubectl(cluster, "create", "configmap", "mine", "-n", "e2e-foreign", "--from-literal=k=v")
+        out = hybridorch("delete", path, env=cluster).stdout
+        assert "deleted Deployment e2e-foreign/keep" in out and "deleted Service e2e-foreign/keep" in out, out
+        assert "kept Namespace e2e-foreign: it holds objects hybridorch did not make: ConfigMap e2e-foreign/mine; " \
+            "remove it with: kubectl delete namespaces e2e-foreign" in out, out
+        assert "deleted Namespace" not in out
+        assert get(cluster, "configmaps", "-n", "e2e-foreign", "--field-selector", "metadata.name=mine")[0][
+            "data"] == {"k": "v"}
+        assert get(cluster, "deployments,services", "-n", "e2e-foreign") == []
+        # once the user's object is gone, the namespace hybridorch made goes with the next delete
+        kubectl(cluster, "delete", "configmap", "mine", "-n", "e2e-foreign")
+        out = hybridorch("delete", path, env=cluster).stdout
+        assert "deleted Namespace e2e-foreign" in out and "kept" not in out, out
+        assert kubectl(cluster, "get", "namespace", "e2e-foreign", check=False).returncode != 0
+    finally:
+        hybridorch("delete", path, env=cluster, check=False)
+        kubectl(cluster, "delete", "namespace", "e2e-foreign", "--ignore-not-found", "--wait=false")
+
+
+def test_a_statefulsets_claim_outlives_delete_unless_delete_data(cluster: dict[str, str], stack_file: Any) -> None:
+    stack = two_workloads("e2e-claims", with_second=False)
+    stack["spec"]["workloads"][0]["volumes"] = [{"name": "data", "mountPath": "/data", "size": "1Gi"}]
+    path = stack_file(stack)
+    ns, claim = "e2e-claims", "data-keep-0"
+    try:
+        # no storage provisioner here: the claim stays Pending and so does the pod, hence --no-wait
+        hybridorch("apply", path, "--no-wait", env=cluster)
+        pvc = wait_for("the StatefulSet controller creates the claim", lambda: get(
+            cluster, "persistentvolumeclaims", "-n", ns, "--field-selector", f"metadata.name={claim}"))[0]
+        pvc_uid = pvc["metadata"]["uid"]
+        out = hybridorch("delete", path, env=cluster).stdout
+        assert "deleted StatefulSet e2e-claims/keep" in out, out
+        assert f"kept PersistentVolumeClaim {ns}/{claim}: data (kept without --delete-data); remove it with: " \
+            f"kubectl delete persistentvolumeclaims -n {ns} {claim}" in out, out
+        assert f"kept Namespace {ns}: it holds the data kept above" in out, out
+        assert f"data kept: `hybridorch delete {path} --delete-data` removes it too" in out, out
+        # the garbage collector has dealt with the StatefulSet's dependents (its pod) and left the claim alone
+        wait_for("the StatefulSet's pod is collected", lambda: get(cluster, "pods", "-n", ns) == [])
+        time.sleep(2)
+        left = get(cluster, "persistentvolumeclaims", "-n", ns)
+        assert [(c["metadata"]["uid"], c["metadata"].get("deletionTimestamp")) for c in left] == [(pvc_uid, None)]
+
+        out = hybridorch("delete", path, "--delete-data", env=cluster).stdout
+        assert f"deleted PersistentVolumeClaim {ns}/{claim}" in out and f"deleted Namespace {ns}" in out, out
+        assert "kept" not in out, out
+        assert kubectl(cluster, "get", "namespace", ns, check=False).returncode != 0
+    finally:
+        hybridorch("delete", path, "--delete-data", env=cluster, check=False)
 
 
 # --- nothing is applied when the server rejects one object ---------------------------------------------
