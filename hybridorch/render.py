@@ -542,11 +542,19 @@ class Rendered:
     files: tuple[RenderedFile, ...]         # everything write() writes, paths relative to its directory
 
     def stream(self) -> str:
-        """One deterministic text: a multi-document YAML stream (kubernetes) or every file, headed by its path."""
+        """One deterministic text: a multi-document YAML stream of the objects (kubernetes), or of the files (local).
+
+        A local file is one YAML document `{path, content}` headed by the comment `--- # file: "<path>"`. The
+        header is only ever a comment on a document start and the path is JSON-quoted; the content is a YAML
+        scalar (indented block or quoted), so no line of any file can look like a header or a document start."""
         if self.target == "kubernetes":
             return dump_yaml(self.documents)
-        return "".join(f"# --- {f.path}\n{f.content}" + ("" if f.content.endswith("\n") else "\n")
-                       for f in self.files)
+        out = []
+        for f in self.files:
+            body = yaml.dump({"path": f.path, "content": f.content}, Dumper=_Dumper, sort_keys=False,
+                             default_flow_style=False, width=120, allow_unicode=False)
+            out.append(f"--- # file: {json.dumps(f.path, ensure_ascii=True)}\n{body}")
+        return "".join(out)
 
     def documents_by_workload(self) -> dict[str, list[dict[str, Any]]]:
         """Workload name -> its objects (workload, Service); objects of no workload are under ''."""
@@ -562,30 +570,70 @@ class Rendered:
         raise KeyError(path)
 
     def write(self, out_dir: str) -> list[str]:
-        """Write every file under out_dir; all files appear or none do (staged in a sibling temp dir)."""
-        out = Path(out_dir)
-        parent = out.parent if str(out.parent) else Path(".")
+        """Make out_dir hold exactly these files, all or nothing.
+
+        Everything is written into a temporary directory beside out_dir, which is then swapped in (the old
+        directory renamed away, the new one renamed in, the old one removed). On any failure the previous
+        content is untouched and no temporary directory is left. An existing out_dir must hold only files a
+        render writes, so `--out .` or a directory of other things is refused rather than replaced."""
+        out = Path(os.path.abspath(out_dir))
+        if out.exists() or out.is_symlink():
+            if out.is_symlink() or not out.is_dir():
+                raise RenderError(f"cannot write to {out_dir}: it exists and is not a directory")
+            foreign = [p for p in _files_under(out) if not _rendered_path(p)]
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise RenderError(f"cannot write to {out_dir}: it holds files a render does not write ({shown}); "
+                                  f"choose a new or empty directory")
+        stage: Path | None = None
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        except OSError as err:
-            raise RenderError(f"cannot write to {out_dir}: {err.strerror}") from None
-        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(stage, 0o777 & ~umask)   # mkdtemp makes 0700; a rendered directory is an ordinary one
             for f in self.files:
                 target = stage / f.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(f.content)
-            if not out.exists():
-                os.rename(stage, out)
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                try:
+                    os.rename(out, old / "content")
+                except OSError:
+                    old.rmdir()
+                    raise
+                try:
+                    os.rename(stage, out)
+                except OSError:
+                    os.rename(old / "content", out)
+                    old.rmdir()
+                    raise
+                stage = None
+                shutil.rmtree(old, ignore_errors=True)
             else:
-                for f in self.files:
-                    (out / f.path).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(stage / f.path, out / f.path)
+                os.rename(stage, out)
+                stage = None
         except OSError as err:
-            raise RenderError(f"cannot write to {out_dir}: {err.strerror or err}") from None
+            raise RenderError(f"cannot write to {out_dir}: {err.strerror or err}"
+                              f"{' (' + err.filename + ')' if err.filename else ''}; nothing was changed") from None
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
-        return [str(out / f.path) for f in self.files]
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+        return [str(Path(out_dir) / f.path) for f in self.files]
+
+
+def _files_under(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
+
+
+# every path either target writes: kubernetes groups and kustomization, local <workload>/<file>
+_RENDERED_PATH = re.compile(r"(kustomization\.yaml|(cluster|tenants|workloads)/[^/]+\.yaml"
+                            r"|[a-z0-9-]+/(domain\.xml|user-data|meta-data))")
+
+
+def _rendered_path(rel: str) -> bool:
+    return _RENDERED_PATH.fullmatch(rel) is not None
 
 
 # --- contexts: plain data the templates lay out --------------------------------------------------------

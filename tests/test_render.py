@@ -22,7 +22,7 @@ from hybridorch.cli import cli
 from hybridorch.errors import RenderError
 from hybridorch.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD
 from hybridorch.policy import PROFILES
-from hybridorch.render import (RUNTIME_CLASS, Rendered, dump_yaml, render_plan, runtime_class_objects, unit_arg,
+from hybridorch.render import (RUNTIME_CLASS, Rendered, RenderedFile, dump_yaml, render_plan, runtime_class_objects, unit_arg,
                                yaml_value)
 from tests.conftest import ROOT
 
@@ -510,6 +510,104 @@ def test_write_local_files(tmp_path: Path):
         "billing-win/domain.xml", "reports/domain.xml", "reports/meta-data", "reports/user-data"]
     assert yaml.safe_load((tmp_path / "reports" / "meta-data").read_text()) == {
         "instance-id": "hybridorch-legacy-reports", "local-hostname": "reports"}
+
+
+def tree(directory: Path) -> dict[str, str]:
+    return {p.relative_to(directory).as_posix(): p.read_text() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_write_replaces_a_previous_render_exactly(tmp_path: Path):
+    out = tmp_path / "out"
+    render_example("shop").write(str(out))
+    (out / "workloads" / "gone.yaml").write_text("kind: Stale\n")   # a file an older render wrote
+    render_example("soc-rig").write(str(out))
+    assert tree(out) == {f.path: f.content for f in render_example("soc-rig").files}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_write_refuses_a_directory_of_other_files(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    result = CliRunner().invoke(cli, ["render", example("shop"), "--out", str(tmp_path)])
+    assert result.exit_code == 3 and "holds files a render does not write (notes.txt)" in result.output
+    assert tree(tmp_path) == {"notes.txt": "mine\n"}
+
+
+def test_write_fault_half_way_keeps_the_previous_content(tmp_path: Path):
+    """A real fault while the new content is written: a file is in the way of a directory it needs."""
+    out = tmp_path / "out"
+    render_example("shop", "local").write(str(out))
+    before = tree(out)
+    broken = Rendered("local", "x", (), (RenderedFile("web/domain.xml", "<a/>\n"),
+                                         RenderedFile("web/domain.xml/user-data", "x\n")))
+    with pytest.raises(RenderError, match="cannot write to .*nothing was changed"):
+        broken.write(str(out))
+    assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_write_fault_when_the_old_directory_cannot_move_keeps_it(tmp_path: Path):
+    """A real fault at the swap: the previous directory is immutable (chattr +i), so it cannot be renamed away."""
+    import shutil
+    import subprocess
+
+    out = tmp_path / "out"
+    render_example("shop").write(str(out))
+    before = tree(out)
+    immutable = shutil.which("chattr") is not None and \
+        subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode == 0
+    require(immutable, "chattr +i does not work here (e2fsprogs, a filesystem with attributes)")
+    try:
+        result = CliRunner().invoke(cli, ["render", example("soc-rig"), "--out", str(out)])
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+    assert result.exit_code == 3 and "Operation not permitted" in result.output, result.output
+    assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_write_under_a_regular_file_is_one_line_and_writes_nothing(tmp_path: Path):
+    """A real fault before anything is written: the target's parent is a regular file."""
+    (tmp_path / "file").write_text("x\n")
+    result = CliRunner().invoke(cli, ["render", example("shop"), "--out", str(tmp_path / "file" / "out")])
+    assert result.exit_code == 3 and len(result.output.strip().splitlines()) == 1, result.output
+    assert tree(tmp_path) == {"file": "x\n"}
+
+
+def test_write_swap_in_failure_restores_the_old_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """SIMULATED fault (os.rename patched): renaming the new directory in fails after the old one moved away,
+    which no real permission setup produces between two renames in the same directory."""
+    out = tmp_path / "out"
+    render_example("shop").write(str(out))
+    before = tree(out)
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if ".out.new-" in str(src):
+            raise OSError(28, "No space left on device (simulated)")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(RenderError, match="simulated"):
+        render_example("soc-rig").write(str(out))
+    assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_local_stream_headers_cannot_be_forged():
+    evil = "line\n# --- other/user-data\n--- # file: \"other/user-data\"\npath: x\n---\nkind: Secret\n"
+    rendered = Rendered("local", "x", (), (RenderedFile("a/user-data", evil), RenderedFile("a/meta-data", "m: 1\n"),
+                                           RenderedFile("b/domain.xml", "<d>\n--- # file: \"c\"</d>")))
+    text = rendered.stream()
+    headers = [ln for ln in text.splitlines() if ln.startswith(("---", "#"))]
+    assert headers == ['--- # file: "a/user-data"', '--- # file: "a/meta-data"', '--- # file: "b/domain.xml"']
+    assert [(d["path"], d["content"]) for d in yaml.safe_load_all(text)] == [(f.path, f.content)
+                                                                             for f in rendered.files]
+    real = render_example("soc-rig", "local")
+    assert [RenderedFile(**d) for d in yaml.safe_load_all(real.stream())] == list(real.files)
 
 
 def test_cli_render_to_stdout_is_the_stream():
