@@ -92,6 +92,51 @@ spec: {base: balanced, maxVmCpus: 1}
     assert not [f for f in after if f["rule"] == "HYB014"], after
 
 
+def test_ps_lists_and_gc_removes_only_what_is_past_its_ttl(docker_client, state_dir: Path, stack_file) -> None:
+    stack = "e2e-audit-gc"
+    p1, p2 = free_ports(2)
+    path = stack_file(f"""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {{name: {stack}, owner: e2e-gc}}
+        spec:
+          workloads:
+            - name: scratch
+              image: hybridorch.local/httpd:1
+              trust: trusted
+              ttl: 2s
+              ports: [{{port: 8080, hostPort: {p1}}}]
+              volumes: [{{name: data, mountPath: /data}}]
+            - name: keeper
+              image: hybridorch.local/httpd:1
+              trust: trusted
+              ttl: 1h
+              ports: [{{port: 8080, hostPort: {p2}}}]
+        """, "gc.yaml")
+    try:
+        hybridorch("up", path)
+        rows = [r for r in json.loads(hybridorch("ps", "-o", "json").stdout) if r["stack"] == stack]
+        assert {(r["workload"], r["kind"], r["owner"], r["ttl"]) for r in rows} == {
+            ("scratch", "container", "e2e-gc", "2s"), ("keeper", "container", "e2e-gc", "1h")}, rows
+        table = hybridorch("ps").stdout
+        assert table.splitlines()[0].split() == ["TARGET", "STACK", "WORKLOAD", "KIND", "NAME", "RUNTIME", "AGE",
+                                                 "OWNER", "TTL"]
+        time.sleep(3)
+        dry = hybridorch("gc", "--dry-run").stdout
+        assert f"would remove container {stack}-scratch-0" in dry and "keeper" not in dry, dry
+        assert docker_client.containers.get(f"{stack}-scratch-0").status == "running"
+        swept = hybridorch("gc").stdout
+        assert f"removed container {stack}-scratch-0" in swept and "keeper" not in swept, swept
+        names = {c.name for c in docker_client.containers.list(all=True, filters={
+            "label": f"hybridorch.dev/stack={stack}"})}
+        assert names == {f"{stack}-keeper-0"}
+        # data is kept as `down` keeps it: the volume of the removed container is still there
+        volumes = [v.name for v in docker_client.volumes.list(filters={"label": f"hybridorch.dev/stack={stack}"})]
+        assert any("scratch" in v for v in volumes), volumes
+    finally:
+        hybridorch("down", path, "--delete-data", check=False)
+
+
 # --- the cluster: kubectl get of the stack's labelled objects, same rules ---------------------------------
 
 from e2e.test_kubernetes import cluster, kubectl  # noqa: E402,F401  (the session's real API server)
@@ -144,5 +189,21 @@ spec: {base: balanced, maxVmCpus: 1}
         # the tenant's default-deny NetworkPolicy is there: no HYB011
         assert not [f for f in live if f["rule"] == "HYB011"], live
         assert {f["file"] for f in live} == {path}
+        # ps sees the cluster's workloads with owner and ttl; gc removes the expired ones and their Services
+        rows = json.loads(hybridorch("ps", "--target", "kubernetes", "-o", "json", env=cluster).stdout)
+        mine = {(r["kind"], r["name"]): r for r in rows if r["stack"] == K8S_STACK}
+        assert set(mine) == {("Deployment", "web"), ("VirtualMachine", "builder")}, rows
+        assert all(r["owner"] == "e2e" and r["ttl"] == "2s" and r["expired"] for r in mine.values())
+        dry = hybridorch("gc", "--target", "kubernetes", "--dry-run", env=cluster).stdout
+        assert f"would remove Deployment {K8S_STACK}/web" in dry and "removed" not in dry
+        assert kubectl(cluster, "get", "deployment", "web", "-n", K8S_STACK, check=False).returncode == 0
+        swept = hybridorch("gc", "--target", "kubernetes", env=cluster).stdout
+        assert f"removed Deployment {K8S_STACK}/web" in swept and f"removed Service {K8S_STACK}/web" in swept, swept
+        deadline = time.monotonic() + 60
+        while kubectl(cluster, "get", "deployment", "web", "-n", K8S_STACK, check=False).returncode == 0:
+            assert time.monotonic() < deadline, "gc did not delete the Deployment"
+            time.sleep(0.5)
+        # the tenant's namespace and policies were not the workload's: they stay until `delete`
+        assert kubectl(cluster, "get", "networkpolicy", "default-deny", "-n", K8S_STACK).returncode == 0
     finally:
         hybridorch("delete", path, env=cluster, check=False)

@@ -320,6 +320,52 @@ def audit(files: tuple[str, ...], live: bool, target: str, context: str | None, 
     report.check()   # AuditFailed (exit 1) when a finding reaches --fail-on
 
 
+lifecycle_target = click.option("--target", type=click.Choice(["local", "kubernetes", "all"]), default="local",
+                                show_default=True, help="This machine, the cluster, or both.")
+
+
+@cli.command()
+@lifecycle_target
+@context_option
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def ps(target: str, context: str | None, output: str) -> None:
+    """Everything hybridorch made, across stacks: stack, workload, runtime, age, owner and TTL."""
+    import time
+
+    from . import lifecycle
+
+    skipped: list[str] = []
+    items, now = lifecycle.inventory(target, context=context, skipped=skipped), time.time()
+    if output == "json":
+        click.echo(json.dumps([m.to_dict(now) for m in items], indent=2))
+    else:
+        click.echo(lifecycle.ps_table(items, now))
+    for line in skipped:
+        click.echo(f"warning: skipped {line}", err=True)
+
+
+@cli.command()
+@lifecycle_target
+@context_option
+@click.option("--dry-run", is_flag=True, help="Only list what is past its TTL.")
+def gc(target: str, context: str | None, dry_run: bool) -> None:
+    """Remove what hybridorch made that is past its TTL (only hybridorch's objects; data is kept)."""
+    from . import lifecycle
+
+    skipped: list[str] = []
+    expired, removed = lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
+    for line in skipped:
+        click.echo(f"warning: skipped {line}", err=True)
+    for m in expired:
+        where = f"{m.namespace}/" if m.namespace else ""
+        click.echo(f"{'would remove' if dry_run else 'expired'} {m.kind} {where}{m.name} "
+                   f"(stack {m.stack}, ttl {m.ttl})")
+    for item in removed:
+        click.echo(item if item.startswith("kept ") else f"removed {item}")
+    if not expired:
+        click.echo("nothing past its TTL")
+
+
 @cli.command("soc-test")
 @click.argument("plans", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--junit", type=click.Path(dir_okay=False, writable=True), metavar="FILE",

@@ -329,3 +329,27 @@ def test_policy_file_sets_the_vm_cpu_ceiling(write_stack: Callable[..., str]):
         """, "bad.yaml")
     with pytest.raises(SpecError, match=r"spec.maxVmCpus: 0 is below the minimum 1"):
         load_policy(bad)
+
+
+# --- ps and gc: what is past its ttl (the runtimes themselves are exercised in e2e/test_audit_live.py) -------
+
+def test_managed_items_expire_after_their_ttl_only():
+    from hybridorch.lifecycle import Managed, ps_table
+
+    now = 1_000_000.0
+    old = Managed("local", "container", "s-a-0", "", "s", "a", "container", "me", "1h", now - 7200)
+    young = Managed("local", "container", "s-b-0", "", "s", "b", "container", "me", "1d", now - 7200)
+    untimed = Managed("local", "vm", "c", "", "s", "c", "vm", None, None, now - 10**7)
+    assert [m.expired(now) for m in (old, young, untimed)] == [True, False, False]
+    table = ps_table([old, young, untimed], now).splitlines()
+    assert table[1].split() == ["local", "s", "a", "container", "s-a-0", "container", "2h", "me", "1h", "(expired)"]
+    assert table[3].split()[-2:] == ["-", "-"]
+    assert old.to_dict(now)["expired"] is True and old.to_dict(now)["ageSeconds"] == 7200
+
+
+def test_ps_and_gc_without_a_cluster_are_one_line_errors():
+    for args in (["ps", "--target", "kubernetes"], ["gc", "--target", "kubernetes", "--dry-run"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 4, result.output
+        assert result.stderr.strip().splitlines() == [
+            "error: no Kubernetes cluster configured: set KUBECONFIG to a kubeconfig file or pass --context"]
