@@ -286,6 +286,9 @@ def test_a_statefulsets_claim_outlives_delete_unless_delete_data(cluster: dict[s
         pvc = wait_for("the StatefulSet controller creates the claim", lambda: get(
             cluster, "persistentvolumeclaims", "-n", ns, "--field-selector", f"metadata.name={claim}"))[0]
         pvc_uid = pvc["metadata"]["uid"]
+        # the template's retention policy (whenDeleted: Delete) makes the StatefulSet the claim's owner: without
+        # hybridorch cutting that tie, the garbage collector would take the claim with the StatefulSet
+        assert [r["kind"] for r in pvc["metadata"].get("ownerReferences", [])] == ["StatefulSet"], pvc["metadata"]
         out = hybridorch("delete", path, env=cluster).stdout
         assert "deleted StatefulSet e2e-claims/keep" in out, out
         assert f"kept PersistentVolumeClaim {ns}/{claim}: data (kept without --delete-data); remove it with: " \
