@@ -11,7 +11,8 @@ from .packing import DEFAULT_SOLVER_BUDGET
 from .plan import Plan, build_plan
 from .policy import PROFILES, Overhead, Profile, make_profile
 from .schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
-from .spec import API_VERSION, Stack, load_hosts, load_stack
+from .safeload import path_inside
+from .spec import API_VERSION, Stack, load_hosts, load_stack, namespace_prefix_problem, placement_problems
 
 if TYPE_CHECKING:
     from .audit import AuditReport
@@ -71,13 +72,19 @@ def load_policy(path: str) -> Profile:
 def resolve_policy(stack: Stack, override: str | None = None) -> Profile:
     """The profile a stack uses: --policy wins over spec.policy; a name is built in, anything else a file path.
 
-    A relative policy path in a stack file is relative to the stack file."""
+    A policy path in a stack file is relative to the stack file and must stay in its directory: a stack file
+    must not make us read files beside it. The user can still name any file with --policy."""
     ref = override or stack.policy
     if ref in PROFILES:
         return PROFILES[ref]
     path = ref
-    if not override and not os.path.isabs(ref):
-        path = os.path.join(os.path.dirname(stack.file), ref)
+    if not override:
+        inside = path_inside(stack.file, ref)
+        if inside is None:
+            raise SpecError([Problem(stack.file, stack.policy_line, "spec.policy",
+                                     f"policy file {ref!r} is outside the stack's directory (an absolute path, '..' "
+                                     "or a symlink out of it): keep it beside the stack, or pass --policy")])
+        path = inside
     if not os.path.exists(path):
         message = f"policy {ref!r} is neither {', '.join(PROFILES)} nor an existing file"
         if override:
@@ -95,7 +102,17 @@ def plan_stack(path: str, policy: str | None = None, hosts: str | None = None,
     stack = load_stack(path)
     if hosts:
         stack = replace(stack, hosts=load_hosts(hosts))
-    return build_plan(stack, resolve_policy(stack, policy), solver_budget, strict)
+    plan = build_plan(stack, resolve_policy(stack, policy), solver_budget, strict)
+    problems = placement_problems(stack, {p.name: p.runtime for p in plan.placements})
+    if problems:
+        raise SpecError(problems)
+    return plan
+
+
+def _check_namespace_prefix(plan: Plan, prefix: str) -> None:
+    bad = namespace_prefix_problem(plan.stack, prefix)
+    if bad:
+        raise SpecError([bad])
 
 
 def capacity(path: str, policy: str | None = None, hosts: str | None = None,
@@ -143,8 +160,9 @@ def render(path: str, target: str = "kubernetes", templates: str | None = None, 
     """Plan a stack and render it (validated, nothing written): Kubernetes/KubeVirt objects or local VM files."""
     from .render import render_plan
 
-    return render_plan(plan_stack(path, policy, hosts, solver_budget=0), target=target, templates_dir=templates,
-                       namespace_prefix=namespace_prefix)
+    plan = plan_stack(path, policy, hosts, solver_budget=0)
+    _check_namespace_prefix(plan, namespace_prefix)
+    return render_plan(plan, target=target, templates_dir=templates, namespace_prefix=namespace_prefix)
 
 
 def _backend_run(path: str, target: str, policy: str | None, options: dict[str, Any]) -> tuple[Plan, Any]:
@@ -152,6 +170,7 @@ def _backend_run(path: str, target: str, policy: str | None, options: dict[str, 
 
     hosts = options.pop("hosts", None)
     plan = plan_stack(path, policy, hosts, solver_budget=0)  # manifests do not depend on the packing
+    _check_namespace_prefix(plan, options.get("namespace_prefix", ""))
     return plan, get_backend(target, **options)
 
 

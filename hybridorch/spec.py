@@ -603,6 +603,48 @@ def problem(stack: Stack, workload: Workload, fld: str, message: str) -> Problem
     return Problem(stack.file, workload.line(fld), path, message)
 
 
+def placement_problems(stack: Stack, runtimes: Mapping[str, str]) -> list[Problem]:
+    """Checks that depend on where policy put each workload (name -> runtime), made before anything renders:
+    a VM or nested workload with replicas renders one VM per replica, named NAME-0..NAME-(N-1) (render._vm_context),
+    and those names must be labels that no other workload has; a Windows VM needs a boot disk of its own."""
+    problems: list[Problem] = []
+    replicated: dict[str, Workload] = {}
+    for w in stack.workloads:
+        if runtimes.get(w.name) not in ("vm", "nested"):
+            continue
+        if w.replicas > 1:
+            replicated[w.name] = w
+            last = f"{w.name}-{w.replicas - 1}"
+            if len(last) > 63:
+                problems.append(problem(stack, w, "replicas", f"its VMs are named {w.name}-0..{last}, longer than "
+                                                              "63 characters: shorten the name"))
+        if w.os == "windows" and not (w.vm.disk_image or w.vm.disk_pvc or (w.runtime == "vm" and w.image)):
+            problems.append(problem(stack, w, "vm.disk", "a windows VM needs vm.disk.image or vm.disk.pvc (its boot"
+                                                         " disk); there is no default Windows image"))
+    # NAME-i can only equal a workload name that ends in -<digits>: one lookup per workload, not per replica
+    for w in stack.workloads:
+        base, _, number = w.name.rpartition("-")
+        owner = replicated.get(base)
+        if owner is not None and number.isdigit() and str(int(number)) == number and int(number) < owner.replicas:
+            problems.append(problem(stack, w, "name", f"{w.name!r} is also the name of a VM of workload {owner.name!r}"
+                                                      f" ({owner.replicas} replicas: {owner.name}-0..)"))
+    return problems
+
+
+def namespace_prefix_problem(stack: Stack, prefix: str) -> Problem | None:
+    """--namespace-prefix + tenant names a namespace, so it must keep every tenant a DNS label of at most 63."""
+    if not prefix:
+        return None
+    longest = max((w.tenant for w in stack.workloads), key=len, default=stack.name)
+    if not re.fullmatch(r"[a-z0-9][-a-z0-9]*", prefix):
+        why = "must be lowercase letters, digits and '-', starting with a letter or digit"
+    elif len(prefix) + len(longest) > 63:
+        why = f"with tenant {longest!r} it makes a namespace name longer than 63 characters"
+    else:
+        return None
+    return Problem("--namespace-prefix", 0, "", f"{show(prefix)} {why}")
+
+
 def stack_json_schema() -> dict[str, Any]:
     """The JSON Schema of the stack file, generated from the declarations above (shipped in data/)."""
     schema = STACK.json_schema()
