@@ -21,7 +21,8 @@ from pathlib import Path
 from .errors import BackendError, HybridorchError, Problem, SpecError, TestFailure
 from .guest import RESULT_PREFIX, ContainerRun, GuestProgram
 from .schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
-from .spec import API_VERSION
+from .safeload import path_inside
+from .spec import API_VERSION, image_problem
 
 SOC_ARCHES = ("amd64", "arm64")
 MACHINES = {"amd64": ("q35", "pc"), "arm64": ("virt",)}
@@ -40,7 +41,7 @@ _name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters
 
 SOC_CONTAINER = Obj({
     "name": Field(_name, required=True, doc="Test name, unique in the plan."),
-    "image": Field(Scalar(str), doc="`busybox` (busybox-static of the target arch) or a local Docker image "
+    "image": Field(Scalar(str, validate=image_problem), doc="`busybox` (busybox-static of the target arch) or a local Docker image "
                                     "built for the target arch (exported with docker export)."),
     "rootfs": Field(Scalar(str), doc="A directory holding the container's root filesystem (relative to the plan)."),
     "command": Field(ListOf(Scalar(str), min_items=1), required=True),
@@ -143,10 +144,14 @@ def load_soc_plan(path: str, text: str | None = None) -> SocPlan:
         if not c.get("image") and not c.get("rootfs"):
             errors.add(doc.line(where), f"{where}.image", "an image (e.g. busybox) or a rootfs directory is required")
         if c.get("rootfs"):
-            root = c["rootfs"] if os.path.isabs(c["rootfs"]) else os.path.join(os.path.dirname(path), c["rootfs"])
-            if not os.path.isdir(root):
+            # its files are copied into the guest and may be printed by the test: it stays in the plan's directory
+            root = path_inside(path, c["rootfs"])
+            if root is None:
+                errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", f"{c['rootfs']!r} is outside the plan's "
+                           "directory (an absolute path, '..' or a symlink out of it)")
+            elif not os.path.isdir(root):
                 errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", f"{c['rootfs']} is not a directory")
-            c["rootfs"] = os.path.abspath(root)
+            c["rootfs"] = root
     errors.raise_if_any()
     assert isinstance(arch, str)  # required and checked above
     containers = tuple(

@@ -42,7 +42,7 @@ LOCAL_IMAGES = "hybridorch.local/"  # images.LOCAL_REGISTRY: built from images/<
 _IMAGE_PATH = r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
 
 
-def _image_problem(value: str) -> str | None:
+def image_problem(value: str) -> str | None:
     """An image reference that cannot be mistaken for an engine option or point outside the recipes directory."""
     if value.startswith("-"):
         return f"{show(value)} is not an image reference: it starts with '-'"
@@ -57,7 +57,7 @@ def _argv0_problem(value: str) -> str | None:
     return f"{show(value)} starts with '-': it would be read as an option" if value.startswith("-") else None
 
 
-_image = Scalar(str, validate=_image_problem)
+_image = Scalar(str, validate=image_problem)
 _command = ListOf(_text)
 _port_number = Scalar(int, minimum=1, maximum=65535, what="a port number")
 # owner and ttl become label values on every object, so they follow the label-value syntax
