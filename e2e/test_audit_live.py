@@ -139,7 +139,8 @@ def test_ps_lists_and_gc_removes_only_what_is_past_its_ttl(docker_client, state_
 
 # --- the cluster: kubectl get of the stack's labelled objects, same rules ---------------------------------
 
-from e2e.test_kubernetes import cluster, kubectl  # noqa: E402,F401  (the session's real API server)
+from e2e.test_kubernetes import kubectl  # noqa: E402
+from e2e.test_kubernetes import cluster as cluster  # noqa: E402,F811  (the fixture: the session's real API server)
 
 K8S_STACK = "e2e-audit-k8s"
 

@@ -591,9 +591,9 @@ def check_container(attrs: Mapping[str, Any], image_created: float | None, ctx: 
         add("HYB001", f"{obj} runs with no {' and no '.join(missing)} limit")
     if host.get("Privileged"):
         add("HYB005", f"{obj} is privileged")
-    for what, key in (("network", "NetworkMode"), ("PID", "PidMode"), ("IPC", "IpcMode")):
+    for space, key in (("network", "NetworkMode"), ("PID", "PidMode"), ("IPC", "IpcMode")):
         if host.get(key) == "host":
-            add("HYB006", f"{obj} shares the host's {what} namespace")
+            add("HYB006", f"{obj} shares the host's {space} namespace")
     if host.get("CapAdd"):
         add("HYB007", f"{obj} adds capabilities {', '.join(host['CapAdd'])}")
     if host.get("Devices"):

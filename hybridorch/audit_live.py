@@ -129,7 +129,10 @@ def _stack_context(plan: Plan, now: float, max_image_age: int | None) -> Context
 
 def _stack_locate(plan: Plan) -> Callable[[str, str], tuple[str, int]]:
     where = audit.stack_where(plan.stack)
-    return lambda workload, fld="": where.at(workload, fld)
+
+    def locate(workload: str, fld: str = "") -> tuple[str, int]:
+        return where.at(workload, fld)
+    return locate
 
 
 def audit_plan(plan: Plan, *, templates: str | None = None, max_image_age: int | None = None,
@@ -146,11 +149,17 @@ def audit_plan(plan: Plan, *, templates: str | None = None, max_image_age: int |
     local = render_plan(plan, target="local", templates_dir=templates)
     for f in local.files:
         workload = f.path.split("/", 1)[0]
+
+        # findings in a workload's domain point at the workload, in its user data at vm.userData
+        def in_domain(_line: int, labelled: str, workload: str = workload) -> tuple[str, int]:
+            return locate(labelled or workload, "")
+
+        def in_user_data(_key: str, workload: str = workload) -> tuple[str, int]:
+            return locate(workload, "vm.userData")
         if f.path.endswith("/domain.xml"):
-            out += audit.check_domain(f.content, ctx, lambda _line, w: locate(w or workload, ""))
+            out += audit.check_domain(f.content, ctx, in_domain)
         elif f.path.endswith("/user-data"):
-            out += audit.check_cloud_init(f.content, ctx, lambda key, w=workload: locate(w, "vm.userData"),
-                                          f"user-data of {workload}", workload)
+            out += audit.check_cloud_init(f.content, ctx, in_user_data, f"user-data of {workload}", workload)
     out += _guest_images(plan, ctx, locate)
     return out
 
