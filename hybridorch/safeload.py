@@ -120,8 +120,13 @@ _QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""")
 
 def _safe_reason(reason: str) -> str:
     """A YAML error reason without quoted input (the pure-Python parser quotes characters and alias names), since
-    the file may not be YAML at all; token names such as '<block end>' are kept."""
-    return _QUOTED.sub(lambda m: m.group(0) if m.group(0)[1:2] == "<" else "a character", reason).strip()
+    the file may not be YAML at all; token names such as '<block end>' and punctuation such as ':' are kept."""
+    def keep(m: re.Match[str]) -> str:
+        inner = m.group(0)[1:-1]
+        syntax = inner.startswith("<") or (len(inner) <= 4 and not any(ch.isalnum() for ch in inner))
+        return m.group(0) if syntax else "(not shown)"
+
+    return _QUOTED.sub(keep, reason).strip()
 
 
 @contextmanager

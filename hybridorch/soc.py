@@ -41,8 +41,9 @@ _name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters
 
 SOC_CONTAINER = Obj({
     "name": Field(_name, required=True, doc="Test name, unique in the plan."),
-    "image": Field(Scalar(str, validate=image_problem), doc="`busybox` (busybox-static of the target arch) or a local Docker image "
-                                    "built for the target arch (exported with docker export)."),
+    "image": Field(Scalar(str, validate=image_problem),
+                   doc="`busybox` (busybox-static of the target arch) or a local Docker image "
+                       "built for the target arch (exported with docker export)."),
     "rootfs": Field(Scalar(str), doc="A directory holding the container's root filesystem (relative to the plan)."),
     "command": Field(ListOf(Scalar(str), min_items=1), required=True),
     "env": Field(MapOf(Scalar(str), key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"), default=dict),
