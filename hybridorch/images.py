@@ -2,9 +2,12 @@
 
 There is no registry: `hybridorch.local/<name>:<tag>` is built from `images/<name>/Dockerfile` (next to the
 stack file, or the repository's examples/images); the Docker backend does the building, this module only plans it.
+Each build is also tagged `<tag>-<12 hex of the recipe's content>` (content_ref), and that is the reference the
+Kubernetes manifests use: a node can never run a stale build under a reused tag.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -33,6 +36,7 @@ class Recipe:
     directory: Path
     parents: tuple[str, ...]
     needs_busybox: bool
+    content_ref: str = ""   # ref re-tagged by the content of this recipe and its parents' (see content_ref())
 
     @property
     def dockerfile(self) -> Path:
@@ -59,7 +63,7 @@ def image_dirs(stack_file: str | None = None) -> list[Path]:
     return list(dict.fromkeys(d for d in dirs if d.is_dir()))
 
 
-def find_recipe(ref: str, dirs: list[Path]) -> Recipe | None:
+def find_recipe(ref: str, dirs: list[Path], _chain: tuple[str, ...] = ()) -> Recipe | None:
     """The recipe of a hybridorch.local image, or None when the image is not one hybridorch can build."""
     if not is_local(ref):
         return None
@@ -70,8 +74,37 @@ def find_recipe(ref: str, dirs: list[Path]) -> Recipe | None:
         if dockerfile.is_file():
             text = dockerfile.read_text()
             parents = tuple(p for p in _FROM.findall(text) if is_local(p))
-            return Recipe(ref, directory, parents, bool(_COPY_BUSYBOX.search(text)))
+            digest = _recipe_digest(directory, parents, dirs, _chain + (ref,))
+            return Recipe(ref, directory, parents, bool(_COPY_BUSYBOX.search(text)), _pinned(ref, digest))
     return None
+
+
+def content_ref(ref: str, dirs: list[Path]) -> str:
+    """The reference a built image is rendered by: `hybridorch.local/httpd:1` -> `hybridorch.local/httpd:1-<hash>`,
+    the hash over the recipe directory (paths, bytes, executable bits) and its local parents' recipes. Images
+    without a recipe, and references by digest, are returned unchanged."""
+    recipe = find_recipe(ref, dirs)
+    return recipe.content_ref if recipe else ref
+
+
+def _pinned(ref: str, digest: str) -> str:
+    if "@" in ref:
+        return ref
+    name, _, tag = ref[len(LOCAL_REGISTRY) + 1:].partition(":")
+    return f"{LOCAL_REGISTRY}/{name}:{(tag or 'latest')[:110]}-{digest[:12]}"
+
+
+def _recipe_digest(directory: Path, parents: tuple[str, ...], dirs: list[Path], chain: tuple[str, ...]) -> str:
+    # the static busybox some recipes COPY is added at build time from the host and is not part of the key
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        executable = b"x" if path.stat().st_mode & 0o111 else b"-"
+        h.update(path.relative_to(directory).as_posix().encode() + b"\0" + executable
+                 + hashlib.sha256(path.read_bytes()).digest())
+    for parent in parents:
+        recipe = None if parent in chain else find_recipe(parent, dirs, chain)   # a cycle: build_order reports it
+        h.update(parent.encode() + b"\0" + (recipe.content_ref.encode() if recipe else b"-"))
+    return h.hexdigest()
 
 
 def build_order(ref: str, dirs: list[Path]) -> list[Recipe]:

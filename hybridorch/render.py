@@ -31,7 +31,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import _PassArg
 
-from . import validate
+from . import images, validate
 from .errors import HybridorchError, RenderError
 from .labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_WORKLOAD, MANAGED_BY, object_labels
 from .plan import Plan
@@ -45,6 +45,10 @@ RUNTIME_HANDLER = "kata"            # the CRI handler it maps to (Kata Container
 # Boot disk of a Linux VM that names none: a public cloud image with cloud-init (podman for nested comes from apt)
 DEFAULT_DISK_IMAGE = "quay.io/containerdisks/debian:12"
 NONROOT_ID = 65532                  # the conventional "nonroot" uid/gid of distroless images
+# Local disk a container may use (logs, writable layer, its /tmp emptyDir); request = limit, like cpu and memory
+EPHEMERAL_STORAGE = "1Gi"
+SCRATCH_SIZE = "256Mi"              # the /tmp emptyDir under a read-only root filesystem
+SCRATCH_VOLUME = "hybridorch-tmp"
 GUEST_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "riscv64": "riscv64"}
 
 
@@ -692,24 +696,33 @@ def _vm_ports(w: Workload) -> list[dict[str, Any]]:
     return _ports(seen.values())
 
 
-def _workload_context(plan: Plan, p: Placement, namespace: str) -> dict[str, Any]:
+def _workload_context(plan: Plan, p: Placement, namespace: str, image_dirs: list[Path]) -> dict[str, Any]:
     w = p.workload
     privileged = any(r in w.requires for r in ("privileged", "host-devices"))
     ready_port = (w.ready.port if w.ready and w.ready.port else None) or (w.ports[0].port if w.ports else None)
     ready_proto = next((x.protocol for x in w.ports if x.port == ready_port), "TCP")
+    # a read-only root filesystem needs somewhere to write: /tmp, unless the user mounts a volume there
+    scratch = [] if privileged or any(v.mount_path.rstrip("/") == "/tmp" for v in w.volumes) else \
+        [{"name": SCRATCH_VOLUME, "mount_path": "/tmp", "size": SCRATCH_SIZE}]
     return {
         "name": w.name, "namespace": namespace, "runtime": p.runtime,
         "labels": _labels(plan, w, p.runtime, w.tenant), "selector": _selector(plan, w),
         "kind": "StatefulSet" if w.volumes else "Deployment", "replicas": w.replicas,
-        "image": w.image, "command": list(w.command) if w.command else None,
+        # a locally built image by its content-derived tag: every node runs the same build, IfNotPresent is right
+        "image": images.content_ref(w.image, image_dirs) if w.image else w.image,
+        "command": list(w.command) if w.command else None,
         "args": list(w.args) if w.args else None,
         "env": [{"name": k, "value": v} for k, v in w.env.items()],
-        "ports": _ports(w.ports), "resources": {"cpu": w.resources.cpu, "memory": w.resources.memory},
+        "ports": _ports(w.ports), "resources": {"cpu": w.resources.cpu, "memory": w.resources.memory,
+                                                "ephemeral": EPHEMERAL_STORAGE},
         "privileged": privileged, "host_network": "host-network" in w.requires, "nonroot_id": NONROOT_ID,
         "runtime_class": RUNTIME_CLASS if p.runtime == "sandboxed" else None,
         "node_selector": _node_selector(p),
         "volumes": [{"name": v.name, "mount_path": v.mount_path, "size": v.size} for v in w.volumes],
+        "scratch": scratch,
         "ready_port": ready_port if ready_proto == "TCP" else None,
+        # replicas over hosts: a hard rule where the policy spreads replicas, else a preference
+        "spread": None if w.replicas < 2 else ("DoNotSchedule" if plan.profile.spread_replicas else "ScheduleAnyway"),
     }
 
 
@@ -793,7 +806,7 @@ def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Pl
         "enforce": "privileged" if loose or vms else "restricted",
         "quota": {"cpu": cpu_quantity(cpu), "memory": memory_quantity(mem), "pods": pods,
                   "storage": memory_quantity(storage) if storage else None},
-        "default": {"cpu": "250m", "memory": "256Mi"},
+        "default": {"cpu": "250m", "memory": "256Mi", "ephemeral": EPHEMERAL_STORAGE},
         "exposed": [{"name": pl.workload.name, "selector": _selector(plan, pl.workload),
                      "ports": _vm_ports(pl.workload) if pl.runtime in ("vm", "nested") else _ports(pl.workload.ports)}
                     for pl in placements],
@@ -843,14 +856,18 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     if any(p.runtime == "sandboxed" for p in plan.placements):
         cluster = runtime_class_objects(plan.profile, tpl, plan.stack.name)
     workloads: dict[str, list[dict[str, Any]]] = {}
+    image_dirs = images.image_dirs(plan.stack.file)
     for p in plan.placements:
         ns = f"{prefix}{p.workload.tenant}"
         if p.runtime in ("vm", "nested"):
             ctx = _vm_context(tpl, plan, p, ns)
             docs = tpl.documents("kubevirt/virtualmachine.yaml.j2", vm=ctx)
         else:
-            ctx = _workload_context(plan, p, ns)
+            ctx = _workload_context(plan, p, ns, image_dirs)
             docs = tpl.documents("kubernetes/workload.yaml.j2", w=ctx)
+            if p.workload.replicas >= 2:
+                docs += tpl.documents("kubernetes/poddisruptionbudget.yaml.j2", name=p.workload.name, namespace=ns,
+                                      labels=ctx["labels"], selector=ctx["selector"])
         if ctx["ports"]:
             docs += tpl.documents("kubernetes/service.yaml.j2", name=p.workload.name, namespace=ns,
                                   labels=ctx["labels"], selector=ctx["selector"], ports=ctx["ports"])

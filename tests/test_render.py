@@ -124,13 +124,63 @@ def test_container_is_restricted_with_requests_and_limits():
                and d["metadata"]["name"] == "web")
     pod = web["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "250m", "memory": "64Mi"}
+    assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "250m", "memory": "64Mi",
+                                                                      "ephemeral-storage": "1Gi"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux"}
     assert web["spec"]["replicas"] == 2 and "runtimeClassName" not in pod
+
+
+def test_secure_defaults_linters_ask_for():
+    rendered = render_example("shop")
+    by = rendered.documents_by_workload()
+    web, pdb = by["web"][0], by["web"][1]
+    pod = web["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "hybridorch-tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert pod["volumes"] == [{"name": "hybridorch-tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    assert c["livenessProbe"]["tcpSocket"] == c["readinessProbe"]["tcpSocket"] == {"port": 8080}
+    assert c["livenessProbe"]["failureThreshold"] > 1
+    assert pod["automountServiceAccountToken"] is False
+    # replicas: a disruption budget and a spread over hosts (hard under balanced, which spreads replicas)
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["spec"] == {"maxUnavailable": 1,
+                                                                   "selector": web["spec"]["selector"]}
+    assert pod["topologySpreadConstraints"] == [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                                 "whenUnsatisfiable": "DoNotSchedule",
+                                                 "labelSelector": web["spec"]["selector"]}]
+    api = by["api"]
+    assert [d["kind"] for d in api] == ["Deployment", "Service"]   # one replica: no budget, no spread
+    assert "topologySpreadConstraints" not in api[0]["spec"]["template"]["spec"]
+    # a locally built image by its content-derived tag, the one the Docker backend also builds
+    from hybridorch import images
+    assert c["image"] == images.content_ref("hybridorch.local/httpd:1", images.image_dirs(example("shop")))
+    assert c["image"].startswith("hybridorch.local/httpd:1-") and c["imagePullPolicy"] == "IfNotPresent"
+    limits = next(d for d in rendered.documents if d["kind"] == "LimitRange")["spec"]["limits"][0]
+    assert limits["default"]["ephemeral-storage"] == limits["defaultRequest"]["ephemeral-storage"] == "1Gi"
+
+
+def test_a_volume_at_tmp_replaces_the_scratch_dir_and_efficient_spreads_softly(write_stack: Callable[..., str]):
+    path = write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: db}
+        spec:
+          policy: efficient
+          workloads:
+            - name: pg
+              image: postgres:16
+              replicas: 3
+              volumes: [{name: scratch, mountPath: /tmp, size: 1Gi}]
+    """)
+    pg = render(path).documents_by_workload()["pg"][0]
+    pod = pg["spec"]["template"]["spec"]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+    assert "volumes" not in pod and pod["containers"][0]["image"] == "postgres:16"
+    assert pod["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway"
 
 
 def test_sandboxed_gets_runtime_class_with_overhead():

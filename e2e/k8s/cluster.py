@@ -222,7 +222,8 @@ def node_object(name: str, arch: str, kvm: bool, cpu: str, memory: str) -> dict[
               "type": "kwok"}
     if kvm:
         labels[LABEL_VIRTUALIZATION] = "true"
-    resources = {"cpu": cpu, "memory": memory, "pods": "110"}
+    # ephemeral-storage like a real kubelet reports it: pods request it (templates/kubernetes/workload.yaml.j2)
+    resources = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": labels,
                          "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"}},

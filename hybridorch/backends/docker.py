@@ -247,10 +247,11 @@ class DockerBackend(Backend):
         """Build the missing local images among `refs`, parents first (also for images that VMs run)."""
         dirs = images.image_dirs(stack_file)
         for ref in dict.fromkeys(refs):
-            if self._has_image(ref):
+            # the content-derived tag: a recipe that changed since its human tag was built is built again
+            if self._has_image(images.content_ref(ref, dirs)):
                 continue
             for recipe in images.build_order(ref, dirs):
-                if not self._has_image(recipe.ref):
+                if not self._has_image(recipe.content_ref):
                     self._build(recipe)
 
     def _has_image(self, ref: str) -> bool:
@@ -266,8 +267,10 @@ class DockerBackend(Backend):
             context = recipe.assemble(Path(tmp) / "context")
             try:
                 # pull=False: there is no registry; parents are local images built just before
-                self.client.images.build(path=str(context), tag=recipe.ref, rm=True, forcerm=True, pull=False,
-                                         labels={LABEL_MANAGED: MANAGED_BY})
+                image, _ = self.client.images.build(path=str(context), tag=recipe.ref, rm=True, forcerm=True,
+                                                    pull=False, labels={LABEL_MANAGED: MANAGED_BY})
+                # also under the content-derived tag that rendered Kubernetes manifests name (images.content_ref)
+                image.tag(*recipe.content_ref.rsplit(":", 1))
             except self._errors.BuildError as err:
                 last = next((str(x.get("stream") or x.get("error", "")).strip() for x in reversed(list(err.build_log))
                              if (x.get("stream") or x.get("error", "")).strip()), str(err))

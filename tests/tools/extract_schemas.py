@@ -38,6 +38,7 @@ K8S_KINDS = {
     "apps/v1/Deployment": "io.k8s.api.apps.v1.Deployment",
     "apps/v1/StatefulSet": "io.k8s.api.apps.v1.StatefulSet",
     "networking.k8s.io/v1/NetworkPolicy": "io.k8s.api.networking.v1.NetworkPolicy",
+    "policy/v1/PodDisruptionBudget": "io.k8s.api.policy.v1.PodDisruptionBudget",
     "node.k8s.io/v1/RuntimeClass": "io.k8s.api.node.v1.RuntimeClass",
 }
 KUBEVIRT_KINDS = {"kubevirt.io/v1/VirtualMachine": "v1.VirtualMachine"}
@@ -105,18 +106,22 @@ def _k8s_definitions(wheel: str | None) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", help="a downloaded kubernetes_validate-1.34.1 wheel (default: pip download it)")
-    ap.add_argument("--kubevirt", required=True, help="KubeVirt Swagger 2.0 JSON (kubevirt-openapi-v2.json)")
+    ap.add_argument("--kubevirt", help="KubeVirt Swagger 2.0 JSON (kubevirt-openapi-v2.json); without it the "
+                                       "shipped kubevirt-schema.json is kept as it is")
     args = ap.parse_args()
 
     k8s = _subset(_k8s_definitions(args.wheel), K8S_KINDS, strict=False,
                   comment=f"Kubernetes {K8S_VERSION} (v1.34.0-local-strict from PyPI {K8S_WHEEL}); "
                           "regenerate with tests/tools/extract_schemas.py")
-    raw = Path(args.kubevirt).read_bytes()
-    kv_defs = json.loads(raw)["definitions"]
-    kubevirt = _subset(kv_defs, KUBEVIRT_KINDS, strict=True,
-                       comment=f"KubeVirt API from kubevirt-openapi-v2.json sha256 {hashlib.sha256(raw).hexdigest()}"
-                               "; regenerate with tests/tools/extract_schemas.py")
-    for name, doc in ((f"kubernetes-{K8S_VERSION}-schema.json", k8s), ("kubevirt-schema.json", kubevirt)):
+    outputs = [(f"kubernetes-{K8S_VERSION}-schema.json", k8s)]
+    if args.kubevirt:
+        raw = Path(args.kubevirt).read_bytes()
+        kv_defs = json.loads(raw)["definitions"]
+        outputs.append(("kubevirt-schema.json", _subset(
+            kv_defs, KUBEVIRT_KINDS, strict=True,
+            comment=f"KubeVirt API from kubevirt-openapi-v2.json sha256 {hashlib.sha256(raw).hexdigest()}"
+                    "; regenerate with tests/tools/extract_schemas.py")))
+    for name, doc in outputs:
         path = DATA / name
         path.write_text(json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n")
         print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size // 1024} KiB, {len(doc['$defs'])} definitions)")
