@@ -130,7 +130,7 @@ def _safe_reason(reason: str) -> str:
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """Composing allocates hundreds of thousands of nodes that hold no cycles; the cyclic collector would rescan
     the whole growing tree again and again (loading 10,000 workloads took several times longer with it on)."""
     enabled = gc.isenabled()
@@ -148,7 +148,7 @@ def compose_yaml(text: str, path: str, *, max_depth: int = MAX_DEPTH,
     nesting deeper than `max_depth` and aliases expanding past the budget are SpecErrors at their line."""
     loader = _Loader(text)
     try:
-        with _no_gc():
+        with no_gc():
             loader.get_event()  # StreamStart
             if loader.check_event(yaml.StreamEndEvent):
                 return None
@@ -175,6 +175,7 @@ def _compose_node(loader: Any, max_depth: int, alias_floor: int) -> yaml.Node:
     sizes: dict[int, int] = {}          # id(anchored node) -> its expanded size, once complete
     open_: list[list[Any]] = []         # [node, expanded size, anchor, flat children]
     written = aliased = 0
+    tags: dict[tuple[str, Any], str] = {}  # resolving is regex work, and keys such as `name:` repeat endlessly
     while True:
         event = loader.get_event()
         if isinstance(event, yaml.AliasEvent):
@@ -191,7 +192,10 @@ def _compose_node(loader: Any, max_depth: int, alias_floor: int) -> yaml.Node:
         elif isinstance(event, yaml.ScalarEvent):
             tag = event.tag
             if tag is None or tag == "!":
-                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+                tag = tags.get((event.value, event.implicit))
+                if tag is None:
+                    tag = tags[(event.value, event.implicit)] = loader.resolve(yaml.ScalarNode, event.value,
+                                                                               event.implicit)
             node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
             written += 1
             size = 1

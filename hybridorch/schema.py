@@ -5,6 +5,7 @@ The same declarations drive validation (spec.py) and the shipped JSON Schema, so
 from __future__ import annotations
 
 import re
+import types
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
@@ -12,7 +13,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import Problem, SpecError
-from .safeload import MAX_INPUT_BYTES, compose_yaml, read_input
+from .safeload import MAX_INPUT_BYTES, compose_yaml, no_gc, read_input
 
 # --- reading -------------------------------------------------------------------------------------
 
@@ -109,11 +110,14 @@ def key_text(key: str) -> str:
 def _scalar(node: yaml.Node) -> Any:
     if node.tag == "tag:yaml.org,2002:str":
         return node.value
+    # the tag's constructor called directly: construct_object would also remember every node it ever saw
+    construct = _CONSTRUCTOR.yaml_constructors.get(node.tag, yaml.constructor.SafeConstructor.construct_undefined)
     try:
-        return _CONSTRUCTOR.construct_object(node, deep=True)
+        value = construct(_CONSTRUCTOR, node)
     except (yaml.YAMLError, ValueError, OverflowError, TypeError, ArithmeticError):
         # e.g. an !!int that is not one, a date such as 2024-13-45, an integer of 5,000 digits
         return node.value
+    return node.value if isinstance(value, types.GeneratorType) else value  # e.g. !!set on a scalar
 
 
 def _kind(node: yaml.Node) -> str:
@@ -421,6 +425,11 @@ def check_document(file: str, root: Obj, text: str | None = None, errors: Errors
                    raise_errors: bool = True) -> Document:
     """Read and type-check a file against `root`; raises SpecError listing every problem (unless asked not to,
     so the caller can add cross-field problems first)."""
+    with no_gc():  # see no_gc: the node tree and the checked values are large and hold no cycles
+        return _check_document(file, root, text, errors, raise_errors)
+
+
+def _check_document(file: str, root: Obj, text: str | None, errors: Errors | None, raise_errors: bool) -> Document:
     node = read_nodes(file, text)
     errors = errors or Errors(file)
     doc = Document(file)
