@@ -17,7 +17,8 @@ import yaml
 
 from .errors import Problem, SpecError
 
-MAX_INPUT_BYTES = 8 * 2**20
+# large enough for a stack of 100,000 workloads (about 16 MiB written out), small enough to refuse a disk image
+MAX_INPUT_BYTES = 32 * 2**20
 # a stack is about 7 levels deep; libyaml's parse time grows with the square of the depth (20,000 nested `[`
 # take seconds, 100,000 crash the interpreter), so nesting is cut off early, while parsing
 MAX_DEPTH = 64

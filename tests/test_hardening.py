@@ -126,7 +126,7 @@ def special_files(tmp_path: Path) -> dict[str, str]:
         fh.truncate(MAX_INPUT_BYTES + 1)  # sparse: the size alone must refuse it, nothing is read
     (tmp_path / "dir.yaml").mkdir()
     return {"a FIFO": str(fifo), "a directory": str(tmp_path / "dir.yaml"), "a device": "/dev/zero",
-            "larger than the 8 MiB input limit": str(big)}
+            f"larger than the {MAX_INPUT_BYTES // 2**20} MiB input limit": str(big)}
 
 
 @pytest.mark.parametrize("role", ["stack", "--hosts", "HYBRIDORCH_HOSTS", "--policy", "HYBRIDORCH_PLAN_POLICY",
