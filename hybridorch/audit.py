@@ -529,10 +529,25 @@ def check_domain(text: str, ctx: Context, where: Callable[[int, str], tuple[str,
         if public or any(x.attrs.get("type") == "network" for x in g.find("listen")):
             add("HYB009", f"domain {name} serves its {g.attrs.get('type')} console on "
                           f"{public[0] if public else 'a network address'}", g)
+    # raw QEMU arguments (<qemu:commandline>) bypass libvirt's own elements: user-mode forwards, 9p, VFIO
+    for arg in (n for n in root.iter() if n.tag.endswith(":arg") and "value" in n.attrs):
+        value = arg.attrs["value"]
+        for addr, host_port, guest_port in HOSTFWD.findall(value):
+            what = management_port(int(guest_port)) or management_port(int(host_port))
+            if what and public_address(addr or "0.0.0.0"):
+                add("HYB009", f"domain {name} forwards {what} port {guest_port} from {addr or '0.0.0.0'}:{host_port}",
+                    arg)
+        if value.startswith(("local,", "fsdev,")) or value.split(",", 1)[0] in ("virtio-9p-pci", "vhost-user-fs-pci"):
+            add("HYB003", f"domain {name} shares a host folder through QEMU arguments ({value.split(',')[0]})", arg)
+        if value.split(",", 1)[0] == "vfio-pci":
+            add("HYB008", f"domain {name} passes through a host device with vfio-pci", arg)
     missing = [x for x, key in (("owner", LABEL_OWNER), ("ttl", LABEL_TTL)) if not labels.get(key)]
     if missing:
         add("HYB013", f"domain {name} has no {' and no '.join(missing)} label", root)
     return out
+
+
+HOSTFWD = re.compile(r"hostfwd=tcp:([^:,-]*):(\d+)-[^:,]*:(\d+)")
 
 
 # --- cloud-init user data -------------------------------------------------------------------------------

@@ -353,3 +353,26 @@ def test_ps_and_gc_without_a_cluster_are_one_line_errors():
         assert result.exit_code == 4, result.output
         assert result.stderr.strip().splitlines() == [
             "error: no Kubernetes cluster configured: set KUBECONFIG to a kubeconfig file or pass --context"]
+
+
+def test_raw_qemu_arguments_in_a_domain_are_audited(tmp_path: Path):
+    # local VMs forward ports through <qemu:commandline> user-mode networking; a forward of SSH from every
+    # address, a VFIO device and a 9p share hidden there are found like their libvirt elements
+    domain = tmp_path / "domain.xml"
+    domain.write_text("""<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">
+  <name>raw</name>
+  <memory unit="MiB">256</memory>
+  <vcpu>1</vcpu>
+  <qemu:commandline>
+    <qemu:arg value="-netdev"/>
+    <qemu:arg value="user,id=hyb0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:0.0.0.0:2222-:22"/>
+    <qemu:arg value="-device"/>
+    <qemu:arg value="vfio-pci,host=01:00.0"/>
+    <qemu:arg value="-fsdev"/>
+    <qemu:arg value="local,id=share,path=/srv,security_model=none"/>
+  </qemu:commandline>
+</domain>
+""")
+    found = {(f.rule, f.line) for f in run_audit([str(domain)]).findings}
+    assert {("HYB009", 7), ("HYB008", 9), ("HYB003", 11)} <= found, found
+    assert not [r for r, line in found if r == "HYB009" and line != 7]   # the loopback forward is fine
