@@ -164,14 +164,14 @@ def audit_plan(plan: Plan, *, templates: str | None = None, max_image_age: int |
     return out
 
 
-def _workload_of(doc: dict[str, Any], plan: Plan) -> str:
+def _workload_of(doc: dict[str, Any], plan: Plan, namespace_prefix: str = "") -> str:
     labels = (doc.get("metadata") or {}).get("labels") or {}
     if labels.get(LABEL_WORKLOAD):
         return str(labels[LABEL_WORKLOAD])
     # tenant objects: the first workload of that tenant
     ns = (doc.get("metadata") or {}).get("name") if doc.get("kind") == "Namespace" else \
         (doc.get("metadata") or {}).get("namespace")
-    return next((w.name for w in plan.stack.workloads if ns and ns.endswith(w.tenant)), "")
+    return next((w.name for w in plan.stack.workloads if ns == namespace_prefix + w.tenant), "")
 
 
 def _guest_images(plan: Plan, ctx: Context, locate: Callable[[str, str], tuple[str, int]]) -> list[Finding]:
@@ -271,7 +271,7 @@ def _running_kubernetes(plan: Plan, ctx: Context, context: str | None, namespace
 
     def where(i: int, _path: str) -> tuple[str, int]:
         doc = objects[i]
-        workload = _workload_of(doc, plan) if (doc["metadata"].get("labels") or {}).get(LABEL_STACK) == stack \
+        workload = _workload_of(doc, plan, namespace_prefix) if (doc["metadata"].get("labels") or {}).get(LABEL_STACK) == stack \
             else str((doc.get("spec") or {}).get("source", {}).get("name", ""))
         return locate(workload, "")
     return audit.check_objects(objects, ctx, where)
