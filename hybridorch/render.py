@@ -787,7 +787,8 @@ def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str) -> dic
     }
 
 
-def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Placement]) -> dict[str, Any]:
+def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Placement],
+                    prefix: str = "") -> dict[str, Any]:
     loose = any(r in pl.workload.requires for pl in placements for r in ("privileged", "host-devices",
                                                                          "host-network"))
     # KubeVirt's virt-launcher pods need more than the restricted level allows
@@ -808,9 +809,35 @@ def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Pl
                   "storage": memory_quantity(storage) if storage else None},
         "default": {"cpu": "250m", "memory": "256Mi", "ephemeral": EPHEMERAL_STORAGE},
         "exposed": [{"name": pl.workload.name, "selector": _selector(plan, pl.workload),
-                     "ports": _vm_ports(pl.workload) if pl.runtime in ("vm", "nested") else _ports(pl.workload.ports)}
-                    for pl in placements],
+                     "ports": _policy_ports(pl, tenant, prefix)} for pl in placements],
+        "peers": _egress_peers(plan, tenant, prefix),
     }
+
+
+def _policy_ports(p: Placement, tenant: str, prefix: str) -> list[dict[str, Any]]:
+    """The declared ports of a workload with who may connect: its own tenant always, the namespaces of the
+    tenants in allowFrom, everyone when public (then `from` is left out)."""
+    declared = {(x.port, x.protocol): x for x in list(p.workload.ports)
+                + [x for c in _inner_containers(p.workload) for x in c.ports]} \
+        if p.runtime in ("vm", "nested") else {(x.port, x.protocol): x for x in p.workload.ports}
+    return [{**port, "public": declared[(port["port"], port["protocol"])].public,
+             "from": [f"{prefix}{t}" for t in declared[(port["port"], port["protocol"])].allow_from if t != tenant]}
+            for port in (_vm_ports(p.workload) if p.runtime in ("vm", "nested") else _ports(p.workload.ports))]
+
+
+def _egress_peers(plan: Plan, tenant: str, prefix: str) -> list[dict[str, Any]]:
+    """The ports of other tenants' workloads that this tenant may reach (allowFrom names it, or public):
+    each tenant's egress policy lets exactly those out, so both ends of the connection agree."""
+    out = []
+    for p in plan.placements:
+        if p.workload.tenant == tenant:
+            continue
+        ports = [x for x in _policy_ports(p, p.workload.tenant, prefix)
+                 if x["public"] or f"{prefix}{tenant}" in x["from"]]
+        if ports:
+            out.append({"name": p.workload.name, "namespace": f"{prefix}{p.workload.tenant}",
+                        "selector": _selector(plan, p.workload), "ports": ports})
+    return out
 
 
 def runtime_class_objects(profile: Profile, tpl: Templates | None = None, stack: str | None = None
@@ -848,7 +875,7 @@ def _by_tenant(plan: Plan) -> dict[str, list[Placement]]:
 
 def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     tenants = _by_tenant(plan)
-    contexts = {t: _tenant_context(plan, t, f"{prefix}{t}", ps) for t, ps in tenants.items()}
+    contexts = {t: _tenant_context(plan, t, f"{prefix}{t}", ps, prefix) for t, ps in tenants.items()}
     namespaces = {t: tpl.documents("kubernetes/namespace.yaml.j2", **contexts[t]) for t in tenants}
     policies = {t: [d for name in ("networkpolicy", "limitrange", "resourcequota")
                     for d in tpl.documents(f"kubernetes/{name}.yaml.j2", **contexts[t])] for t in tenants}

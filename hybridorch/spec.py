@@ -74,7 +74,10 @@ PORT = Obj({
                                                       " digits and single '-', with a letter)")),
     "hostPort": Field(_port_number, doc="Port published on the host by the local target (default: same as port)."),
     "public": Field(Scalar(bool), default=False,
-                    doc="Publish on all host addresses instead of 127.0.0.1 (local target)."),
+                    doc="Reachable from anywhere: published on all host addresses instead of 127.0.0.1 (local "
+                        "target), open to every namespace (its NetworkPolicy)."),
+    "allowFrom": Field(ListOf(_name), default=list,
+                       doc="Other tenants of the stack that may connect to this port (its own tenant always may)."),
 }, shorthand=_port_number, shorthand_key="port", description="A port, or a bare port number.")
 
 RESOURCES = Obj({
@@ -135,6 +138,8 @@ WORKLOAD = Obj({
     "trust": Field(Scalar(str, enum=TRUST), default="internal",
                    doc="trusted: our own code; internal: another team's; untrusted: third-party or user code."),
     "tenant": Field(_name, doc="Isolation boundary (namespace/network); default: the stack name."),
+    "allowFrom": Field(ListOf(_name), default=list,
+                       doc="Other tenants of the stack that may connect to every port of this workload."),
     "requires": Field(ListOf(Scalar(str, enum=REQUIREMENTS)), default=list),
     "runtime": Field(Scalar(str, enum=("auto",) + RUNTIMES), default="auto"),
     "volumes": Field(ListOf(VOLUME), default=list),
@@ -217,6 +222,8 @@ class Port:
     name: str | None = None
     host_port: int | None = None
     public: bool = False
+    # tenants of the stack besides the workload's own that may connect (the workload's allowFrom included)
+    allow_from: tuple[str, ...] = ()
 
     @property
     def published(self) -> int:
@@ -291,6 +298,7 @@ class Workload:
     arch: str = "amd64"
     trust: str = "internal"
     tenant: str = "default"
+    allow_from: tuple[str, ...] = ()  # workload-wide; every Port.allow_from already includes it
     requires: tuple[str, ...] = ()
     runtime: str = "auto"
     volumes: tuple[Volume, ...] = ()
@@ -360,9 +368,9 @@ class Stack:
 
 # --- loading -------------------------------------------------------------------------------------
 
-def _port(v: dict[str, Any]) -> Port:
+def _port(v: dict[str, Any], allow_from: tuple[str, ...] = ()) -> Port:
     return Port(port=v["port"], protocol=v["protocol"], name=v.get("name"), host_port=v.get("hostPort"),
-                public=v["public"])
+                public=v["public"], allow_from=tuple(dict.fromkeys(allow_from + tuple(v.get("allowFrom") or ()))))
 
 
 def _tuple(v: list[str] | None) -> tuple[str, ...] | None:
@@ -378,7 +386,8 @@ def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int], meta: d
     ready = v.get("ready")
     return Workload(
         name=v["name"], image=v.get("image"), command=_tuple(v.get("command")), args=_tuple(v.get("args")),
-        env=dict(v["env"]), ports=tuple(_port(p) for p in v["ports"]), replicas=v["replicas"],
+        env=dict(v["env"]), ports=tuple(_port(p, tuple(v.get("allowFrom") or ())) for p in v["ports"]),
+        replicas=v["replicas"], allow_from=tuple(dict.fromkeys(v.get("allowFrom") or ())),
         resources=Resources(**v["resources"]), os=v["os"], arch=v["arch"], trust=v["trust"],
         tenant=v.get("tenant") or stack_name, requires=tuple(dict.fromkeys(v["requires"])), runtime=v["runtime"],
         volumes=tuple(Volume(x["name"], x["mountPath"], x["size"]) for x in v["volumes"]),
@@ -506,6 +515,21 @@ def _user_data_problem(text: str) -> str | None:
     return None
 
 
+def _check_allow_from(workloads: list[tuple[int, dict[str, Any]]], stack_name: str | None, doc: Document,
+                      errors: Errors) -> None:
+    """allowFrom names tenants of this stack: another stack's namespaces are not ours to open ports to."""
+    tenants = {w.get("tenant") or stack_name for _, w in workloads}
+    for i, w in workloads:
+        places = [(f"spec.workloads[{i}].allowFrom", w.get("allowFrom") or [])] + \
+            [(f"spec.workloads[{i}].ports[{j}].allowFrom", (port.get("allowFrom") or []) if isinstance(port, dict)
+              else []) for j, port in enumerate(w["ports"])]
+        for path, names in places:
+            for k, name in enumerate(names):
+                if name not in tenants:
+                    errors.add(doc.line(f"{path}[{k}]") or doc.line(path), f"{path}[{k}]",
+                               f"{name!r} is not a tenant of this stack (tenants: {', '.join(sorted(tenants))})")
+
+
 def _check_unique_names(items: list[Any], prefix: str, what: str, doc: Document, errors: Errors) -> None:
     """Names must be unique in a list; entries whose name failed its own check are passed over."""
     first: dict[str, int] = {}
@@ -573,6 +597,7 @@ def load_stack(path: str, text: str | None = None) -> Stack:
                            f"host port {hp} is already published by workload {host_ports[hp]!r}"
                            " (set hostPort to another port)")
             host_ports.setdefault(hp, w["name"])
+    _check_allow_from(workloads, meta.get("name"), doc, errors)
     pools = [h for i, h in enumerate(spec.get("hosts") or []) if h and ("spec.hosts", i) not in failed]
     _check_unique_names(spec.get("hosts") or [], "spec.hosts", "host pool", doc, errors)
     errors.raise_if_any()

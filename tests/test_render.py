@@ -238,7 +238,9 @@ def test_tenant_gets_namespace_psa_policies_and_quota():
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
     assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
-    assert policies["allow-web"]["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    # the declared port is open to the tenant's own pods only (tests/test_networkpolicy.py: allowFrom, public)
+    assert policies["allow-web"]["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}],
+                                                         "from": [{"podSelector": {}}]}]
     quota = next(d for d in docs if d["kind"] == "ResourceQuota")["spec"]["hard"]
     # web 2+1 x 250m, api 1+1 x 500m, plugin 1+1 x (250m + 250m sandbox overhead)
     assert quota["requests.cpu"] == "2750m" and quota["pods"] == "7"
