@@ -79,6 +79,9 @@ class ContainerSpec:
     host_ports: tuple[tuple[str, int, str], ...] = ()   # (address, port, tcp|udp)
     sandbox: str = ""                                   # how a sandboxed placement is isolated, for status
     volumes: tuple[tuple[str, dict[str, str]], ...] = ()  # (volume name, its labels)
+    # networks of the tenants its ports' allowFrom names: they reach it by its alias (all its ports: a Docker
+    # network has no port filter, unlike the NetworkPolicy, which opens only the ports that name them)
+    peers: tuple[tuple[str, str], ...] = ()               # (network name, tenant)
 
 
 @dataclass
@@ -231,8 +234,9 @@ class DockerBackend(Backend):
         # stale first: a replaced container frees its name and host ports for its successor
         for name in stale:
             self._remove_container(name, stack)
-        networks = self._ensure_networks(stack, {s.network: plan.placement(s.workload).workload.tenant
-                                                 for s in wanted})
+        networks = self._ensure_networks(stack, {**{net: tenant for s in wanted for net, tenant in s.peers},
+                                                 **{s.network: plan.placement(s.workload).workload.tenant
+                                                    for s in wanted}})
         self._ensure_volumes(create)
         for spec in create:
             self._create(spec)
@@ -340,12 +344,15 @@ class DockerBackend(Backend):
                 "detach": True,
             }
             create = {k: v for k, v in create.items() if v is not None}
-            digest = hashlib.sha256(json.dumps({"create": create, "image_id": image.id, "alias": w.name},
+            peers = tuple((network_name(stack, t), t) for t in sorted({t for x in w.ports for t in x.allow_from}
+                                                                      - {w.tenant}))
+            digest = hashlib.sha256(json.dumps({"create": create, "image_id": image.id, "alias": w.name,
+                                                **({"peers": peers} if peers else {})},
                                                sort_keys=True).encode()).hexdigest()[:16]
             create["labels"] = {**labels, LABEL_SPEC_HASH: digest}
             specs.append(ContainerSpec(name=name, workload=w.name, replica=i, runtime=p.runtime, network=network,
                                        alias=w.name, create=create, spec_hash=digest, host_ports=host_ports,
-                                       sandbox=sandbox, volumes=volumes))
+                                       sandbox=sandbox, volumes=volumes, peers=peers))
         return specs
 
     def _check_ports(self, create: list[ContainerSpec], existing: dict[str, Any], stale: list[str]) -> None:
@@ -413,6 +420,8 @@ class DockerBackend(Backend):
         endpoint = self.client.api.create_endpoint_config(aliases=[spec.alias])
         with self._api(f"starting workload {spec.workload} ({spec.name})"):
             container = self.client.containers.create(networking_config={spec.network: endpoint}, **spec.create)
+            for net, _ in spec.peers:
+                self.client.networks.get(net).connect(container, aliases=[spec.alias])
             try:
                 container.start()
             except self._errors.APIError as err:
