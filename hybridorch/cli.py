@@ -155,6 +155,13 @@ def render(file: str, target: str, out: str, templates: str | None, namespace_pr
 target_option = click.option("--target", type=click.Choice(["local", "kubernetes"]), default="local",
                              show_default=True, help="This machine (Docker + QEMU) or a Kubernetes cluster.")
 context_option = click.option("--context", help="kubeconfig context (target kubernetes).")
+load_option = click.option("--load/--no-load", default=True, show_default=True,
+                           help="Load the stack's locally built images into the nodes of a kind cluster (target "
+                                "kubernetes); on other clusters, check that the nodes have them.")
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _backend_options(context: str | None, namespace_prefix: str = "") -> dict[str, str]:
@@ -187,13 +194,15 @@ def _print_status(statuses: list, output: str) -> None:
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for readiness.")
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
+@load_option
 def up(file: str, target: str, context: str | None, wait: bool, timeout: float, templates: str | None,
-       policy: str | None) -> None:
+       policy: str | None, load: bool) -> None:
     """Run the stack: containers in Docker and VMs in QEMU (local), or apply it to a cluster (kubernetes)."""
     from . import api
 
+    extra = {"load": load, "progress": _progress} if target == "kubernetes" else {}
     _print_status(api.up(file, target, wait=wait, timeout=timeout, policy=policy, templates=templates,
-                         **_backend_options(context)), "table")
+                         **_backend_options(context), **extra), "table")
 
 
 @cli.command()
@@ -204,13 +213,15 @@ def up(file: str, target: str, context: str | None, wait: bool, timeout: float, 
 @click.option("--timeout", type=float, default=300, show_default=True)
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
+@load_option
 def apply(file: str, context: str | None, namespace_prefix: str, wait: bool, timeout: float,
-          templates: str | None, policy: str | None) -> None:
-    """Render, dry-run on the server, then kubectl apply --server-side and prune what left the stack."""
+          templates: str | None, policy: str | None, load: bool) -> None:
+    """Render, load local images into kind nodes, dry-run on the server, then kubectl apply --server-side, prune
+    what left the stack and watch until it is ready (fails fast with a pod's own reason)."""
     from . import api
 
     _print_status(api.up(file, "kubernetes", wait=wait, timeout=timeout, policy=policy, templates=templates,
-                         **_backend_options(context, namespace_prefix)), "table")
+                         load=load, progress=_progress, **_backend_options(context, namespace_prefix)), "table")
 
 
 @cli.command()

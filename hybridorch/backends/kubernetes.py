@@ -1,7 +1,9 @@
 """The kubernetes backend: server-side apply of a rendered stack through kubectl, then wait, prune and delete.
 
-Everything goes through the kubectl binary (no SDK import on the hot path); kubectl's failures become one-line
-BackendErrors that say what to do.
+Apply, prune and delete go through the kubectl binary; waiting and status read through the `kubernetes` client
+(kubewatch.py, imported lazily). Before applying, the stack's locally built images are loaded into the nodes of a
+kind cluster (kind.py), or refused when the nodes of another cluster cannot have them. Failures become one-line
+BackendErrors that say what to do. Nothing here prints: progress lines go to the `progress` callback.
 """
 from __future__ import annotations
 
@@ -9,15 +11,16 @@ import calendar
 import glob
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from .. import images
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
 from .base import Backend, Kept, Removal, WorkloadStatus
@@ -177,11 +180,14 @@ class KubernetesBackend(Backend):
     name = "kubernetes"
 
     def __init__(self, context: str | None = None, namespace_prefix: str = "", kubeconfig: str | None = None,
-                 **options: Any) -> None:
+                 load: bool = True, progress: Callable[[str], None] | None = None, **options: Any) -> None:
         super().__init__(context=context, namespace_prefix=namespace_prefix, kubeconfig=kubeconfig, **options)
         self.context = context
         self.namespace_prefix = namespace_prefix
         self.kubeconfig = kubeconfig
+        self.load = load   # load local images into kind nodes (and check other clusters' nodes have them)
+        self.progress: Callable[[str], None] = progress or (lambda line: None)
+        self._api: Any = None
         self._kubectl_path: str | None = None
         self._resources: set[str] | None = None
         self._namespaced: list[str] | None = None
@@ -242,6 +248,8 @@ class KubernetesBackend(Backend):
     def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
         docs = _ordered(rendered.documents)
         stack = plan.stack.name
+        if self.load:
+            self.prepare_images(plan, docs)
         created = self._ensure_namespaces(docs)
         try:
             self._dry_run(docs)
@@ -373,8 +381,20 @@ class KubernetesBackend(Backend):
     # --- status and waiting ---------------------------------------------------------------------------
 
     def _workload_objects(self, stack: str) -> list[dict[str, Any]]:
-        resources = [r for r in WORKLOAD_KINDS if r in self.available_resources()]
-        return self.get_json(",".join(resources), "--all-namespaces", "-l", selector(stack))
+        """The stack's Deployments, StatefulSets and VirtualMachines, read through the kubernetes client."""
+        from kubernetes import client
+
+        from .kubewatch import explain_api_error, list_json
+
+        apps = client.AppsV1Api(self.api_client())
+        out: list[dict[str, Any]] = []
+        try:
+            for kind, call in (("Deployment", apps.list_deployment_for_all_namespaces),
+                               ("StatefulSet", apps.list_stateful_set_for_all_namespaces)):
+                out += [dict(o, kind=kind) for o in list_json(call, label_selector=selector(stack)).get("items") or []]
+        except Exception as err:  # noqa: BLE001 - ApiException and urllib3's connection errors alike
+            raise BackendError(explain_api_error(err, self.where)) from None
+        return out + self._vm_objects(stack)
 
     def kubevirt_present(self) -> bool:
         """A KubeVirt installation reports phase Deployed; CRDs alone (no controller) do not."""
@@ -412,52 +432,139 @@ class KubernetesBackend(Backend):
         return out
 
     def wait_ready(self, plan: Plan, timeout: float) -> list[WorkloadStatus]:
-        """Poll until Deployments/StatefulSets are available and VirtualMachines accepted (ready when KubeVirt
-        runs), showing progress on stderr; a timeout names what is not ready and why."""
-        controller = self.kubevirt_present()
-        deadline = time.monotonic() + timeout
-        progress = _Progress()
-        while True:
-            statuses = self._statuses(plan, self._workload_objects(plan.stack.name), controller)
-            done = [s for s in statuses if _settled(s)]
-            progress.show(f"{len(done)}/{len(statuses)} workloads ready: " + ", ".join(
-                f"{s.name} {'accepted' if s.detail == ACCEPTED else s.state}" for s in statuses))
-            if len(done) == len(statuses):
-                progress.close()
-                return statuses
-            failed = [s for s in statuses if s.state == "failed"]
-            if failed or time.monotonic() > deadline:
-                progress.close()
-                waiting = [s for s in statuses if not _settled(s)]
-                why = "; ".join(f"{s.name}: {s.detail or s.state}{self._pod_hint(s)}" for s in waiting[:3])
-                if failed:
-                    raise BackendError(f"workload failed: {why}; see kubectl describe in namespace "
-                                       f"{waiting[0].extra.get('namespace', '?')}")
-                raise BackendError(f"not ready after {timeout:.0f}s: {why}; raise --timeout or inspect with "
-                                   f"`hybridorch status --target kubernetes`")
-            time.sleep(1)
+        """Watch the stack's pods, Deployments/StatefulSets and Warning events until every workload is ready (VMs:
+        accepted, or ready where KubeVirt runs); one progress line per workload as its state changes. A pod that
+        cannot get ready by waiting (image pull, crash loop, bad config, unschedulable) or a controller that
+        cannot make pods fails at once with the pod's own reason and its last log lines."""
+        from .kubewatch import StackWatch, event_failure, explain_api_error, pod_failure
 
-    def _pod_hint(self, status: WorkloadStatus) -> str:
-        """Why a workload's pods are not ready (unschedulable, image pull...), from the pods themselves."""
-        ns = status.extra.get("namespace")
-        if not ns:
-            return ""
-        pods = self.get_json("pods", "-n", ns, "-l", f"{LABEL_WORKLOAD}={status.name}")
-        for pod in pods:
-            st = pod.get("status") or {}
-            for cond in st.get("conditions", []):
-                if cond.get("status") == "False" and cond.get("message"):
-                    return f" (pod {pod['metadata']['name']}: {cond['message']})"
-            for c in st.get("containerStatuses", []):
-                waiting = (c.get("state") or {}).get("waiting") or {}
-                if waiting.get("reason"):
-                    return f" (pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')})"
-        for pod in pods:
-            node = pod.get("spec", {}).get("nodeName")
-            phase = (pod.get("status") or {}).get("phase", "?")
-            return f" (pod {pod['metadata']['name']} {phase}" + (f" on node {node})" if node else ")")
-        return " (no pods yet)" if status.extra.get("objects", [""])[0].startswith(("Deployment", "StatefulSet")) \
-            else ""
+        stack = plan.stack.name
+        namespaces = sorted({f"{self.namespace_prefix}{p.workload.tenant}" for p in plan.placements})
+        vms = [p for p in plan.placements if p.runtime in ("vm", "nested")]
+        controller = self.kubevirt_present() if vms else None
+        pods_of = {(f"{self.namespace_prefix}{p.workload.tenant}", p.name): p.name for p in plan.placements
+                   if p.runtime not in ("vm", "nested")}
+        since = time.time()
+        deadline = time.monotonic() + timeout
+        watch = StackWatch(self.api_client(), namespaces, selector(stack))
+        watch.start()
+        shown: dict[str, str] = {}
+        vm_objects: list[dict[str, Any]] = []
+        next_vm_read = 0.0
+        try:
+            while True:
+                try:
+                    kind, change, obj = watch.updates.get(timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+                    if kind == "error":
+                        raise BackendError(explain_api_error(obj["error"], self.where))
+                    watch.apply(kind, change, obj)
+                    while not watch.updates.empty():   # fold everything already queued before deciding
+                        kind, change, obj = watch.updates.get_nowait()
+                        if kind == "error":
+                            raise BackendError(explain_api_error(obj["error"], self.where))
+                        watch.apply(kind, change, obj)
+                except queue.Empty:
+                    pass
+                if vms and time.monotonic() >= next_vm_read:
+                    vm_objects = self._vm_objects(stack)
+                    next_vm_read = time.monotonic() + 2
+                statuses = self._statuses(plan, list(watch.objects.values()) + vm_objects, controller)
+                for st in statuses:
+                    line = f"{st.name}: {'accepted' if st.detail == ACCEPTED else st.state}" + \
+                        (f" ({st.detail})" if st.detail and st.detail != ACCEPTED else "")
+                    if shown.get(st.name) != line:
+                        shown[st.name] = line
+                        self.progress(line)
+                if all(_settled(st) for st in statuses):
+                    return statuses
+                failures = [f for f in map(pod_failure, watch.pods.values()) if f and
+                            (f.namespace, f.workload) in pods_of] + \
+                    [f for f in (event_failure(e, pods_of, since) for e in watch.events) if f]
+                failed = [st for st in statuses if st.state == "failed"]
+                if failures:
+                    raise BackendError(failures[0].line(watch.last_logs(failures[0])))
+                if failed:
+                    raise BackendError(f"workload {failed[0].name} failed: {failed[0].detail or failed[0].state}; see "
+                                       f"kubectl describe in namespace {failed[0].extra.get('namespace', '?')}")
+                if time.monotonic() > deadline:
+                    waiting = [st for st in statuses if not _settled(st)]
+                    why = "; ".join(f"{st.name}: {st.detail or st.state}" for st in waiting[:3])
+                    raise BackendError(f"not ready after {timeout:.0f}s: {why}; raise --timeout or inspect with "
+                                       f"`hybridorch status --target kubernetes`")
+        finally:
+            watch.stop()
+
+    # --- the kubernetes client, images -----------------------------------------------------------------
+
+    def api_client(self) -> Any:
+        if self._api is None:
+            from .kubewatch import api_client
+
+            self._api = api_client(self.kubeconfig, self.context)
+        return self._api
+
+    def _vm_objects(self, stack: str) -> list[dict[str, Any]]:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from .kubewatch import explain_api_error, list_json
+
+        try:
+            data = list_json(client.CustomObjectsApi(self.api_client()).list_cluster_custom_object, group="kubevirt.io",
+                             version="v1", plural="virtualmachines", label_selector=selector(stack))
+        except ApiException as err:
+            if err.status == 404:
+                return []   # no KubeVirt CRDs: nothing of the kind can exist
+            raise BackendError(explain_api_error(err, self.where)) from None
+        except Exception as err:  # noqa: BLE001 - urllib3 connection errors and the like
+            raise BackendError(explain_api_error(err, self.where)) from None
+        return [dict(o, kind="VirtualMachine") for o in data.get("items") or []]
+
+    def current_context(self) -> str | None:
+        """The context kubectl uses: --context, else the kubeconfig's current-context."""
+        if self.context:
+            return self.context
+        proc = self.kubectl("config", "current-context", check=False)
+        return proc.stdout.strip() or None
+
+    def prepare_images(self, plan: Plan, docs: list[dict[str, Any]]) -> list[str]:
+        """Make the stack's locally built images available to the nodes before anything is applied: on a kind
+        cluster, build the missing ones and load them into every node; on any other cluster, fail in one line when
+        a node that may run a pod lacks one (nodes report the images they hold; kwok's fake nodes pull nothing)."""
+        wanted = pod_images(docs)
+        local = {ref: where for ref, where in wanted.items() if images.is_local(ref)}
+        if not local:
+            return []
+        nodes = self.get_json("nodes")
+        from .kind import kind_cluster_name, load_images
+
+        cluster = kind_cluster_name(self.current_context(), [(n.get("spec") or {}).get("providerID", "")
+                                                             for n in nodes])
+        if cluster is not None:
+            self._build_images(plan, list(local))
+            return load_images(cluster, list(local), self.progress)
+        for ref, (workload, node_selector) in local.items():
+            eligible = [n for n in nodes if _matches(node_selector, (n.get("metadata") or {}).get("labels") or {})]
+            lacking = [n["metadata"]["name"] for n in eligible if not _node_has(n, ref)]
+            if lacking:
+                name = ref[len(images.LOCAL_REGISTRY) + 1:]
+                raise BackendError(
+                    f"image {ref} (workload {workload}) was built on this machine and node {lacking[0]} of "
+                    f"{self.where} cannot pull it: push it (`docker tag {ref} REGISTRY/{name} && docker push "
+                    f"REGISTRY/{name}`, then use that image in the stack) or load it into every node, then apply "
+                    "again (--no-load skips this check); nothing was applied")
+        return []
+
+    def _build_images(self, plan: Plan, refs: list[str]) -> None:
+        """Build missing content-tagged images from their recipes, through the Docker backend's builder."""
+        from .base import get_backend
+
+        dirs = images.image_dirs(plan.stack.file)
+        sources = {images.content_ref(p.workload.image, dirs): p.workload.image for p in plan.placements
+                   if p.workload.image and images.is_local(p.workload.image)}
+        missing = [sources.get(ref, ref) for ref in refs]
+        builder: Any = get_backend("docker")
+        builder.ensure_images(missing, plan.stack.file)
 
     # --- logs and delete --------------------------------------------------------------------------------
 
@@ -754,25 +861,26 @@ def _age(obj: dict[str, Any]) -> float | None:
     return max(0.0, time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
 
 
-class _Progress:
-    """A one-line progress display on stderr: rewritten in place on a terminal, a new line per change otherwise."""
+def pod_images(docs: Iterable[dict[str, Any]]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Every image the pod templates of `docs` run -> (its workload, the pod's nodeSelector)."""
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    for d in docs:
+        if d.get("kind") not in ("Deployment", "StatefulSet"):
+            continue
+        pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+            if c.get("image"):
+                out.setdefault(c["image"], ((d.get("metadata") or {}).get("name", ""), pod.get("nodeSelector") or {}))
+    return out
 
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = ""
 
-    def show(self, text: str) -> None:
-        if text == self.last:
-            return
-        self.last = text
-        if self.tty:
-            width = shutil.get_terminal_size((100, 20)).columns - 1
-            sys.stderr.write("\r\033[K" + text[:width])
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+def _matches(node_selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in node_selector.items())
 
-    def close(self) -> None:
-        if self.tty and self.last:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+
+def _node_has(node: dict[str, Any], ref: str) -> bool:
+    """A node can run `ref` when it reports holding it, or when it is one of kwok's fake nodes (which run nothing)."""
+    if ((node.get("metadata") or {}).get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake":
+        return True
+    names = {n for img in (node.get("status") or {}).get("images") or [] for n in img.get("names") or []}
+    return ref in names or f"docker.io/{ref}" in names
