@@ -334,7 +334,7 @@ def _sort_keys(inst: _Instance) -> list[Callable[[_Group], Any]]:
 
 # --- a host at a time: dot product ---------------------------------------------------------------------------
 
-def _fill_hosts(inst: _Instance, sort_key: Callable[[_Group], Any]) -> tuple[list[_Bin], bool, int]:
+def _fill_hosts(inst: _Instance, sort_key: Callable[[_Group], Any], aim: float) -> tuple[list[_Bin], bool, int]:
     """Fill one host at a time: the largest replica left opens it, then the replica whose (CPU, memory) vector
     points most along the host's remaining room (largest dot product) goes in, until nothing fits. Item-centric
     best fit decides each replica alone and leaves hosts full in one resource and empty in the other on mixed
@@ -369,11 +369,12 @@ def _fill_hosts(inst: _Instance, sort_key: Callable[[_Group], Any]) -> tuple[lis
         bins.append(b)
         alive = [t for t in order[first:] if remaining[t] and pool in t[2] and (not inst.separate or t[3] == tenant)]
         # the resource the rest needs less of cannot be full on every host: aim each host at the rest's mix, so
-        # that memory-heavy replicas spread over all hosts instead of filling the first ones' memory early
+        # that memory-heavy replicas spread over all hosts instead of filling the first ones' memory early.
+        # aim > 1 overshoots the mix on purpose: measured on generated stacks, 2-3 leaves the fewest hosts
         need_c = sum(t[0] * remaining[t] for t in alive) / b.cap_c
         need_m = sum(t[1] * remaining[t] for t in alive) / b.cap_m
         top = max(need_c, need_m) or 1.0
-        idle_c, idle_m = (1 - need_c / top) * b.cap_c, (1 - need_m / top) * b.cap_m
+        idle_c, idle_m = aim * (1 - need_c / top) * b.cap_c, aim * (1 - need_m / top) * b.cap_m
         work += len(alive)
         while alive:
             best, best_score = None, -math.inf
@@ -658,9 +659,11 @@ def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Pr
         exact_fits = _model_size(inst, len(bins)) <= EXACT_MAX_VARIABLES
         allowance = int(solver_budget * _OPS_PER_SECOND * (0.2 if exact_fits else 1.0))
         spent = 0
-        if work * _GREEDY_OP_COST <= allowance // 2:
+        for aim in (2.0, 3.0):
             # one host at a time first: on large mixed stacks it is the best start for emptying hosts
-            filled, complete, cost = _fill_hosts(inst, keys[0])
+            if spent + work * _GREEDY_OP_COST > allowance // 2:
+                break
+            filled, complete, cost = _fill_hosts(inst, keys[0], aim)
             spent += cost * _FILL_OP_COST
             if complete and len(filled) < len(bins):
                 bins, method = filled, "host-at-a-time fill"
