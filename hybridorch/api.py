@@ -16,6 +16,7 @@ from .spec import API_VERSION, Stack, load_hosts, load_stack, namespace_prefix_p
 
 if TYPE_CHECKING:
     from .audit import AuditReport
+    from .lifecycle import Managed
     from .capacity import Assumptions, CapacityReport
     from .backends.base import Removal, WorkloadStatus
     from .render import Rendered
@@ -162,7 +163,11 @@ def render(path: str, target: str = "kubernetes", templates: str | None = None, 
 
     plan = plan_stack(path, policy, hosts, solver_budget=0)
     _check_namespace_prefix(plan, namespace_prefix)
-    return render_plan(plan, target=target, templates_dir=templates, namespace_prefix=namespace_prefix)
+    local = None
+    if target == "local":
+        from .vm.host import local_facts
+        local = local_facts(probe=False)   # what `up` would define here (the cached KVM verdict, real paths)
+    return render_plan(plan, target=target, templates_dir=templates, namespace_prefix=namespace_prefix, local=local)
 
 
 def _backend_run(path: str, target: str, policy: str | None, options: dict[str, Any]) -> tuple[Plan, Any]:
@@ -181,8 +186,14 @@ def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 
 
     plan, backend = _backend_run(path, target, policy, options)
     render_target = "kubernetes" if target == "kubernetes" else "local"
+    local = None
+    if render_target == "local":
+        from .vm.disks import plan_disks
+        from .vm.host import local_facts
+        # the rendered domains point at this machine's guests and disks and use its KVM verdict
+        local = local_facts(disks=plan_disks(plan), stack_file=plan.stack.file)
     rendered = render_plan(plan, target=render_target, templates_dir=templates,
-                           namespace_prefix=options.get("namespace_prefix", ""))
+                           namespace_prefix=options.get("namespace_prefix", ""), local=local)
     return backend.up(plan, rendered, wait=wait, timeout=timeout)
 
 
@@ -226,3 +237,21 @@ def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = No
     findings = audit_files(paths, policy=policy, hosts=hosts, templates=templates, live=live, target=target,
                            context=context, namespace_prefix=namespace_prefix, max_image_age=age, now=now)
     return AuditReport(tuple(findings), fmt, fail_on, __version__)
+
+
+def ps(target: str = "local", *, context: str | None = None,
+       skipped: list[str] | None = None) -> list["Managed"]:
+    """Everything hybridorch made on the target(s), across stacks (`hybridorch ps`); unreachable sides of
+    target "all" are named in `skipped`."""
+    from .lifecycle import inventory
+
+    return inventory(target, context=context, skipped=skipped)
+
+
+def gc(target: str = "local", *, dry_run: bool = False, context: str | None = None,
+       skipped: list[str] | None = None) -> tuple[list["Managed"], list[str]]:
+    """Remove what hybridorch made that is past its TTL, keeping data (`hybridorch gc`): (expired, removed)."""
+    from . import lifecycle
+
+    return lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
+

@@ -345,10 +345,10 @@ def ps(target: str, context: str | None, output: str) -> None:
     """Everything hybridorch made, across stacks: stack, workload, runtime, age, owner and TTL."""
     import time
 
-    from . import lifecycle
+    from . import api, lifecycle
 
     skipped: list[str] = []
-    items, now = lifecycle.inventory(target, context=context, skipped=skipped), time.time()
+    items, now = api.ps(target, context=context, skipped=skipped), time.time()
     if output == "json":
         click.echo(json.dumps([m.to_dict(now) for m in items], indent=2))
     else:
@@ -363,10 +363,10 @@ def ps(target: str, context: str | None, output: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what is past its TTL.")
 def gc(target: str, context: str | None, dry_run: bool) -> None:
     """Remove what hybridorch made that is past its TTL (only hybridorch's objects; data is kept)."""
-    from . import lifecycle
+    from . import api
 
     skipped: list[str] = []
-    expired, removed = lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
+    expired, removed = api.gc(target, dry_run=dry_run, context=context, skipped=skipped)
     for line in skipped:
         click.echo(f"warning: skipped {line}", err=True)
     for m in expired:

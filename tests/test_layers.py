@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-PURE = ["spec", "schema", "policy", "packing", "plan", "report", "labels", "errors"]
+PURE = ["spec", "schema", "policy", "packing", "plan", "report", "labels", "errors", "audit", "capacity"]
 IO_MODULES = {"subprocess", "docker", "kubernetes", "socket", "shutil", "urllib", "http"}
 
 
