@@ -161,6 +161,12 @@ class _Instance:
         return min(g.count, c // g.cpu if g.cpu else g.count, m // g.mem if g.mem else g.count)
 
 
+def _instance(items: Iterable[Item], pools: Sequence[HostPool], profile: Profile) -> _Instance:
+    return _Instance(tuple(_groups(items)), {p.name: _capacity(p, profile) for p in pools},
+                     {p.name: p.count for p in pools}, tuple(p.name for p in pools),
+                     profile.spread_replicas, profile.separate_tenants)
+
+
 class _Bin:
     """A host being filled: remaining capacity and replica counts per workload, kept incrementally."""
 
@@ -635,9 +641,7 @@ def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Pr
     """Best-fit decreasing, then improved within `solver_budget` seconds (0 disables): never worse, never
     breaking a hard constraint. strict: raise PolicyError when a replica gets no host; otherwise report it."""
     items = items_of(placements)
-    inst = _Instance(tuple(g for g in _groups(items)), {p.name: _capacity(p, profile) for p in pools},
-                     {p.name: p.count for p in pools}, tuple(p.name for p in pools),
-                     profile.spread_replicas, profile.separate_tenants)
+    inst = _instance(items, pools, profile)
     keys = _sort_keys(inst)
     bins, unplaced, work = _greedy(inst, keys[0], False, profile.headroom_percent)
     if unplaced and strict:
@@ -833,7 +837,4 @@ def _lower_bound(inst: _Instance) -> int:
 def lower_bound(items: Sequence[Item], pools: Sequence[HostPool], profile: Profile) -> int:
     """A bound no packing can beat: capacity (largest hosts first), pool eligibility, spread replicas, tenants
     apart and items too big to share a host."""
-    inst = _Instance(tuple(_groups(items)), {p.name: _capacity(p, profile) for p in pools},
-                     {p.name: p.count for p in pools}, tuple(p.name for p in pools),
-                     profile.spread_replicas, profile.separate_tenants)
-    return _lower_bound(inst)
+    return _lower_bound(_instance(items, pools, profile))

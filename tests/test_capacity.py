@@ -130,7 +130,7 @@ def test_plan_gap_after_the_solver(write_stack):
                    for i, (c, m) in enumerate(rows))
     path = write_stack(STACK.split("  workloads:\n")[0].replace('cpu: "8", memory: 32Gi', 'cpu: "4", memory: 8Gi')
                        + "  workloads:\n" + body)
-    assert "hosts: 3 used (lower bound 3, gap 0%: optimal; best-fit decreasing (variant); best-fit decreasing " \
+    assert "hosts: 3 used (lower bound 3, gap 0%: optimal; host-at-a-time fill; best-fit decreasing " \
            "alone used 4)" in run("plan", path).output
     plain = run("plan", path, "--solver-budget", "0").output
     assert "hosts: 4 used (lower bound 3, gap at most 33.3%; best-fit decreasing)" in plain
