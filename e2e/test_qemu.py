@@ -41,7 +41,8 @@ def live_qemus(state_dir: Path) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if str(state_dir) in cmd and state != "Z":
+        # QEMU only: a `virsh create DIR/domain.xml` client names the state dir too
+        if str(state_dir) in cmd and "qemu-system" in cmd.split("\0")[0] and state != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -87,6 +88,15 @@ def test_vm_serves_http_is_idempotent_and_down_cleans(state_dir: Path, stack_fil
     assert status["web"]["accelerator"] == expected_accel
     assert f"127.0.0.1:{p1}->80/tcp" in status["web"]["ports"]
     pids = {n: s["pid"] for n, s in status.items()}
+    # libvirt runs exactly the rendered domain, visible to virsh with the stack's labels
+    listed = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"], capture_output=True, text=True).stdout
+    assert {"hyb-e2e-qemu-web-0", "hyb-e2e-qemu-other-0"} <= set(listed.split())
+    dumped = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", "hyb-e2e-qemu-web-0"], capture_output=True,
+                            text=True).stdout
+    assert 'key="hybridorch.dev/stack" value="e2e-qemu"' in dumped
+    rendered = hybridorch("render", path, "--target", "local", "--out", "-").stdout
+    assert "hyb-e2e-qemu-web-0" in rendered and str(state_dir / "e2e-qemu" / "web" / "initrd.img") in rendered
+    assert status["web"]["guest"] == "busybox" and "busybox guest" in status["web"]["detail"]
 
     logs = hybridorch("logs", path, "web").stdout
     assert "@@HYB BOOTED" in logs and "x86_64" in logs
@@ -110,6 +120,9 @@ def test_vm_serves_http_is_idempotent_and_down_cleans(state_dir: Path, stack_fil
     assert "removed vm web" in out and "removed vm other" in out
     assert live_qemus(state_dir) == []
     assert not (state_dir / "e2e-qemu").exists()
+    listed = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True,
+                            text=True).stdout
+    assert not [n for n in listed.split() if n.startswith("hyb-e2e-qemu-")]
 
 
 def test_vm_replicas_boot_one_vm_each_and_scale(state_dir: Path, stack_file) -> None:
@@ -198,12 +211,12 @@ def test_vm_not_ready_in_time_is_killed_and_shows_console(state_dir: Path, stack
             - name: never
               runtime: vm
               command: ["sh", "-c", "echo still-waiting-for-godot"]
-              ready: {marker: "this marker is never printed", timeout: 8}
+              ready: {marker: "this marker is never printed", timeout: 15}
     """))
     with pytest.raises(BackendError) as err:
         QemuBackend().up(_plan(path), None)
     message = str(err.value)
-    assert "VM never was not ready within 8s" in message and "last console lines" in message
+    assert "VM never was not ready within 15s" in message and "last console lines" in message
     assert "\n" not in message
     assert "@@HYB BOOTED" in message or "still-waiting-for-godot" in message
     assert live_qemus(state_dir) == []

@@ -37,6 +37,7 @@ from .labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_WORKLOAD, MANAGED_BY, ob
 from .plan import Plan
 from .policy import Placement, Profile
 from .spec import InnerContainer, Workload, memory_bytes
+from .vm.domain import LocalFacts, domain_context, replica_forwards, vm_dir, workload_forwards
 
 TARGETS = ("kubernetes", "local")
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
@@ -915,28 +916,35 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     return Rendered("kubernetes", plan.stack.name, tuple(ordered), tuple(files))
 
 
-def _render_local(tpl: Templates, plan: Plan, cache_dir: str) -> Rendered:
+def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
+    """One domain (and its cloud-init) per VM replica: <workload>/ for replica 0, <workload>-<i>/ for the others
+    (names validation keeps free). These files are exactly what the local backend defines and boots."""
     files: list[RenderedFile] = []
     for p in plan.placements:
         if p.runtime not in ("vm", "nested"):
             continue   # containers run from the plan directly (docker backend); nothing to write
         w = p.workload
         ctx = _vm_context(tpl, plan, p, namespace="")
-        vm_dir = f"{cache_dir}/state/{plan.stack.name}/{w.name}"
-        xml = tpl.text("libvirt/domain.xml.j2", vm=ctx, stack=plan.stack.name,
-                       domain=f"hybridorch-{plan.stack.name}-{w.name}", vm_dir=vm_dir,
-                       guest_dir=f"{cache_dir}/guests/{w.vm.guest}-{w.arch}",
-                       has_disk=_disk_image(w) != DEFAULT_DISK_IMAGE)
-        problem = validate.libvirt_problem(xml)
-        if problem:
-            raise RenderError(f"{tpl.filename('libvirt/domain.xml.j2')}: domain XML of {w.name} is invalid: "
-                              f"{problem}")
-        files.append(RenderedFile(f"{w.name}/domain.xml", xml))
-        if ctx["user_data"] is not None:
-            meta = tpl.documents("cloud-init/meta-data.yaml.j2", instance_id=f"hybridorch-{plan.stack.name}-{w.name}",
-                                 hostname=w.name)
-            files.append(RenderedFile(f"{w.name}/user-data", ctx["user_data"]))
-            files.append(RenderedFile(f"{w.name}/meta-data", dump_yaml(meta).removeprefix("---\n")))
+        has_disk = _disk_image(w) not in (None, DEFAULT_DISK_IMAGE) and _disk_image(w) not in facts.missing_disks
+        forwards = workload_forwards(w)
+        for i in range(max(w.replicas, 1)):
+            d = domain_context(facts, ctx, stack=plan.stack.name, arch=w.arch, replica=i, has_disk=has_disk,
+                               forwards=replica_forwards(forwards, i), emulated=p.emulated)
+            # domain/vm/stack/vm_dir/guest_dir/has_disk: the names user templates written before `d` still use
+            xml = tpl.text("libvirt/domain.xml.j2", d=d, domain=d["name"], vm=ctx, stack=plan.stack.name,
+                           vm_dir=vm_dir(facts, plan.stack.name, w.name, i), guest_dir=f"{facts.guests_dir}/{w.arch}",
+                           has_disk=has_disk)
+            problem = validate.libvirt_problem(xml)
+            if problem:
+                raise RenderError(f"{tpl.filename('libvirt/domain.xml.j2')}: domain XML of {w.name} is invalid: "
+                                  f"{problem}")
+            where = w.name if i == 0 else f"{w.name}-{i}"
+            files.append(RenderedFile(f"{where}/domain.xml", xml))
+            if ctx["user_data"] is not None:
+                meta = tpl.documents("cloud-init/meta-data.yaml.j2", hostname=w.name,
+                                     instance_id=f"hybridorch-{plan.stack.name}-{where}")
+                files.append(RenderedFile(f"{where}/user-data", ctx["user_data"]))
+                files.append(RenderedFile(f"{where}/meta-data", dump_yaml(meta).removeprefix("---\n")))
     return Rendered("local", plan.stack.name, (), tuple(files))
 
 
@@ -951,16 +959,17 @@ def default_cache_dir() -> str:
 
 
 def render_plan(plan: Plan, target: str = "kubernetes", templates_dir: str | None = None,
-                namespace_prefix: str = "", cache_dir: str | None = None) -> Rendered:
+                namespace_prefix: str = "", cache_dir: str | None = None, local: LocalFacts | None = None) -> Rendered:
     """Render and validate a plan; raises RenderError (and returns nothing) when any part is invalid.
 
-    cache_dir only shapes the local target's file paths (VM disks and seeds under cache_dir/state/<stack>/)."""
+    cache_dir only shapes the local target's file paths (VM disks and seeds under cache_dir/state/<stack>/);
+    `local` gives the real facts of this machine (paths, KVM or TCG, QEMU binaries), as the local backend needs."""
     if target not in TARGETS:
         raise RenderError(f"unknown render target {target!r}: use {' or '.join(TARGETS)}")
     tpl = _templates(str(Path(templates_dir).resolve()) if templates_dir else None)
     if target == "kubernetes":
         return _render_kubernetes(tpl, plan, namespace_prefix)
-    return _render_local(tpl, plan, cache_dir or default_cache_dir())
+    return _render_local(tpl, plan, local or LocalFacts.placeholder(cache_dir or default_cache_dir()))
 
 
 __all__ = ["render_plan", "Rendered", "RenderedFile", "Templates", "yaml_value", "unit_arg", "runtime_class_objects",

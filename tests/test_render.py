@@ -227,7 +227,7 @@ def test_nested_vm_is_emulated_arm64_running_its_containers_as_units():
     local = render_example("soc-rig", "local")
     assert local.file("board/user-data").content == spec["volumes"][1]["cloudInitNoCloud"]["userData"]
     xml = local.file("board/domain.xml").content
-    assert '<domain type="qemu">' in xml and 'arch="aarch64" machine="virt"' in xml
+    assert '<domain type="qemu" ' in xml and 'arch="aarch64" machine="virt"' in xml
 
 
 def test_tenant_gets_namespace_psa_policies_and_quota():

@@ -80,8 +80,13 @@ class LocalBackend(Backend):
         if not vms:
             return
         qemu = importlib.import_module("hybridorch.backends.qemu")
+        disks = importlib.import_module("hybridorch.vm.disks")
         refs = [c.rootfs[len("docker:"):] for p in vms for c in qemu.program_for(p.workload, p.runtime).containers
                 if c.rootfs.startswith("docker:")]
+        wanted = disks.plan_disks(plan)
+        # containerDisks that exist or have a recipe (the others boot a stand-in the status names)
+        missing = importlib.import_module("hybridorch.vm.host").missing_disks(wanted, plan.stack.file)
+        refs += [image for image in wanted if image not in missing]
         if refs:
             self._side("containers").ensure_images(refs, plan.stack.file)  # type: ignore[attr-defined]
 

@@ -1,34 +1,33 @@
-"""Local VMs: `vm` and `nested` placements as qemu-system processes (KVM when it really works, else TCG),
-plus the one-shot guest runs `soc-test` uses. The only module that starts QEMU.
+"""Local VMs: `vm` and `nested` placements as libvirt domains. The domain XML rendered from
+templates/libvirt (render --target local) is exactly the file this backend defines and starts; KVM or TCG comes
+from a real probe, port forwards and the console log live in that template.
 
-State of each VM (pid, console log, spec hash) lives in <state>/<stack>/<workload>/, so `down` finds exactly
-the processes it started, and `up` leaves unchanged VMs alone.
+Beside each domain, <state>/<stack>/<workload>/ holds what it boots (initramfs, or a qcow2 overlay on a cached
+containerDisk, its kernel and cloud-init seed), the rendered domain.xml, the console log, the QEMU pid and a spec
+hash, so `up` leaves unchanged VMs alone. `down` removes the domains that carry the stack's labels.
 
-Replicas: a workload with N replicas boots N VMs, replica i > 0 in <state>/<stack>/<workload>.<i>/ (a DNS-label
-workload name has no '.', so no collision). As in the Docker backend only replica 0 forwards the host ports (two
-VMs cannot listen on one host port); the others are identical but reachable from nowhere, and ready when their
-console shows the ready marker. `logs` shows replica 0's console.
+Replicas: a workload with N replicas boots N domains, replica i > 0 in <state>/<stack>/<workload>.<i>/. Only
+replica 0 forwards the host ports (two VMs cannot listen on one host port); the others are identical but
+reachable from nowhere, and ready when their console shows the ready marker. `logs` shows replica 0's console.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
-import platform
 import shutil
-import signal
-import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import BackendError
-from ..guest import (READY_MARKER, RESULT_PREFIX, ContainerRun, Guest, GuestProgram, build_initrd, cache_root,
-                     check_arch, load_guest)
+from ..guest import READY_MARKER, RESULT_PREFIX, ContainerRun, GuestProgram, build_initrd, load_guest
+from ..labels import LABEL_STACK, LABEL_WORKLOAD
+from ..vm import disks, libvirt
+from ..vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest
+from ..vm.domain import (LABEL_REPLICA, MACHINES, Forward, replica_dir, replica_forwards, workload_forwards)
+from ..vm.host import accelerator_for, local_facts, qemu_binary, state_root
 from .base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -37,401 +36,12 @@ if TYPE_CHECKING:
     from ..render import Rendered
     from ..spec import Workload
 
-
-@dataclass(frozen=True)
-class Machine:
-    """How QEMU emulates one guest arch."""
-
-    binary: str
-    package: str              # the Debian package that provides the binary
-    machine: str
-    console: str              # kernel console device of the machine's first serial port
-    cpu: str | None = None    # TCG CPU model
-
-
-MACHINES: dict[str, Machine] = {
-    "amd64": Machine("qemu-system-x86_64", "qemu-system-x86", "q35", "ttyS0"),
-    # cortex-a57 boots faster under TCG than `max` (no SVE/pointer-auth emulation)
-    "arm64": Machine("qemu-system-aarch64", "qemu-system-arm", "virt", "ttyAMA0", "cortex-a57"),
-}
-HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
-KVM_PROBE_TIMEOUT = 6.0   # a KVM guest boots to /init in well under a second; TCG takes ~2.5 s
-
-
-def qemu_binary(arch: str) -> str:
-    """The qemu-system binary for `arch`; HYBRIDORCH_QEMU_BINARY overrides (tests point it at nothing)."""
-    machine = MACHINES[check_arch(arch).arch]
-    wanted = os.environ.get("HYBRIDORCH_QEMU_BINARY") or machine.binary
-    found = shutil.which(wanted)
-    if not found:
-        raise BackendError(f"QEMU is not installed ({wanted} not found): apt-get install {machine.package}")
-    return found
-
-
-def state_root() -> Path:
-    override = os.environ.get("HYBRIDORCH_STATE_DIR")
-    return Path(override) if override else cache_root() / "state"
-
-
-# --- KVM probe ---------------------------------------------------------------------------------------
-
-def _kvm_api_ok() -> bool:
-    """/dev/kvm opens and answers KVM_GET_API_VERSION with 12: necessary, not sufficient."""
-    import fcntl
-
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return fcntl.ioctl(fd, 0xAE00) == 12  # KVM_GET_API_VERSION
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def kvm_usable(guest: Guest | None = None) -> bool:
-    """Whether KVM can run our guests, cached per host kernel in ~/.cache/hybridorch/kvm-probe.json.
-
-    /dev/kvm can exist and pass the ioctl while guests hang (nested virtualisation), so the probe boots the
-    amd64 guest's kernel under KVM with a short timeout and checks that /init printed its marker."""
-    if HOST_ARCH != "amd64" or os.environ.get("HYBRIDORCH_ACCEL") == "tcg":
-        return False
-    cache = cache_root() / "kvm-probe.json"
-    kernel = platform.release()
-    try:
-        verdicts = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        verdicts = {}
-    if kernel in verdicts:
-        return bool(verdicts[kernel]["kvm"])
-    ok, why = False, "/dev/kvm missing or KVM_GET_API_VERSION failed"
-    if _kvm_api_ok():
-        guest = guest or load_guest("amd64")
-        ok, why = _probe_boot(guest)
-    verdicts[kernel] = {"kvm": ok, "why": why, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(verdicts, indent=2) + "\n")
-    return ok
-
-
-def _probe_boot(guest: Guest) -> tuple[bool, str]:
-    work = cache_root() / "kvm-probe"
-    work.mkdir(parents=True, exist_ok=True)
-    initrd = work / "initrd.img"
-    build_initrd(guest, GuestProgram("kvm-probe", services=False, network=False), initrd)
-    spec = BootSpec(arch="amd64", accel="kvm", cpus=1, memory_mib=128, initrd=initrd, kernel=guest.kernel,
-                    console_log=work / "console.log")
-    vm = GuestVM.start(spec, work)
-    try:
-        found = vm.wait_for(lambda text: READY_MARKER in text, KVM_PROBE_TIMEOUT)
-    finally:
-        vm.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    if found:
-        return True, f"a KVM guest reached /init within {KVM_PROBE_TIMEOUT:.0f}s"
-    return False, f"a KVM guest did not reach /init within {KVM_PROBE_TIMEOUT:.0f}s (using TCG)"
-
-
-def accelerator_for(arch: str, guest: Guest | None = None) -> str:
-    if arch == HOST_ARCH and kvm_usable(guest if arch == "amd64" else None):
-        return "kvm"
-    return "tcg"
-
-
-# --- one QEMU process ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Forward:
-    host_addr: str
-    host_port: int
-    guest_port: int
-
-    def __str__(self) -> str:
-        return f"{self.host_addr}:{self.host_port}->{self.guest_port}/tcp"
-
-
-@dataclass(frozen=True)
-class BootSpec:
-    arch: str
-    accel: str
-    cpus: int
-    memory_mib: int
-    kernel: Path
-    initrd: Path
-    console_log: Path
-    machine: str | None = None
-    forwards: tuple[Forward, ...] = ()
-    name: str = "hybridorch"
-
-
-def qemu_command(spec: BootSpec) -> list[str]:
-    m = MACHINES[spec.arch]
-    cmd = [qemu_binary(spec.arch), "-name", spec.name, "-machine", spec.machine or m.machine,
-           "-accel", spec.accel, "-smp", str(spec.cpus), "-m", str(spec.memory_mib),
-           "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none",
-           "-serial", f"file:{spec.console_log}",
-           "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
-           "-append", f"console={m.console} quiet loglevel=3 panic=-1"]
-    if spec.accel == "kvm":
-        cmd += ["-cpu", "host"]
-    elif m.cpu:
-        cmd += ["-cpu", m.cpu]
-    netdev = "user,id=n0"
-    for f in spec.forwards:
-        netdev += f",hostfwd=tcp:{f.host_addr}:{f.host_port}-:{f.guest_port}"
-    # romfile= skips the iPXE option ROM: nothing network-boots, and it saves a second of TCG boot
-    cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
-    return cmd
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-class GuestVM:
-    """A started qemu-system process, its console log and how to find it again (pid + cmdline)."""
-
-    def __init__(self, pid: int, spec: BootSpec, proc: subprocess.Popen[bytes] | None = None,
-                 stderr_path: Path | None = None):
-        self.pid = pid
-        self.spec = spec
-        self.proc = proc
-        self.stderr_path = stderr_path
-
-    @classmethod
-    def start(cls, spec: BootSpec, workdir: Path) -> "GuestVM":
-        cmd = qemu_command(spec)
-        spec.console_log.write_bytes(b"")
-        err_path = workdir / "qemu.err"
-        with open(err_path, "wb") as err:
-            # own session: a Ctrl-C in the terminal reaches us, and we decide what to stop
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
-        (workdir / "qemu.pid").write_text(f"{proc.pid}\n")
-        return cls(proc.pid, spec, proc, err_path)
-
-    def owns(self) -> bool:
-        """The pid is still our QEMU: its cmdline names our console log (pids get reused)."""
-        cmd = _cmdline(self.pid)
-        return _alive(self.pid) and f"file:{self.spec.console_log}" in cmd
-
-    def running(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        return self.owns()
-
-    def console(self) -> str:
-        try:
-            return self.spec.console_log.read_bytes().decode(errors="replace").replace("\r", "")
-        except OSError:
-            return ""
-
-    def qemu_error(self) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace").strip() if self.stderr_path else ""
-        except OSError:
-            text = ""
-        lines = [ln for ln in text.splitlines() if "warning:" not in ln]
-        return lines[-1] if lines else ""
-
-    def wait_for(self, check: Callable[[str], bool], timeout: float, poll: float = 0.1) -> bool:
-        """Poll the console until `check(text)` holds; False on timeout or if QEMU exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if check(self.console()):
-                return True
-            if not self.running() or time.monotonic() >= deadline:
-                return check(self.console())
-            time.sleep(poll)
-
-    def _gone(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is not None
-        if _alive(self.pid):
-            return False
-        try:  # our own child from an earlier call in this process: reap it so no zombie stays behind
-            os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        return True
-
-    def stop(self, grace: float = 3.0) -> bool:
-        """SIGTERM then SIGKILL, only if the pid is still ours; True if something was stopped."""
-        if self.proc is not None:
-            if self.proc.poll() is not None:
-                return False
-        elif not self.owns():
-            self._gone()
-            return False
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if self._gone():
-                return True
-            time.sleep(0.05)
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.proc is not None:
-            self.proc.wait()
-        else:
-            while not self._gone():
-                time.sleep(0.05)
-        return True
-
-
-def last_lines(text: str, n: int = 5) -> str:
-    """The console's last lines on one line; a kernel panic's own line first, since the trace after it
-    says less than its reason."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return "(console is empty)"
-    panic = [ln for ln in lines if "Kernel panic" in ln]
-    tail = lines[-n:]
-    return " | ".join(([panic[0]] if panic and panic[0] not in tail else []) + tail)
-
-
-def check_port_free(addr: str, port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # QEMU's user network binds with SO_REUSEADDR too: a TIME_WAIT left by an old client is no conflict
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((addr, port))
-        sock.listen(1)
-    except OSError as err:
-        if err.errno == errno.EADDRINUSE:
-            raise BackendError(f"port {addr}:{port} is already in use: stop what listens there or set a different "
-                               "hostPort") from None
-        raise BackendError(f"cannot use port {addr}:{port}: {err.strerror}") from None
-    finally:
-        sock.close()
-
-
-def port_answers(port: int, addr: str = "127.0.0.1", wait: float = 0.25) -> bool:
-    """A forwarded port answers when the connection stays open or sends data: QEMU's user network accepts
-    every connection to a forwarded port and closes it at once when nothing listens in the guest."""
-    host = "127.0.0.1" if addr == "0.0.0.0" else addr
-    try:
-        with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.settimeout(wait)
-            try:
-                return sock.recv(1) != b""
-            except socket.timeout:
-                return True
-    except OSError:
-        return False
-
-
-# --- one-shot runs (soc-test) ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ConsoleLine:
-    at: float         # seconds since QEMU was started
-    text: str
-
-
-@dataclass(frozen=True)
-class GuestRun:
-    arch: str
-    accelerator: str
-    lines: tuple[ConsoleLine, ...]
-    booted: bool
-    finished: bool       # the guest printed DONE and powered off
-    timed_out: bool
-    seconds: float
-    console_tail: str = ""
-
-
-def run_guest(arch: str, program: GuestProgram, *, workdir: Path, cpus: int = 1, memory_mib: int = 256,
-              machine: str | None = None, boot_timeout: float = 120, timeout: float = 600,
-              on_line: Callable[[ConsoleLine], None] | None = None,
-              cancel: threading.Event | None = None) -> GuestRun:
-    """Boot a guest that runs `program` and powers off; the console is read as it grows (so results have
-    host-side timestamps). The VM is always gone when this returns, Ctrl-C included."""
-    guest = load_guest(arch)
-    accel = accelerator_for(arch, guest)
-    workdir.mkdir(parents=True, exist_ok=True)
-    initrd = workdir / "initrd.img"
-    build_initrd(guest, materialize(program, arch, workdir), initrd)
-    spec = BootSpec(arch=arch, accel=accel, cpus=cpus, memory_mib=memory_mib, kernel=guest.kernel, initrd=initrd,
-                    console_log=workdir / "console.log", machine=machine,
-                    name=f"hybridorch-soc-{workdir.name}")
-    started = time.monotonic()
-    vm = GuestVM.start(spec, workdir)
-    lines: list[ConsoleLine] = []
-    booted = finished = timed_out = False
-    pos = 0
-    partial = b""
-    try:
-        with open(spec.console_log, "rb") as fh:
-            while True:
-                chunk = fh.read()
-                now = time.monotonic() - started
-                if chunk:
-                    partial += chunk
-                    *complete, partial = partial.split(b"\n")
-                    for raw in complete:
-                        line = ConsoleLine(now, raw.decode(errors="replace").strip("\r"))
-                        lines.append(line)
-                        booted = booted or line.text.startswith(f"{RESULT_PREFIX} BOOTED")
-                        finished = finished or line.text == f"{RESULT_PREFIX} DONE"
-                        if on_line:
-                            on_line(line)
-                    pos += len(chunk)
-                    continue
-                if not vm.running():
-                    break
-                if cancel is not None and cancel.is_set():
-                    raise KeyboardInterrupt  # another thread was interrupted: stop this VM too
-                if (not booted and now > boot_timeout) or now > timeout:
-                    timed_out = True
-                    break
-                time.sleep(0.05)
-    finally:
-        vm.stop()
-    seconds = time.monotonic() - started
-    if not booted:
-        error = vm.qemu_error()
-        if timed_out:
-            raise BackendError(f"the {arch} guest did not boot within {boot_timeout:.0f}s ({accel}); last console "
-                               f"lines: {last_lines(vm.console())}")
-        code = vm.proc.returncode if vm.proc is not None else None
-        raise BackendError(f"the {arch} guest stopped before booting (QEMU exited with code {code}"
-                           f"{': ' + error if error else ''}); last console lines: {last_lines(vm.console())}")
-    return GuestRun(arch, accel, tuple(lines), booted, finished, timed_out, seconds, last_lines(vm.console()))
+__all__ = ["QemuBackend", "run_guest", "state_root", "qemu_binary", "RESULT_PREFIX", "MACHINES", "Forward",
+           "program_for", "materialize", "accelerator_for"]
+_forwards = workload_forwards
 
 
 # --- the backend -------------------------------------------------------------------------------------
-
-def _memory_mib(w: Workload) -> int:
-    # the initramfs (busybox, runc, container roots) lives in RAM: below 128 MiB the guest cannot unpack it
-    return max(128, w.resources.memory_bytes // 2**20)
-
-
-def _forwards(w: Workload) -> tuple[Forward, ...]:
-    ports = list(w.ports) + [p for c in w.containers for p in c.ports]
-    seen: dict[int, Forward] = {}
-    for p in ports:
-        if p.protocol == "TCP" and p.published not in seen:
-            seen[p.published] = Forward("0.0.0.0" if p.public else "127.0.0.1", p.published, p.port)
-    return tuple(seen.values())
-
 
 def ready_forward(w: Workload, forwards: tuple[Forward, ...]) -> Forward | None:
     """The forward a readiness probe connects to: ready.port, else (without a ready marker) the first one."""
@@ -544,29 +154,20 @@ class _Desired:
     digest: str = ""
     workdir: Path = field(default_factory=Path)
     replica: int = 0
+    xml: str = ""
+    seed: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return vm_label(self.placement.name, self.replica)
 
 
-def replica_dir(workload: str, replica: int) -> str:
-    """State dir name of one replica; replica 0 keeps the bare workload name, so state from before replicas
-    existed is still found."""
-    return workload if replica == 0 else f"{workload}.{replica}"
-
-
 def vm_label(workload: str, replica: int) -> str:
     return workload if replica == 0 else f"{workload} replica {replica}"
 
 
-def replica_forwards(forwards: tuple[Forward, ...], replica: int) -> tuple[Forward, ...]:
-    """Only replica 0 forwards host ports: a second VM on the same host port would fail to start."""
-    return forwards if replica == 0 else ()
-
-
 class QemuBackend(Backend):
-    """vm and nested placements as local QEMU processes."""
+    """vm and nested placements as libvirt domains."""
 
     name = "qemu"
     RUNTIMES = ("vm", "nested")
@@ -586,11 +187,8 @@ class QemuBackend(Backend):
             pid = int((workdir / "qemu.pid").read_text().strip())
         except (OSError, ValueError):
             return None, {}
-        spec = BootSpec(arch=state["arch"], accel=state["accelerator"], cpus=state["cpus"],
-                        memory_mib=state["memoryMib"], kernel=Path(state["kernel"]), initrd=workdir / "initrd.img",
-                        console_log=workdir / "console.log",
-                        forwards=tuple(Forward(*f) for f in state["forwards"]))
-        return GuestVM(pid, spec, stderr_path=workdir / "qemu.err"), state
+        return GuestVM(state["domain"], workdir / "console.log", tuple(Forward(*f) for f in state["forwards"]),
+                       pid), state
 
     def _mine(self, plan: Plan) -> list[Placement]:
         return [p for p in plan.placements if p.runtime in self.RUNTIMES and p.workload.replicas > 0]
@@ -601,8 +199,14 @@ class QemuBackend(Backend):
         self._started = []
         stack_dir = self._stack_dir(plan)
         wanted = self._mine(plan)
+        if wanted:
+            libvirt.check_daemon()
+        if rendered is None or rendered.target != "local":
+            from ..render import render_plan
+            rendered = render_plan(plan, "local", local=local_facts(disks=disks.plan_disks(plan),
+                                                                   stack_file=plan.stack.file))
         try:
-            desired = [self._desire(p, stack_dir) for p in wanted]
+            desired = [self._desire(p, stack_dir, rendered) for p in wanted]
             # VMs of this stack whose workload left the plan (or moved to a container), and replicas beyond the
             # wanted count, are ours to remove
             names = {d.workdir.name for replicas in desired for d in replicas}
@@ -624,7 +228,7 @@ class QemuBackend(Backend):
         return self._status(plan, waited)
 
     def rollback(self) -> list[str]:
-        """Stop and forget every VM the last `up` started (a failed or interrupted run leaves nothing)."""
+        """Remove every domain the last `up` started (a failed or interrupted run leaves nothing)."""
         removed = []
         for vm, workdir in reversed(self._started):
             vm.stop()
@@ -633,20 +237,33 @@ class QemuBackend(Backend):
         self._started = []
         return removed
 
-    def _desire(self, p: Placement, stack_dir: Path) -> list[_Desired]:
-        """One entry per replica; each digest covers that replica's own forwards, so a changed hostPort
-        replaces replica 0 only."""
+    def _desire(self, p: Placement, stack_dir: Path, rendered: Rendered) -> list[_Desired]:
+        """One entry per replica, with its rendered domain; each digest covers that replica's own domain XML, so a
+        changed hostPort replaces replica 0 only."""
         w = p.workload
         program = program_for(w, p.runtime)
         guest = load_guest(w.arch)
         out = []
         for i in range(w.replicas):
-            forwards = replica_forwards(_forwards(w), i)
-            key = {"arch": w.arch, "machine": w.vm.machine, "cpus": w.vcpus, "memoryMib": _memory_mib(w),
-                   "program": repr(program), "forwards": [str(f) for f in forwards],
-                   "kernel": guest.kernel_version, "packages": dict(guest.packages), "ready": repr(w.ready)}
+            where = w.name if i == 0 else f"{w.name}-{i}"
+            try:
+                xml = rendered.file(f"{where}/domain.xml").content
+            except KeyError:
+                raise BackendError(f"the local rendering has no domain for {vm_label(w.name, i)}") from None
+            workdir = stack_dir / replica_dir(w.name, i)
+            if f"{workdir}/console.log" not in xml:
+                raise BackendError(f"the domain rendered for {vm_label(w.name, i)} does not point at {workdir} "
+                                   "(rendered for another machine?)")
+            seed = {}
+            for name in ("user-data", "meta-data"):
+                try:
+                    seed[name] = rendered.file(f"{where}/{name}").content
+                except KeyError:
+                    pass
+            key = {"xml": xml, "program": repr(program), "kernel": guest.kernel_version,
+                   "packages": dict(guest.packages), "ready": repr(w.ready), "seed": seed}
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-            out.append(_Desired(p, program, forwards, digest, stack_dir / replica_dir(w.name, i), i))
+            out.append(_Desired(p, program, replica_forwards(workload_forwards(w), i), digest, workdir, i, xml, seed))
         return out
 
     def _current(self, d: _Desired) -> bool:
@@ -664,17 +281,22 @@ class QemuBackend(Backend):
             if d.workdir.exists():
                 self._remove(d.workdir)
         guest = load_guest(w.arch)
-        binary = qemu_binary(w.arch)  # fail before building anything when QEMU is missing
+        qemu_binary(w.arch)  # fail before building anything when QEMU is missing
         for d in stale:
             for f in d.forwards:
                 check_port_free(f.host_addr, f.host_port)
-        accel = accelerator_for(w.arch, guest)
+        # the rendered domain decides: a disk boot, or the busybox guest (no disk named, or a stand-in for a
+        # containerDisk that is neither here nor buildable)
+        disk = disks.disk_image(w) if "/disk.qcow2" in stale[0].xml else None
+        base: disks.BaseDisk | None = disks.base_disk(disk, w.arch) if disk else None
         initrd: Path | None = None
         vms = []
         for d in stale:
             d.workdir.mkdir(parents=True, exist_ok=True)
             try:
-                if initrd is None:
+                if base is not None:
+                    disks.prepare(base, d.workdir, d.seed)
+                elif initrd is None:
                     build_initrd(guest, materialize(d.program, w.arch, d.workdir), d.workdir / "initrd.img")
                     for tar in d.workdir.glob("*.rootfs.tar"):
                         tar.unlink()  # already copied into the initrd
@@ -685,34 +307,40 @@ class QemuBackend(Backend):
             except BaseException:
                 shutil.rmtree(d.workdir, ignore_errors=True)
                 raise
-            vms.append(self._start(d, plan, guest, accel, binary))
+            vms.append(self._start(d, plan))
         if wait:
             for vm, d in zip(vms, stale):
-                self._wait_ready(vm, w, timeout, d.label)
+                self._wait_ready(vm, w, timeout, d.label, booted_disk=base is not None)
         return {d.workdir.name for d in stale}
 
-    def _start(self, d: _Desired, plan: Plan, guest: Guest, accel: str, binary: str) -> GuestVM:
+    def _start(self, d: _Desired, plan: Plan) -> GuestVM:
         w = d.placement.workload
-        name = f"hybridorch-{plan.stack.name}-{w.name}" + (f"-{d.replica}" if d.replica else "")
-        spec = BootSpec(arch=w.arch, accel=accel, cpus=w.vcpus, memory_mib=_memory_mib(w), kernel=guest.kernel,
-                        initrd=d.workdir / "initrd.img", console_log=d.workdir / "console.log",
-                        machine=w.vm.machine, forwards=d.forwards, name=name)
-        state = {"stack": plan.stack.name, "workload": w.name, "replica": d.replica,
-                 "runtime": d.placement.runtime, "arch": w.arch, "accelerator": accel, "cpus": spec.cpus,
-                 "memoryMib": spec.memory_mib, "kernel": str(guest.kernel),
-                 "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in d.forwards], "digest": d.digest,
-                 "started": time.time(), "binary": binary}
-        (d.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        vm = GuestVM.start(spec, d.workdir)
+        xml_file = d.workdir / "domain.xml"
+        xml_file.write_text(d.xml)
+        accel = "kvm" if '<domain type="kvm"' in d.xml else "tcg"
+        try:
+            vm = GuestVM.start(xml_file, d.workdir / "console.log", d.forwards)
+        except BaseException:
+            shutil.rmtree(d.workdir, ignore_errors=True)
+            raise
         self._started.append((vm, d.workdir))
+        (d.workdir / "qemu.pid").write_text(f"{vm.pid}\n")
+        state = {"stack": plan.stack.name, "workload": w.name, "replica": d.replica, "domain": vm.name,
+                 "runtime": d.placement.runtime, "arch": w.arch, "accelerator": accel, "cpus": w.vcpus,
+                 "memoryMib": w.resources.memory_bytes // 2**20,
+                 "guest": "disk" if "/disk.qcow2" in d.xml else "stand-in" if disks.disk_image(w) else "busybox",
+                 "disk": disks.disk_image(w), "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in d.forwards],
+                 "digest": d.digest, "started": time.time()}
+        (d.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         return vm
 
-    def _wait_ready(self, vm: GuestVM, w: Workload, timeout: float, label: str | None = None) -> None:
+    def _wait_ready(self, vm: GuestVM, w: Workload, timeout: float, label: str | None = None,
+                    booted_disk: bool = False) -> None:
         limit = float(w.ready.timeout) if w.ready else timeout
         label = label or w.name
         deadline = time.monotonic() + limit
         while True:
-            if self._is_ready(vm, w):
+            if self._is_ready(vm, w, booted_disk):
                 return
             if not vm.running():
                 error = vm.qemu_error()
@@ -725,15 +353,18 @@ class QemuBackend(Backend):
                                    f"lines: {last_lines(vm.console())}")
             time.sleep(0.05)
 
-    def _is_ready(self, vm: GuestVM, w: Workload) -> bool:
+    def _is_ready(self, vm: GuestVM, w: Workload, booted_disk: bool = False) -> bool:
+        """The busybox guest prints the ready marker; a booted disk's OS is ready only when its own service
+        answers on the forwarded ready port (or its console shows the spec's marker)."""
         text = vm.console()
         marker = w.ready.marker if w.ready and w.ready.marker else None
         if marker and marker not in text:
             return False
-        if not marker and READY_MARKER not in text:
+        if not marker and not booted_disk and READY_MARKER not in text:
             return False
-        # the VM's own forwards: replicas > 0 have none, so the console marker is their readiness
-        port = ready_forward(w, vm.spec.forwards)
+        port = ready_forward(w, vm.forwards)
+        if booted_disk and port is None and not marker:
+            return vm.running()
         return port is None or port_answers(port.host_port, port.host_addr)
 
     # -- status / logs / down ---------------------------------------------------------------------------
@@ -757,28 +388,34 @@ class QemuBackend(Backend):
             ports = tuple(str(Forward(*f)) for *_, state in loaded for f in state.get("forwards", []))
             state0 = loaded[0][3]
             accel = state0.get("accelerator")
+            booted_disk = state0.get("guest") == "disk"
+            what_boots = {"disk": f"its own disk {state0.get('disk')}",
+                          "stand-in": f"the busybox guest as a STAND-IN: containerDisk {state0.get('disk')} is not "
+                                      "in the local Docker engine and has no recipe"}.get(
+                state0.get("guest", ""), "the busybox guest (no disk or image named)")
             alive = [(i, name, vm) for i, name, vm, _ in loaded if vm.owns()]
             counts = f"{len(alive)}/{w.replicas} replicas running"
             dead = [(i, vm) for i, _, vm, _ in loaded if not vm.owns()]
             if dead:
                 i, vm = dead[0]
-                what = "QEMU" if i == 0 else f"QEMU of replica {i}"
+                what = "domain " + vm.name
                 out.append(WorkloadStatus(p.name, p.runtime, "failed", ports, accel,
                                           detail=f"{counts}; {what} is not running; last console lines: "
                                                  f"{last_lines(vm.console(), 3)}"))
                 continue
             pids = [vm.pid for _, _, vm in alive]
-            detail = f"{counts}; {state0['arch']} {MACHINES[state0['arch']].binary} pid " + \
-                ", ".join(str(pid) for pid in pids)
+            detail = f"{counts}; libvirt domain {', '.join(vm.name for _, _, vm in alive)} ({state0['arch']}) " \
+                     f"boots {what_boots}; pid " + ", ".join(str(pid) for pid in pids)
             if len(alive) < w.replicas:
                 phase = "pending"
             else:
-                ready = all(name in known_ready or self._is_ready(vm, w) for _, name, vm in alive)
+                ready = all(name in known_ready or self._is_ready(vm, w, booted_disk) for _, name, vm in alive)
                 phase = "ready" if ready else "running"
             started = min(st["started"] for *_, st in loaded)
             out.append(WorkloadStatus(p.name, p.runtime, phase, ports, accel,
                                       uptime_seconds=time.time() - started, detail=detail,
-                                      extra={"pid": pids[0], "pids": pids}))
+                                      extra={"pid": pids[0], "pids": pids, "domain": alive[0][2].name,
+                                             "guest": state0.get("guest", "busybox")}))
         return out
 
     def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
@@ -801,9 +438,9 @@ class QemuBackend(Backend):
             if partial:
                 yield partial
             return
-        size = vm.spec.console_log.stat().st_size - len(partial.encode())
+        size = vm.console_log.stat().st_size - len(partial.encode())
         while vm.owns():
-            with open(vm.spec.console_log, "rb") as fh:
+            with open(vm.console_log, "rb") as fh:
                 fh.seek(size)
                 chunk = fh.read()
             if b"\n" in chunk:
@@ -819,16 +456,15 @@ class QemuBackend(Backend):
         return stopped
 
     def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
-        """Every VM under the stack's state dir, whatever the plan says now (a workload removed from the
-        stack must not leave its VM behind). A local VM holds no data to keep: it boots an initramfs rebuilt
-        on every start, and its state dir holds only that, its pid, spec hash and console log, so
-        `delete_data` changes nothing here."""
-        stack_dir = self._stack_dir(plan)
+        """Every domain carrying the stack's label, whatever the plan says now (a workload removed from the stack
+        must not leave its VM behind), and the stack's state dir. A local VM holds no data to keep: its overlay
+        and initramfs are rebuilt on every start, so `delete_data` changes nothing here."""
         removed = []
+        found = libvirt.domains(**{LABEL_STACK: plan.stack.name}) if shutil.which("virsh") else []
+        for dom in sorted(found, key=lambda x: x.name):
+            libvirt.remove(dom.name)
+            removed.append(f"vm {vm_label(dom.labels.get(LABEL_WORKLOAD, dom.name), int(dom.labels.get(LABEL_REPLICA) or 0))}")
+        stack_dir = self._stack_dir(plan)
         if stack_dir.is_dir():
-            for workdir in sorted(stack_dir.iterdir()):
-                if workdir.is_dir():
-                    self._remove(workdir)
-                    removed.append(f"vm {workdir.name}")
             shutil.rmtree(stack_dir, ignore_errors=True)
         return Removal(tuple(removed))

@@ -1,0 +1,128 @@
+"""What a local VM domain is made of, as plain data: the arch/machine/console table, the host-port publishing
+rule, where each replica's files live, and the context the libvirt template lays out. Pure: no I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from ..spec import Workload
+
+LABEL_REPLICA = "hybridorch.dev/replica"
+XMLNS_LABELS = "https://hybridorch.dev/xmlns/labels/1"
+MIN_INITRAMFS_MIB = 128   # the busybox guest's initramfs lives in RAM: below this it cannot unpack
+
+
+@dataclass(frozen=True)
+class Machine:
+    """How QEMU emulates one guest arch."""
+
+    uname: str                # libvirt's and the kernel's name of the arch
+    binary: str
+    package: str              # the Debian package that provides the binary
+    machine: str
+    console: str              # kernel console device of the machine's first serial port
+    cpu: str | None = None    # TCG CPU model
+
+
+MACHINES: dict[str, Machine] = {
+    "amd64": Machine("x86_64", "qemu-system-x86_64", "qemu-system-x86", "q35", "ttyS0"),
+    # cortex-a57 boots faster under TCG than `max` (no SVE/pointer-auth emulation)
+    "arm64": Machine("aarch64", "qemu-system-aarch64", "qemu-system-arm", "virt", "ttyAMA0", "cortex-a57"),
+}
+
+
+@dataclass(frozen=True)
+class Forward:
+    host_addr: str
+    host_port: int
+    guest_port: int
+
+    def __str__(self) -> str:
+        return f"{self.host_addr}:{self.host_port}->{self.guest_port}/tcp"
+
+
+def workload_forwards(w: Workload) -> tuple[Forward, ...]:
+    """Host ports of a VM: every TCP port (inner containers' too), on 127.0.0.1 unless `public`."""
+    seen: dict[int, Forward] = {}
+    for p in list(w.ports) + [p for c in w.containers for p in c.ports]:
+        if p.protocol == "TCP" and p.published not in seen:
+            seen[p.published] = Forward("0.0.0.0" if p.public else "127.0.0.1", p.published, p.port)
+    return tuple(seen.values())
+
+
+def replica_forwards(forwards: tuple[Forward, ...], replica: int) -> tuple[Forward, ...]:
+    """Only replica 0 forwards host ports: a second VM on the same host port would fail to start."""
+    return forwards if replica == 0 else ()
+
+
+def replica_dir(workload: str, replica: int) -> str:
+    """State dir name of one replica (a DNS-label workload name has no '.', so no collision)."""
+    return workload if replica == 0 else f"{workload}.{replica}"
+
+
+def domain_name(stack: str, workload: str, replica: int) -> str:
+    return f"hyb-{stack}-{workload}-{replica}"
+
+
+@dataclass(frozen=True)
+class LocalFacts:
+    """What rendering for this machine needs to know about it: where guests and VM state really live, which
+    accelerator works per arch (the KVM probe's verdict), the QEMU binaries and whom QEMU runs as."""
+
+    cache_dir: str
+    state_dir: str
+    guests_dir: str
+    accelerators: Mapping[str, str] = field(default_factory=dict)   # arch -> kvm | tcg
+    emulators: Mapping[str, str] = field(default_factory=dict)      # arch -> qemu-system path
+    run_as: str | None = None                                        # DAC label "+uid:+gid"
+    # containerDisks neither in the local Docker engine nor buildable from a recipe: such a VM boots the busybox
+    # guest as a stand-in, and `status` says so
+    missing_disks: frozenset[str] = frozenset()
+
+    @classmethod
+    def placeholder(cls, cache_dir: str) -> "LocalFacts":
+        return cls(cache_dir, f"{cache_dir}/state", f"{cache_dir}/guests")
+
+
+def vm_dir(facts: LocalFacts, stack: str, workload: str, replica: int) -> str:
+    return f"{facts.state_dir}/{stack}/{replica_dir(workload, replica)}"
+
+
+def domain_context(facts: LocalFacts, vm: Mapping[str, Any], *, stack: str, arch: str, replica: int,
+                   has_disk: bool, forwards: tuple[Forward, ...], emulated: bool) -> dict[str, Any]:
+    """The `d` of templates/libvirt/domain.xml.j2 for one replica. `vm` is render's VM context."""
+    m = MACHINES.get(arch)
+    uname = m.uname if m else vm["guest_arch"]
+    accel = facts.accelerators.get(arch) or ("kvm" if vm["accelerated"] else "tcg")
+    if emulated:
+        accel = "tcg"
+    where = vm_dir(facts, stack, vm["name"], replica)
+    console = m.console if m else "ttyS0"
+    if has_disk:
+        # the disk's own kernel, shipped in its containerDisk (KubeVirt's kernelBoot layout), boots its root
+        cmdline = f"root=/dev/{'sda' if vm['bus'] == 'sata' else 'vda'} rw console={console} panic=-1"
+    else:
+        cmdline = f"console={console} quiet loglevel=3 panic=-1"
+    memory = vm["memory_mib"] if has_disk else max(MIN_INITRAMFS_MIB, vm["memory_mib"])
+    return {
+        "name": domain_name(stack, vm["name"], replica),
+        "title": f"{stack}/{vm['name']}" + (f" replica {replica}" if replica else ""),
+        "type": "kvm" if accel == "kvm" else "qemu",
+        "labels": {**vm["labels"], LABEL_REPLICA: str(replica)},
+        "memory_mib": memory, "vcpus": vm["cores"], "arch": uname, "machine": vm["machine"],
+        "cpu": "host" if accel == "kvm" else (m.cpu if m else None),
+        "emulator": facts.emulators.get(arch) or f"/usr/bin/{m.binary if m else 'qemu-system-' + uname}",
+        "kernel": None if vm["windows"] else f"{where}/vmlinuz" if has_disk else f"{facts.guests_dir}/{arch}/vmlinuz",
+        "initrd": None if vm["windows"] else f"{where}/initrd.img",
+        "cmdline": cmdline,
+        "efi": False,
+        "disk": f"{where}/disk.qcow2" if has_disk else None,
+        "seed": f"{where}/seed.iso" if has_disk and vm["user_data"] is not None else None,
+        "console_log": f"{where}/console.log",
+        "forwards": [{"host_addr": f.host_addr, "host_port": f.host_port, "guest_port": f.guest_port}
+                     for f in forwards],
+        "bus": vm["bus"], "nic_device": "e1000e" if vm["nic_model"] == "e1000e" else "virtio-net-pci",
+        "windows": vm["windows"], "on_reboot": "restart" if has_disk else "destroy",
+        "run_as": facts.run_as,
+    }

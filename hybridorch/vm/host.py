@@ -1,0 +1,125 @@
+"""This machine as the local VM engine sees it: the cache root, where VM state lives, the QEMU binaries, and the
+KVM probe (a real guest booted under KVM through libvirt, cached per host kernel)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import BackendError
+from .domain import MACHINES, LocalFacts
+
+HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
+KVM_PROBE_TIMEOUT = 6.0   # a KVM guest boots to /init in well under a second; TCG takes ~2.5 s
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hybridorch"
+
+
+def state_root() -> Path:
+    override = os.environ.get("HYBRIDORCH_STATE_DIR")
+    return Path(override) if override else cache_root() / "state"
+
+
+def guests_root() -> Path:
+    override = os.environ.get("HYBRIDORCH_GUEST_DIR")
+    return Path(override) if override else cache_root() / "guests"
+
+
+def qemu_binary(arch: str) -> str:
+    """The qemu-system binary for `arch`; HYBRIDORCH_QEMU_BINARY overrides (tests point it at nothing)."""
+    if arch not in MACHINES:
+        raise BackendError(f"unknown guest arch {arch!r}: use one of {', '.join(MACHINES)}")
+    machine = MACHINES[arch]
+    wanted = os.environ.get("HYBRIDORCH_QEMU_BINARY") or machine.binary
+    found = shutil.which(wanted)
+    if not found:
+        raise BackendError(f"QEMU is not installed ({wanted} not found): apt-get install {machine.package}")
+    return os.path.abspath(found)
+
+
+def _kvm_api_ok() -> bool:
+    """/dev/kvm opens and answers KVM_GET_API_VERSION with 12: necessary, not sufficient."""
+    import fcntl
+
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, 0xAE00) == 12  # KVM_GET_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _verdicts() -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads((cache_root() / "kvm-probe.json").read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def kvm_usable(probe: bool = True) -> bool:
+    """Whether KVM can run our guests, cached per host kernel in ~/.cache/hybridorch/kvm-probe.json.
+
+    /dev/kvm can exist and pass the ioctl while guests hang (nested virtualisation), so the probe boots the
+    amd64 guest's kernel as a `kvm` domain with a short timeout and checks that /init printed its marker.
+    Without `probe`, an unprobed kernel counts as no KVM."""
+    if HOST_ARCH != "amd64" or os.environ.get("HYBRIDORCH_ACCEL") == "tcg":
+        return False
+    kernel = platform.release()
+    verdicts = _verdicts()
+    if kernel in verdicts:
+        return bool(verdicts[kernel]["kvm"])
+    if not probe:
+        return False
+    ok, why = False, "/dev/kvm missing or KVM_GET_API_VERSION failed"
+    if _kvm_api_ok():
+        from .boot import probe_kvm
+        ok, why = probe_kvm(KVM_PROBE_TIMEOUT)
+    verdicts[kernel] = {"kvm": ok, "why": why, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = cache_root() / "kvm-probe.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(verdicts, indent=2) + "\n")
+    return ok
+
+
+def accelerator_for(arch: str, probe: bool = True) -> str:
+    return "kvm" if arch == HOST_ARCH and kvm_usable(probe) else "tcg"
+
+
+def missing_disks(images: list[str], stack_file: str | None) -> frozenset[str]:
+    """The containerDisks among `images` that are neither in the local Docker engine nor have a recipe."""
+    from .. import images as recipes
+    from .. import proc
+
+    out = set()
+    for image in images:
+        if recipes.find_recipe(image, recipes.image_dirs(stack_file)) is not None:
+            continue
+        found = proc.run(["docker", "image", "inspect", image], what="docker", check=False, timeout=30)
+        if found.returncode != 0:
+            out.add(image)
+    return frozenset(out)
+
+
+def local_facts(probe: bool = True, disks: list[str] | None = None, stack_file: str | None = None) -> LocalFacts:
+    """The real facts the local rendering needs; `probe=False` never boots the KVM probe (render uses the
+    cached verdict)."""
+    emulators = {}
+    for arch, m in MACHINES.items():
+        wanted = os.environ.get("HYBRIDORCH_QEMU_BINARY") or m.binary
+        found = shutil.which(wanted)
+        emulators[arch] = os.path.abspath(found) if found else wanted
+    return LocalFacts(cache_dir=str(cache_root()), state_dir=str(state_root()), guests_dir=str(guests_root()),
+                      accelerators={arch: accelerator_for(arch, probe) for arch in MACHINES},
+                      emulators=emulators, run_as=f"+{os.getuid()}:+{os.getgid()}",
+                      missing_disks=missing_disks(disks or [], stack_file) if disks else frozenset())

@@ -1,0 +1,126 @@
+"""The libvirt engine: define, start, find, stop and remove domains through `virsh` against the system daemon.
+
+virsh rather than the Python bindings: the rendered domain file is handed over as it is (`virsh define FILE`,
+the command a user would type to reproduce it), and nothing has to be compiled against libvirt-dev for the
+project's Python. Domains are found by the hybridorch labels in their <metadata>, never by name guessing.
+"""
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import proc
+from ..errors import BackendError
+from .domain import XMLNS_LABELS
+
+START_HINT = "start it with e2e/setup.d/15-libvirt.sh (virtlogd -d; libvirtd -d)"
+
+
+def uri() -> str:
+    return os.environ.get("HYBRIDORCH_LIBVIRT_URI", "qemu:///system")
+
+
+def virsh(*args: str, what: str, check: bool = True, timeout: float = 120) -> str:
+    result = proc.run(["virsh", "-q", "-c", uri(), *args], what=what, check=False, timeout=timeout,
+                      missing="apt-get install libvirt-clients")
+    if check and result.returncode != 0:
+        error = proc.last_line(result.stderr)
+        if "Failed to connect socket" in error or "failed to connect to the hypervisor" in error:
+            raise BackendError(f"{what}: the libvirt daemon does not answer on {uri()}: {START_HINT}")
+        raise BackendError(f"{what}: {error or 'virsh exited with ' + str(result.returncode)}")
+    return result.stdout if result.returncode == 0 else ""
+
+
+def check_daemon() -> None:
+    virsh("version", what="libvirt")
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    labels: dict[str, str]
+    running: bool
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int(Path(f"/run/libvirt/qemu/{self.name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def labels_of(xml: str) -> dict[str, str]:
+    """The hybridorch labels in a domain's <metadata> (empty for a domain that is not ours)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    return {e.get("key", ""): e.get("value", "") for e in root.iter(f"{{{XMLNS_LABELS}}}label")}
+
+
+def domains(**wanted: str) -> list[Domain]:
+    """Every domain (running or only defined) whose labels include `wanted` (label keys with '/' and '.' as
+    given by the caller through a dict), e.g. domains(**{"hybridorch.dev/stack": "shop"})."""
+    out = []
+    running = set(virsh("list", "--name", what="libvirt: list domains").split())
+    for name in virsh("list", "--all", "--name", what="libvirt: list domains").split():
+        xml = virsh("dumpxml", name, what=f"libvirt: read domain {name}", check=False)
+        labels = labels_of(xml)
+        if labels and all(labels.get(k) == v for k, v in wanted.items()):
+            out.append(Domain(name, labels, name in running))
+    return out
+
+
+def get(name: str) -> Domain | None:
+    xml = virsh("dumpxml", name, what=f"libvirt: read domain {name}", check=False)
+    if not xml:
+        return None
+    state = virsh("domstate", name, what=f"libvirt: state of {name}", check=False).strip()
+    return Domain(name, labels_of(xml), state == "running")
+
+
+def remove(name: str) -> bool:
+    """Destroy (if running) and undefine one domain; True if it was running."""
+    dom = get(name)
+    if dom is None:
+        return False
+    if dom.running:
+        virsh("destroy", name, what=f"libvirt: stop domain {name}", check=False)
+    virsh("undefine", name, what=f"libvirt: remove domain {name}", check=False)
+    return dom.running
+
+
+_NAME = re.compile(r"<name>([^<]+)</name>")
+
+
+def define_and_start(xml_file: Path) -> str:
+    """`virsh define` the file, then `virsh start` it: the domain stays listed (virsh list --all, virt-manager)
+    until `remove`. A stale domain of the same name (an earlier run that died) is replaced."""
+    match = _NAME.search(xml_file.read_text())
+    if not match:
+        raise BackendError(f"{xml_file}: no <name> in the domain XML")
+    name = match.group(1)
+    remove(name)
+    virsh("define", str(xml_file), what=f"libvirt: define {name}")
+    try:
+        virsh("start", name, what=f"libvirt: start {name}")
+    except BaseException:
+        remove(name)   # Ctrl-C while `virsh start` ran: the domain may be running already
+        raise
+    return name
+
+
+def create_transient(xml_file: Path) -> str:
+    """`virsh create`: a domain that exists only while it runs (soc-test boards, the KVM probe)."""
+    match = _NAME.search(xml_file.read_text())
+    name = match.group(1) if match else "?"
+    virsh("destroy", name, what="libvirt", check=False)
+    virsh("create", str(xml_file), what=f"libvirt: boot {name}")
+    return name
+
+
+def is_running(name: str) -> bool:
+    return virsh("domstate", name, what="libvirt", check=False).strip() == "running"
