@@ -181,26 +181,18 @@ def kind_node_image() -> str | None:
 
 
 def kind_up() -> None:
-    image = kind_node_image()
-    if not shutil.which("kind") or not image:
-        raise SystemExit("[cluster] error: provider kind needs the kind binary, a Docker engine and a kindest/node "
-                         "image; use --provider local")
+    """A real kind cluster from the node image e2e/kind builds locally (no registry): e2e/kind/cluster.sh."""
     STATE.mkdir(parents=True, exist_ok=True)
-    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True).stdout.split()
-    if CLUSTER_NAME not in clusters:
-        log(f"creating kind cluster {CLUSTER_NAME} ({image})")
-        run(["kind", "create", "cluster", "--name", CLUSTER_NAME, "--image", image, "--kubeconfig", str(KUBECONFIG),
-             "--wait", "120s"])
-    else:
-        run(["kind", "export", "kubeconfig", "--name", CLUSTER_NAME, "--kubeconfig", str(KUBECONFIG)])
+    subprocess.run(["bash", str(HERE.parent / "kind" / "cluster.sh"), "up", "--name", CLUSTER_NAME,
+                    "--kubeconfig", str(KUBECONFIG)], check=True)
     # kind nodes are containers on this host: they can run VMs when the host has /dev/kvm
     if os.path.exists("/dev/kvm"):
         kubectl("label", "nodes", "--all", "--overwrite", f"{LABEL_VIRTUALIZATION}=true")
 
 
 def kind_down() -> None:
-    if shutil.which("kind"):
-        run(["kind", "delete", "cluster", "--name", CLUSTER_NAME])
+    subprocess.run(["bash", str(HERE.parent / "kind" / "cluster.sh"), "down", "--name", CLUSTER_NAME,
+                    "--kubeconfig", str(KUBECONFIG)], check=True)
 
 
 # --- what every provider gets -------------------------------------------------------------------------

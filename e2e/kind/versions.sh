@@ -1,0 +1,11 @@
+# Versions of everything the kind node image is made of (sourced by the e2e/kind scripts). Changing one
+# changes the image's input hash, so the next build makes a new image.
+KIND_VERSION="${HYBRIDORCH_KIND_VERSION:-v0.33.0}"
+K8S_VERSION="${HYBRIDORCH_K8S_VERSION:-v1.34.4}"
+CRI_TOOLS_VERSION="v1.34.0"
+COREDNS_VERSION="v1.12.1"          # what kubeadm v1.34 deploys (kubeadm config images list)
+NETPOL_VERSION="v0.8.0"            # sigs.k8s.io/kube-network-policies
+PAUSE_TAG="3.10.1"                 # the sandbox image tag kubeadm v1.34 expects
+ETCD_TAG="3.6.4-0"                 # etcd v3.6.4 from e2e/k8s/build.sh (cluster.yaml sets kubeadm's etcd imageTag)
+DEBIAN_SUITE="bookworm"
+NODE_REPO="hybridorch.local/kind-node"
