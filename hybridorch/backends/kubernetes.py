@@ -470,6 +470,8 @@ class KubernetesBackend(Backend):
                     next_vm_read = time.monotonic() + 2
                 statuses = self._statuses(plan, list(watch.objects.values()) + vm_objects, controller)
                 for st in statuses:
+                    if st.state == "absent":
+                        continue   # just applied: the watch has not delivered it yet
                     line = f"{st.name}: {'accepted' if st.detail == ACCEPTED else st.state}" + \
                         (f" ({st.detail})" if st.detail and st.detail != ACCEPTED else "")
                     if shown.get(st.name) != line:

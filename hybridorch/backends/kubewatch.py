@@ -157,6 +157,8 @@ class StackWatch:
         self.events: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()   # the streaming responses, so stop() can cut them
 
     def start(self) -> None:
         for ns in self.namespaces:
@@ -171,11 +173,22 @@ class StackWatch:
                 self._threads.append(t)
 
     def stop(self) -> None:
+        """End every watch now: shut the streaming connections down so no thread is left reading one when the
+        interpreter exits (a daemon thread inside a read at shutdown aborts the process)."""
         self._stop.set()
+        with self._lock:
+            responses = list(self._open)
+        for resp in responses:
+            try:
+                resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+        for t in self._threads:
+            t.join(timeout=5)
 
     def _run(self, kind: str, call: Callable[..., Any], ns: str, kwargs: dict[str, Any]) -> None:
-        from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
 
         try:
             while not self._stop.is_set():
@@ -184,26 +197,33 @@ class StackWatch:
                     item.setdefault("kind", kind)
                     self.updates.put((kind, "ADDED", item))
                 version = (listing.get("metadata") or {}).get("resourceVersion")
-                while not self._stop.is_set():
-                    w = watch.Watch()
+                gone = False
+                while not self._stop.is_set() and not gone:
+                    resp = call(namespace=ns, watch=True, resource_version=version, timeout_seconds=WATCH_ROUND,
+                                _preload_content=False, **kwargs)
+                    with self._lock:
+                        self._open.add(resp)
                     try:
-                        for ev in w.stream(call, namespace=ns, resource_version=version, timeout_seconds=WATCH_ROUND,
-                                           **kwargs):
+                        for line in iter_resp_lines(resp):
                             if self._stop.is_set():
-                                w.stop()
                                 return
-                            raw = ev.get("raw_object") or {}
+                            ev = json.loads(line)
+                            raw = ev.get("object") or {}
                             if ev.get("type") == "ERROR":
-                                raise ApiException(status=raw.get("code"), reason=raw.get("reason"))
+                                if raw.get("code") == 410:   # our resourceVersion is too old: list again
+                                    gone = True
+                                    break
+                                raise ApiException(status=raw.get("code"), reason=raw.get("message"))
                             raw.setdefault("kind", kind)
                             version = (raw.get("metadata") or {}).get("resourceVersion") or version
-                            self.updates.put((kind, ev["type"], raw))
-                    except ApiException as err:
-                        if err.status == 410:   # our resourceVersion is too old: list again
-                            break
-                        raise
+                            self.updates.put((kind, ev.get("type", ""), raw))
+                    finally:
+                        with self._lock:
+                            self._open.discard(resp)
+                        resp.release_conn()
         except Exception as err:  # noqa: BLE001 - handed to the waiting thread, which turns it into one line
-            self.updates.put(("error", "", {"error": err}))
+            if not self._stop.is_set():
+                self.updates.put(("error", "", {"error": err}))
 
     def apply(self, kind: str, change: str, obj: dict[str, Any]) -> None:
         """Fold one update into the current state."""
