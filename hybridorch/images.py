@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ _INSTALLED_IMAGES = Path(__file__).resolve().parent / "recipes"
 _REPO_IMAGES = _INSTALLED_IMAGES if _INSTALLED_IMAGES.is_dir() else \
     Path(__file__).resolve().parent.parent / "examples" / "images"
 _FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
+PREPARE = "prepare"
+PREPARE_TIMEOUT = 900.0   # a Debian root from the apt mirror, mkfs and qemu-img: ~1 min on 2 cores
 _COPY_BUSYBOX = re.compile(r"^\s*(?:COPY|ADD)\s+(?:--\S+\s+)*busybox\s", re.IGNORECASE | re.MULTILINE)
 
 
@@ -42,12 +45,48 @@ class Recipe:
     def dockerfile(self) -> Path:
         return self.directory / "Dockerfile"
 
+    @property
+    def prepare(self) -> Path | None:
+        """An executable `prepare` beside the Dockerfile makes files the build COPYs (a VM disk, a kernel)."""
+        path = self.directory / PREPARE
+        return path if path.is_file() else None
+
     def assemble(self, dest: Path) -> Path:
-        """Copy the recipe into `dest` (an empty build context), adding the static busybox when it is COPYed."""
+        """Copy the recipe into `dest` (an empty build context), adding the static busybox when it is COPYed
+        and the files its `prepare` step made."""
         shutil.copytree(self.directory, dest, dirs_exist_ok=True)
         if self.needs_busybox and not (dest / "busybox").exists():
             shutil.copy2(static_busybox(), dest / "busybox")
+        if self.prepare is not None:
+            shutil.copytree(prepared(self), dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".done"))
         return dest
+
+
+def prepared(recipe: Recipe) -> Path:
+    """The output directory of the recipe's `prepare OUTDIR`, run once per recipe content (the content_ref
+    hash) and cached under ~/.cache/hybridorch/prepared: a disk image takes minutes, a rebuild must not."""
+    from . import proc
+    from .vm.host import cache_root
+
+    name = recipe.ref[len(LOCAL_REGISTRY) + 1:].split(":", 1)[0].replace("/", "_")
+    out = cache_root() / "prepared" / f"{name}-{recipe.content_ref.rsplit('-', 1)[-1]}"
+    if (out / ".done").exists():
+        return out
+    new = out.with_name(out.name + f".new{os.getpid()}")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    # the script may call back into this package (python3 -m hybridorch...), installed or not
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent),
+                                       os.environ.get("PYTHONPATH", "")) if p)
+    try:
+        proc.run(["env", f"HYBRIDORCH_PYTHON={sys.executable}", f"PYTHONPATH={path}", str(recipe.prepare),
+                  str(new)], what=f"preparing image {recipe.ref} ({recipe.prepare})", timeout=PREPARE_TIMEOUT)
+        (new / ".done").write_text(recipe.content_ref + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        new.rename(out)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+    return out
 
 
 def is_local(ref: str) -> bool:

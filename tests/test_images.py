@@ -4,7 +4,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from hybridorch import images
+from hybridorch.errors import BackendError
 from tests.conftest import ROOT
 
 EXAMPLE_IMAGES = ROOT / "examples" / "images"
@@ -42,7 +45,7 @@ def test_content_ref_changes_with_the_recipe_and_with_its_parent(tmp_path: Path)
 
 def test_images_without_a_recipe_or_by_digest_are_unchanged(tmp_path: Path):
     assert images.content_ref("postgres:16", [EXAMPLE_IMAGES]) == "postgres:16"
-    assert images.content_ref("hybridorch.local/ledger-disk:1", [EXAMPLE_IMAGES]) == "hybridorch.local/ledger-disk:1"
+    assert images.content_ref("hybridorch.local/no-recipe:1", [EXAMPLE_IMAGES]) == "hybridorch.local/no-recipe:1"
     digest = "hybridorch.local/httpd@sha256:" + "0" * 64
     assert images.content_ref(digest, [EXAMPLE_IMAGES]) == digest
 
@@ -52,3 +55,26 @@ def test_a_recipe_cycle_still_gets_a_tag(tmp_path: Path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "Dockerfile").write_text(f"FROM hybridorch.local/{parent}:1\n")
     assert images.content_ref("hybridorch.local/a:1", [tmp_path]).startswith("hybridorch.local/a:1-")
+
+
+def test_a_recipes_prepare_step_runs_once_per_content_and_fails_in_one_line(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    recipe_dir = tmp_path / "images" / "made"
+    recipe_dir.mkdir(parents=True)
+    (recipe_dir / "Dockerfile").write_text("FROM scratch\nCOPY made.txt /\n")
+    runs = tmp_path / "runs"
+    prepare = recipe_dir / "prepare"
+    prepare.write_text(f'#!/bin/sh\necho run >> {runs}\necho "$HYBRIDORCH_PYTHON" > "$1/made.txt"\n')
+    prepare.chmod(0o755)
+    dirs = [tmp_path / "images"]
+    recipe = images.find_recipe("hybridorch.local/made:1", dirs)
+    assert recipe is not None and recipe.prepare == prepare
+    context = recipe.assemble(tmp_path / "ctx1")
+    assert (context / "made.txt").read_text().strip() and not (context / ".done").exists()
+    images.find_recipe("hybridorch.local/made:1", dirs).assemble(tmp_path / "ctx2")
+    assert runs.read_text() == "run\n"            # cached by the recipe's content
+    prepare.write_text("#!/bin/sh\necho 'no mirror reachable' >&2\nexit 3\n")
+    with pytest.raises(BackendError, match=r"preparing image hybridorch.local/made:1 .*: no mirror reachable$"):
+        images.find_recipe("hybridorch.local/made:1", dirs).assemble(tmp_path / "ctx3")
+    assert not list((tmp_path / "cache" / "hybridorch" / "prepared").glob("*.new*"))

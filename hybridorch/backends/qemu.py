@@ -25,7 +25,7 @@ from ..errors import BackendError
 from ..guest import READY_MARKER, RESULT_PREFIX, ContainerRun, GuestProgram, build_initrd, load_guest
 from ..labels import LABEL_STACK, LABEL_WORKLOAD
 from ..vm import disks, libvirt
-from ..vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest
+from ..vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest, service_answers
 from ..vm.domain import (LABEL_REPLICA, MACHINES, Forward, replica_dir, replica_forwards, workload_forwards)
 from ..vm.host import accelerator_for, local_facts, qemu_binary, state_root
 from .base import Backend, Removal, WorkloadStatus
@@ -365,7 +365,9 @@ class QemuBackend(Backend):
         port = ready_forward(w, vm.forwards)
         if booted_disk and port is None and not marker:
             return vm.running()
-        return port is None or port_answers(port.host_port, port.host_addr)
+        # a disk's own OS brings its network up after boot: only a reply shows its service is there
+        answers = service_answers if booted_disk and not marker else port_answers
+        return port is None or answers(port.host_port, port.host_addr)
 
     # -- status / logs / down ---------------------------------------------------------------------------
     def status(self, plan: Plan) -> list[WorkloadStatus]:

@@ -127,6 +127,24 @@ def port_answers(port: int, addr: str = "127.0.0.1", wait: float = 0.25) -> bool
         return False
 
 
+def service_answers(port: int, addr: str = "127.0.0.1", wait: float = 1.0) -> bool:
+    """A booted disk's service answers when it sends bytes: first unasked (SSH, SMTP), else in reply to an
+    HTTP request. An open, silent connection proves nothing there: QEMU's user network accepts it at once
+    and holds it while the guest's own network is still coming up."""
+    host = "127.0.0.1" if addr == "0.0.0.0" else addr
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.settimeout(wait)
+            try:
+                return sock.recv(1) != b""
+            except socket.timeout:
+                pass
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+            return sock.recv(1) != b""
+    except OSError:   # refused, reset, or still silent (socket.timeout is an OSError)
+        return False
+
+
 # --- ad-hoc guests (soc-test boards, the KVM probe): transient domains from the same template ------------
 
 def guest_domain_xml(facts: LocalFacts, *, name: str, arch: str, accel: str, cpus: int, memory_mib: int,

@@ -3,11 +3,15 @@ plus /boot/vmlinuz* and /boot/initrd* for KubeVirt-style kernel boot) taken from
 as a base image under ~/.cache/hybridorch/disks/<image id>/, and booted as a qcow2 overlay with a NoCloud seed."""
 from __future__ import annotations
 
+import gzip
+import io
 import shutil
+import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import IO, TYPE_CHECKING, Mapping
 
 from .. import proc
 from ..errors import BackendError
@@ -122,3 +126,109 @@ def prepare(base: BaseDisk, workdir: Path, seed: Mapping[str, str]) -> None:
         proc.run(["genisoimage", "-quiet", "-output", str(workdir / "seed.iso"), "-volid", "cidata", "-joliet",
                   "-rock", *[str(src / n) for n in seed]], what="cloud-init seed",
                  missing="apt-get install genisoimage")
+
+
+# --- a kernel boot for a containerDisk recipe (image build time only, never at `up`) ------------------
+
+# what a Debian root on a virtio disk needs before its own init runs: the disk, ext4 (crc32c is only a softdep
+# of ext4, so it is named), the NIC (the disk's root carries no modules), and iso9660 to read the NoCloud seed
+ROOT_DISK_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "isofs")
+
+# /init of the kernel-boot initramfs: load the modules, mount root= (read from the kernel command line the
+# rendered domain passes) and hand over to the disk's own /sbin/init
+_ROOT_INIT = """#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /lib/hyb/modules.order); do insmod /lib/hyb/$m 2>/dev/null; done
+root=
+for arg in $(cat /proc/cmdline); do case "$arg" in root=*) root="${arg#root=}";; esac; done
+[ -n "$root" ] || { echo "initrd: no root= on the kernel command line"; exec sh; }
+i=0
+while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+mkdir -p /newroot
+mount -t ext4 -o rw "$root" /newroot || { echo "initrd: cannot mount $root"; exec sh; }
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /sbin/init
+"""
+
+
+def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[bytes]) -> list[str]:
+    """The initramfs of a disk boot: static busybox, ROOT_DISK_MODULES with their dependencies (from each
+    module's .modinfo; modules the kernel has built in are skipped) and _ROOT_INIT. `modules` maps module
+    names to their files in the kernel package. Returns the modules in load order."""
+    from ..guest import CpioWriter, _read_module, modinfo_depends, module_closure
+
+    deps: dict[str, list[str]] = {}
+    todo = list(ROOT_DISK_MODULES)
+    while todo:
+        name = todo.pop()
+        if name in deps or name not in modules:
+            continue
+        deps[name] = [d.replace("-", "_") for d in modinfo_depends(_read_module(modules[name]))]
+        todo += deps[name]
+    order = module_closure(ROOT_DISK_MODULES, deps)
+    w = CpioWriter(out)
+    for d in ("bin", "proc", "sys", "dev", "newroot", "lib/hyb"):
+        w.mkdir(d)
+    w.chardev("dev/console", 5, 1)
+    w.file("bin/busybox", busybox, 0o755)
+    for applet in ("sh", "mount", "umount", "insmod", "cat", "sleep", "mkdir", "switch_root"):
+        w.symlink(f"bin/{applet}", "busybox")
+    for name in order:
+        w.file(f"lib/hyb/{name}.ko", _read_module(modules[name]))   # busybox insmod takes plain .ko only
+    w.file("lib/hyb/modules.order", "".join(f"{n}.ko\n" for n in order).encode())
+    w.file("init", _ROOT_INIT.encode(), 0o755)
+    w.close()
+    return order
+
+
+def build_kernel_boot(out: Path, arch: str = "amd64", kernel_package: str = "linux-image-amd64") -> str:
+    """Debian's kernel (apt-get download + dpkg-deb -x with private apt lists, never installed) as
+    out/vmlinuz, and out/initrd.img that mounts an ext4 virtio root; returns the kernel version."""
+    from ..guest import _Apt, _extract, _module_name, check_arch
+    from ..images import static_busybox
+
+    check_arch(arch)
+    apt = _Apt(arch, cache_root() / "apt" / arch)
+    if not any(apt.lists.glob("*_Packages*")):
+        apt.update()
+    package = apt.resolve(kernel_package)
+    with tempfile.TemporaryDirectory(prefix="hybridorch-kernel-") as tmp:
+        work = Path(tmp)
+        (work / "debs").mkdir()
+        _extract(apt.download(package, work / "debs"), work / "x")
+        vmlinuz = sorted((work / "x" / "boot").glob("vmlinuz-*"))
+        if not vmlinuz:
+            raise BackendError(f"{package} has no /boot/vmlinuz-*")
+        version = vmlinuz[-1].name[len("vmlinuz-"):]
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vmlinuz[-1], out / "vmlinuz")
+        modules = {_module_name(str(p)): p for p in (work / "x" / "lib" / "modules" / version).rglob("*.ko*")}
+        buf = io.BytesIO()
+        write_root_initramfs(modules, static_busybox().read_bytes(), buf)
+        (out / "initrd.img").write_bytes(gzip.compress(buf.getvalue(), compresslevel=6, mtime=0))
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m hybridorch.vm.disks kernel-boot OUTDIR [ARCH]`: what a recipe's `prepare` script calls."""
+    from ..errors import HybridorchError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) not in (2, 3) or args[0] != "kernel-boot":
+        print("usage: python3 -m hybridorch.vm.disks kernel-boot OUTDIR [ARCH]", file=sys.stderr)
+        return 2
+    try:
+        version = build_kernel_boot(Path(args[1]), *args[2:])
+    except HybridorchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(f"kernel {version}: {args[1]}/vmlinuz, {args[1]}/initrd.img")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
