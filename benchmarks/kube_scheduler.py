@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from hybridorch.packing import _capacity, pack  # noqa: E402
 from hybridorch.policy import PROFILES, Placement, place_workload  # noqa: E402
 from hybridorch.spec import HostPool, Resources, Workload  # noqa: E402
-from packing import first_fit  # noqa: E402  (the naive baseline, shared with benchmarks/packing.py)
+from packing import first_fit, workload_size  # noqa: E402  (shared with benchmarks/packing.py)
 
 POOL = HostPool("c32", cpu="32", memory="128Gi", count=100000)
 PROFILE = PROFILES["efficient"]
@@ -57,13 +57,7 @@ def stack(replicas: int, seed: int) -> list[Placement]:
     rng = random.Random(seed)
     out, left, i = [], replicas, 0
     while left > 0:
-        kind = rng.random()
-        if kind < 0.6:
-            cpu, mem = rng.choice([100, 250, 500, 750, 1000]), rng.choice([128, 256, 512, 1024, 2048])
-        elif kind < 0.85:
-            cpu, mem = rng.choice([1000, 2000, 3000, 4000]), rng.choice([2048, 4096, 8192])
-        else:
-            cpu, mem = rng.choice([500, 1000, 2000]), rng.choice([8192, 16384, 24576])
+        cpu, mem = workload_size(rng)
         n = min(left, rng.choice([1, 1, 2, 2, 3, 4]))
         w = Workload(name=f"w{i}", image="x", trust="trusted", resources=Resources(f"{cpu}m", f"{mem}Mi"),
                      replicas=n)

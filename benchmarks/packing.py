@@ -28,18 +28,22 @@ CLASSES = (HostPool("c64", cpu="64", memory="256Gi", count=10000),
            HostPool("arm32", arch="arm64", cpu="32", memory="64Gi", count=10000))
 
 
+def workload_size(rng: random.Random) -> tuple[int, int]:
+    """CPU millis and memory MiB of one generated workload: mostly small services, some large, some memory-heavy."""
+    kind = rng.random()
+    if kind < 0.6:
+        return rng.choice([100, 250, 500, 750, 1000]), rng.choice([128, 256, 512, 1024, 2048])
+    if kind < 0.85:
+        return rng.choice([1000, 2000, 3000, 4000]), rng.choice([2048, 4096, 8192])
+    return rng.choice([500, 1000, 2000]), rng.choice([8192, 16384, 24576])
+
+
 def generated(n: int, seed: int, profile: Profile) -> list[Placement]:
     """n workloads: mostly small services, some large and memory-heavy ones, a fifth on arm64, a few VMs."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        kind = rng.random()
-        if kind < 0.6:
-            cpu, mem = rng.choice([100, 250, 500, 750, 1000]), rng.choice([128, 256, 512, 1024, 2048])
-        elif kind < 0.85:
-            cpu, mem = rng.choice([1000, 2000, 3000, 4000]), rng.choice([2048, 4096, 8192])
-        else:
-            cpu, mem = rng.choice([500, 1000, 2000]), rng.choice([8192, 16384, 24576])
+        cpu, mem = workload_size(rng)
         w = Workload(name=f"w{i}", image="x", trust=rng.choice(["trusted", "internal"]),
                      resources=Resources(f"{cpu}m", f"{mem}Mi"), replicas=rng.choice([1, 1, 2, 2, 3, 4]),
                      tenant=f"t{rng.randint(0, 9)}", arch="arm64" if rng.random() < 0.2 else "amd64",
