@@ -3,7 +3,9 @@
 There is no registry: `hybridorch.local/<name>:<tag>` is built from `images/<name>/Dockerfile` (next to the
 stack file, or the repository's examples/images); the Docker backend does the building, this module only plans it.
 Each build is also tagged `<tag>-<12 hex of the recipe's content>` (content_ref), and that is the reference the
-Kubernetes manifests use: a node can never run a stale build under a reused tag.
+Kubernetes manifests use: a node can never run a stale build under a reused tag. A recipe with an executable
+`prepare` (a VM disk, say) has it run once per content hash into a cached directory whose files join the
+build context (see prepared()).
 """
 from __future__ import annotations
 
