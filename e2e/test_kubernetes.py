@@ -286,9 +286,10 @@ def test_a_statefulsets_claim_outlives_delete_unless_delete_data(cluster: dict[s
         pvc = wait_for("the StatefulSet controller creates the claim", lambda: get(
             cluster, "persistentvolumeclaims", "-n", ns, "--field-selector", f"metadata.name={claim}"))[0]
         pvc_uid = pvc["metadata"]["uid"]
-        # the template's retention policy (whenDeleted: Delete) makes the StatefulSet the claim's owner: without
-        # hybridorch cutting that tie, the garbage collector would take the claim with the StatefulSet
-        assert [r["kind"] for r in pvc["metadata"].get("ownerReferences", [])] == ["StatefulSet"], pvc["metadata"]
+        # the template retains claims (whenDeleted: Retain), so plain kubectl users keep data too: the StatefulSet
+        # is not the claim's owner, and the claim carries the stack's labels, by which --delete-data finds it
+        assert not pvc["metadata"].get("ownerReferences"), pvc["metadata"]
+        assert pvc["metadata"]["labels"]["hybridorch.dev/stack"] == "e2e-claims", pvc["metadata"]
         out = hybridorch("delete", path, env=cluster).stdout
         assert "deleted StatefulSet e2e-claims/keep" in out, out
         assert f"kept PersistentVolumeClaim {ns}/{claim}: data (kept without --delete-data); remove it with: " \
@@ -459,3 +460,63 @@ def test_a_runtimeclass_another_stack_uses_survives_delete(cluster: dict[str, st
         for path in stacks:
             hybridorch("delete", path, env=cluster, check=False)
         kubectl(cluster, "delete", "runtimeclass", "hybridorch-kata", "--ignore-not-found")
+
+
+# --- images the nodes cannot have, pods that cannot get ready: one line, before or instead of a long wait -------
+
+def riscv_stack(name: str) -> dict[str, Any]:
+    """A container workload for riscv64 nodes, of which the kwok cluster has none (unless a test adds one)."""
+    return {"apiVersion": "hybridorch.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name},
+            "spec": {"hosts": [{"name": "rv", "os": "linux", "arch": "riscv64", "cpu": "8", "memory": "16Gi"}],
+                     "workloads": [{"name": "board", "image": "hybridorch.local/httpd:1", "arch": "riscv64",
+                                    "ports": [8080], "trust": "trusted"}]}}
+
+
+def test_a_local_image_a_real_node_cannot_pull_is_one_line_before_anything_is_applied(
+        cluster: dict[str, str], stack_file: Any) -> None:
+    # a Node object without kwok's annotation stands for a real node (it reports no images); riscv64, so only this
+    # test's pods could land on it and parallel tests on the shared cluster are unaffected
+    node = "e2e-riscv64-real"
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {
+            "kubernetes.io/arch": "riscv64", "kubernetes.io/os": "linux", "kubernetes.io/hostname": node}}}))
+    path = stack_file(riscv_stack("e2e-localimg"))
+    try:
+        t0 = time.monotonic()
+        result = hybridorch("apply", path, env=cluster, check=False)
+        took = time.monotonic() - t0
+        assert result.returncode == 4, result.stderr
+        line = one_line(result.stderr)
+        assert line.startswith("error: image hybridorch.local/httpd:1-") and "(workload board)" in line, line
+        assert f"node {node} of the current kubeconfig context cannot pull it: push it" in line, line
+        assert line.endswith("nothing was applied"), line
+        assert get(cluster, "namespaces", "-l", "hybridorch.dev/stack=e2e-localimg") == []
+        assert took < 30, took
+        # --no-load: the user says the nodes have it; the apply goes ahead (and the pod waits for a kubelet)
+        hybridorch("apply", path, "--no-load", "--no-wait", env=cluster)
+        assert [d["metadata"]["name"] for d in get(cluster, "deployments", "-n", "e2e-localimg")] == ["board"]
+    finally:
+        hybridorch("delete", path, env=cluster, check=False)
+        kubectl(cluster, "delete", "node", node, "--ignore-not-found")
+
+
+def test_an_unschedulable_pod_fails_the_apply_fast_with_the_schedulers_reason(cluster: dict[str, str],
+                                                                             stack_file: Any) -> None:
+    path = stack_file(riscv_stack("e2e-unsched"))
+    try:
+        t0 = time.monotonic()
+        result = hybridorch("apply", path, "--timeout", "120", env=cluster, check=False)
+        took = time.monotonic() - t0
+        assert result.returncode == 4, result.stderr
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert "Traceback" not in result.stderr
+        # progress: a line per workload as its state changes (the pod may fail before the Deployment is seen),
+        # then the error
+        assert all(ln.startswith("board: pending") for ln in lines[:-1]), lines
+        error = lines[-1]
+        assert error.startswith("error: workload board failed: pod board-"), error
+        assert ": Unschedulable: 0/" in error and "node affinity/selector" in error, error
+        assert "kubectl describe -n e2e-unsched pod board-" in error, error
+        assert took < 30, f"{took:.1f}s: not fail-fast"
+    finally:
+        hybridorch("delete", path, env=cluster, check=False)
