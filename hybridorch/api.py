@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import PolicyError, Problem, SpecError
+from .errors import BackendError, PolicyError, Problem, SpecError
 from .packing import DEFAULT_SOLVER_BUDGET
 from .plan import Plan, build_plan
 from .policy import PROFILES, Overhead, Profile, make_profile
@@ -255,3 +255,118 @@ def gc(target: str = "local", *, dry_run: bool = False, context: str | None = No
 
     return lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
 
+
+
+# --- snapshots (hybridorch.snapshots) -----------------------------------------------------------------------
+
+def _snapshot_plan(path: str, workload: str, policy: str | None) -> tuple[Plan, Any]:
+    """The plan and the workload, which must be a VM (a container has no disk state to snapshot)."""
+    plan = plan_stack(path, policy, solver_budget=0)
+    w = next((w for w in plan.stack.workloads if w.name == workload), None)
+    if w is None:
+        raise SpecError([Problem(path, 0, "", f"no workload named {workload!r} in stack {plan.stack.name}")])
+    runtime = next(p.runtime for p in plan.placements if p.workload.name == workload)
+    if runtime not in ("vm", "nested"):
+        raise SpecError([Problem(path, w.line(), f"spec.workloads[{w.index}]",
+                                 f"workload {workload} runs as {runtime}: only VMs (vm, nested) have snapshots")])
+    return plan, w
+
+
+def _cluster(context: str | None, namespace_prefix: str) -> Any:
+    from .backends.kubernetes import KubernetesBackend
+    from .snapshots import check_crds
+
+    backend = KubernetesBackend(context=context, namespace_prefix=namespace_prefix)
+    check_crds(backend)
+    return backend
+
+
+def snapshot_create(path: str, workload: str, prefix: str | None = None, target: str = "local", *,
+                    policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
+                    now: float | None = None) -> list[Any]:
+    """Snapshot every replica of a VM workload as PREFIX-YYYYMMDD-HHMMSS; the snapshots made."""
+    import time
+
+    from . import snapshots as snaps
+
+    if prefix is not None and (why := snaps.check_prefix(prefix)):
+        raise SpecError([Problem("NAME", 0, "", why)])
+    plan, w = _snapshot_plan(path, workload, policy)
+    name = snaps.snapshot_name(prefix, time.time() if now is None else now)
+    if target == "local":
+        return snaps.local_create(plan.stack.name, workload, name)
+    backend = _cluster(context, namespace_prefix)
+    ns, vms = snaps.cluster_vms(plan, workload, namespace_prefix)
+    snaps.apply_objects(backend, [snaps.snapshot_object(plan.stack.name, workload, vm, ns, name) for vm in vms])
+    return [s for s in snaps.cluster_list(backend, plan.stack.name, workload, ns) if s.name.startswith(name)]
+
+
+def snapshot_list(path: str, workload: str, target: str = "local", *, policy: str | None = None,
+                  context: str | None = None, namespace_prefix: str = "") -> list[Any]:
+    from . import snapshots as snaps
+
+    plan, w = _snapshot_plan(path, workload, policy)
+    if target == "local":
+        found = snaps.local_list(plan.stack.name, workload)
+    else:
+        ns, _ = snaps.cluster_vms(plan, workload, namespace_prefix)
+        found = snaps.cluster_list(_cluster(context, namespace_prefix), plan.stack.name, workload, ns)
+    return sorted(found, key=lambda s: (s.vm, s.created))
+
+
+def snapshot_restore(path: str, workload: str, name: str | None = None, target: str = "local", *,
+                     policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
+                     now: float | None = None) -> tuple[list[Any], list[str]]:
+    """Roll the VM back to snapshot `name` (default: the newest): (snapshots restored, warnings to show; a
+    restore undoes every patch applied since the snapshot)."""
+    import time
+
+    from . import snapshots as snaps
+
+    plan, w = _snapshot_plan(path, workload, policy)
+    now = time.time() if now is None else now
+    if target == "local":
+        restored = snaps.local_restore(plan.stack.name, workload, name)
+    else:
+        backend = _cluster(context, namespace_prefix)
+        ns, vms = snaps.cluster_vms(plan, workload, namespace_prefix)
+        found = sorted(snaps.cluster_list(backend, plan.stack.name, workload, ns), key=lambda s: s.created)
+        restored = []
+        for vm in vms:
+            mine = [s for s in found if s.vm == f"{ns}/{vm}" and (name is None or s.name.startswith(name))]
+            if not mine:
+                raise BackendError(f"VirtualMachine {ns}/{vm} has no snapshot" + (f" {name}" if name else ""))
+            restored.append(mine[-1])
+        snaps.apply_objects(backend, [snaps.restore_object(plan.stack.name, workload, s.vm.split("/", 1)[1], ns,
+                                                           s.name) for s in restored])
+    return restored, [snaps.rollback_warning(s, now) for s in restored]
+
+
+def snapshot_prune(path: str, workload: str, name: str | None = None, target: str = "local", *,
+                   policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
+                   dry_run: bool = False, now: float | None = None) -> list[Any]:
+    """Remove the snapshots the workload's retention (`snapshots: {retain, maxAge}`) no longer keeps, or exactly
+    snapshot `name`; the snapshots removed (or, with `dry_run`, that would be)."""
+    import time
+
+    from . import snapshots as snaps
+
+    plan, w = _snapshot_plan(path, workload, policy)
+    now = time.time() if now is None else now
+    found = snapshot_list(path, workload, target, policy=policy, context=context, namespace_prefix=namespace_prefix)
+    if name is not None:
+        doomed = [s for s in found if s.name == name]
+        if not doomed:
+            raise BackendError(f"workload {workload} has no snapshot {name}")
+    else:
+        doomed = snaps.select_prune(found, snaps.retention_for(w, resolve_policy(plan.stack, policy)), now)
+    if dry_run or not doomed:
+        return doomed
+    if target == "local":
+        snaps.local_delete(plan.stack.name, workload, doomed)
+    else:
+        backend = _cluster(context, namespace_prefix)
+        for s in doomed:
+            backend.kubectl("delete", snaps.SNAPSHOT_RESOURCE, s.name, "-n", s.vm.split("/", 1)[0],
+                            "--ignore-not-found")
+    return doomed

@@ -379,6 +379,58 @@ def gc(target: str, context: str | None, dry_run: bool) -> None:
         click.echo("nothing past its TTL")
 
 
+@cli.command()
+@click.argument("action", type=click.Choice(["create", "list", "restore", "prune"]))
+@stack_file
+@click.argument("workload")
+@click.argument("name", required=False)
+@target_option
+@context_option
+@click.option("--namespace-prefix", default="", help="Prefix for every tenant namespace.")
+@policy_option
+@click.option("--dry-run", is_flag=True, help="prune: only list what would be removed.")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def snapshot(action: str, file: str, workload: str, name: str | None, target: str, context: str | None,
+             namespace_prefix: str, policy: str | None, dry_run: bool, output: str) -> None:
+    """Snapshots of a VM workload: create [PREFIX], list, restore [NAME] (default newest), prune [NAME] (the
+    workload's snapshots: {retain, maxAge}, or exactly NAME)."""
+    import time
+
+    from . import api
+    from .audit import human_age
+
+    where = {"target": target, "policy": policy, "context": context, "namespace_prefix": namespace_prefix}
+    warnings: list[str] = []
+    if action == "create":
+        snaps = api.snapshot_create(file, workload, name, **where)
+    elif action == "list":
+        if name is not None:
+            raise click.UsageError("list takes no NAME")
+        snaps = api.snapshot_list(file, workload, **where)
+    elif action == "restore":
+        snaps, warnings = api.snapshot_restore(file, workload, name, **where)
+    else:
+        snaps = api.snapshot_prune(file, workload, name, dry_run=dry_run, **where)
+    now = time.time()
+    if output == "json":
+        click.echo(json.dumps([s.to_dict(now) for s in snaps], indent=2))
+    else:
+        verb = {"create": "created", "restore": "restored", "prune": "would remove" if dry_run else "removed"}
+        if action == "list":
+            rows = [("NAME", "VM", "AGE", "SIZE", "STATE")] + [
+                (s.name, s.vm, human_age(max(now - s.created, 0)),
+                 f"{s.size / 2**20:.1f}MiB" if s.size is not None else "-", s.state) for s in snaps]
+            widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            for r in rows:
+                click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        for s in snaps if action != "list" else []:
+            click.echo(f"{verb[action]} snapshot {s.name} of {s.vm}")
+        if action == "prune" and not snaps:
+            click.echo("nothing to prune")
+    for line in warnings:
+        click.echo(line, err=True)
+
+
 @cli.command("soc-test")
 @click.argument("plans", nargs=-1, required=True, type=click.Path())
 @click.option("--junit", type=click.Path(dir_okay=False, writable=True), metavar="FILE",

@@ -124,3 +124,41 @@ def create_transient(xml_file: Path) -> str:
 
 def is_running(name: str) -> bool:
     return virsh("domstate", name, what="libvirt", check=False).strip() == "running"
+
+
+# --- snapshots (hybridorch/snapshots.py) -----------------------------------------------------------------------
+# Internal qcow2 snapshots taken by libvirt (disk and, for a running domain, memory). libvirt's own record of a
+# snapshot is dropped right after it is taken and kept as XML beside the overlay instead: a domain with snapshot
+# metadata cannot be undefined by `remove`, and the snapshot itself lives inside the overlay either way.
+
+def snapshot_create(name: str, snap: str, record: Path) -> None:
+    """Take internal snapshot `snap` of domain `name` (the read-only NoCloud seed is left out, as libvirt does
+    for read-only disks) and write libvirt's description of it to `record`."""
+    virsh("snapshot-create-as", name, snap, "--atomic", what=f"libvirt: snapshot {name}", timeout=300)
+    try:
+        record.write_text(virsh("snapshot-dumpxml", name, snap, "--security-info",
+                                what=f"libvirt: describe snapshot {snap} of {name}"))
+    finally:
+        virsh("snapshot-delete", name, snap, "--metadata", what=f"libvirt: snapshot {snap} of {name}", check=False)
+
+
+def _with_record(name: str, snap: str, record: Path, *args: str, what: str) -> None:
+    """Run `virsh ARGS` with the snapshot's record defined again for the call, and dropped after it."""
+    virsh("snapshot-create", name, str(record), "--redefine", what=f"libvirt: snapshot {snap} of {name}")
+    try:
+        virsh(*args, what=what, timeout=300)
+    finally:
+        virsh("snapshot-delete", name, snap, "--metadata", what=f"libvirt: snapshot {snap} of {name}", check=False)
+
+
+def snapshot_revert(name: str, snap: str, record: Path) -> None:
+    """Roll domain `name` back to `snap`: its disk, and its memory when the snapshot was taken running."""
+    _with_record(name, snap, record, "snapshot-revert", name, snap, what=f"libvirt: revert {name} to {snap}")
+
+
+def snapshot_delete(name: str, snap: str, record: Path) -> None:
+    _with_record(name, snap, record, "snapshot-delete", name, snap, what=f"libvirt: delete snapshot {snap} of {name}")
+
+
+def start(name: str) -> None:
+    virsh("start", name, what=f"libvirt: start {name}")
