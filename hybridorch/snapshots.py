@@ -110,7 +110,8 @@ def restore_object(stack: str, workload: str, vm: str, namespace: str, snapshot:
 
 # --- local: libvirt domains and their overlays ---------------------------------------------------------------
 
-def _records(domain: str, overlay: Path) -> Path:
+def _records(overlay: Path) -> Path:
+    """Where libvirt's description of each snapshot is kept: beside the overlay, so `down` removes it with it."""
     return overlay.parent / "snapshots"
 
 
@@ -139,7 +140,7 @@ def _overlay_snapshots(domain: str, overlay: Path) -> list[Snapshot]:
 
     info = proc.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], what=f"snapshots of {domain}",
                     missing="apt-get install qemu-utils").stdout
-    records = _records(domain, overlay)
+    records = _records(overlay)
     out = []
     for s in json.loads(info).get("snapshots", []):
         record = records / f"{s['name']}.xml"
@@ -162,7 +163,7 @@ def local_create(stack: str, workload: str, name: str) -> list[Snapshot]:
             raise BackendError(f"VM {dom} already has a snapshot named {name}")
     made = []
     for dom, overlay in vms:
-        records = _records(dom, overlay)
+        records = _records(overlay)
         records.mkdir(exist_ok=True)
         libvirt.snapshot_create(dom, name, records / f"{name}.xml")
         made += [s for s in _overlay_snapshots(dom, overlay) if s.name == name]
@@ -170,7 +171,7 @@ def local_create(stack: str, workload: str, name: str) -> list[Snapshot]:
 
 
 def _record(dom: str, overlay: Path, name: str) -> Path:
-    record = _records(dom, overlay) / f"{name}.xml"
+    record = _records(overlay) / f"{name}.xml"
     if not record.exists():
         raise BackendError(f"snapshot {name} of {dom} was not taken by hybridorch (no {record}): use virsh")
     return record
