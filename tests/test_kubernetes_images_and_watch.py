@@ -94,9 +94,13 @@ def test_pod_states_that_waiting_will_not_fix(p: dict[str, Any], reason: str | N
         assert found == Failure("web", "shop", "web-1", "web", "ErrImagePull", "rpc error: not found")
 
 
+# one fixed "apply started" instant: the parameters are stamped at collection, the test may run minutes later
+APPLY_STARTED = time.time()
+
+
 def event(kind: str, name: str, reason: str = "FailedCreate", age: float = 0, type_: str = "Warning"
           ) -> dict[str, Any]:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - age))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(APPLY_STARTED + 1 - age))
     return {"type": type_, "reason": reason, "message": 'pods "web-x" is forbidden: violates PodSecurity',
             "lastTimestamp": stamp, "involvedObject": {"kind": kind, "namespace": "shop", "name": name}}
 
@@ -110,7 +114,7 @@ def event(kind: str, name: str, reason: str = "FailedCreate", age: float = 0, ty
     (event("ReplicaSet", "web-5d8f7c9b6", type_="Normal"), None),
 ])
 def test_controller_events_that_mean_no_pod_will_come(e: dict[str, Any], workload: str | None):
-    found = event_failure(e, {("shop", "web"): "web", ("shop", "db"): "db"}, since=time.time() - 1)
+    found = event_failure(e, {("shop", "web"): "web", ("shop", "db"): "db"}, since=APPLY_STARTED)
     assert (found.workload if found else None) == workload
 
 
