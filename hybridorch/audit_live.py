@@ -5,7 +5,6 @@ Runtimes are only read, through the existing backend classes (their Docker clien
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
@@ -231,20 +230,12 @@ def _running_containers(plan: Plan, ctx: Context) -> list[Finding]:
 
 def _running_vms(plan: Plan, ctx: Context) -> list[Finding]:
     """QEMU VMs of the stack: the state records the qemu backend keeps beside each running VM."""
-    from .backends.qemu import state_root
+    from .vm.host import running_vm_states
 
     locate = _stack_locate(plan)
     workloads = {w.name: w for w in plan.stack.workloads}
     out: list[Finding] = []
-    stack_dir = state_root() / plan.stack.name
-    for state_file in sorted(stack_dir.glob("*/state.json")) if stack_dir.is_dir() else []:
-        try:
-            state = json.loads(state_file.read_text())
-            pid = int((state_file.parent / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if not os.path.exists(f"/proc/{pid}"):
-            continue   # stopped: nothing runs
+    for _, state in running_vm_states(plan.stack.name):
         w: Workload | None = workloads.get(str(state.get("workload", "")))
         out += audit.check_local_vm(state, w, ctx, locate(w.name if w else "", ""))
         if w is not None and not (w.owner and w.ttl):

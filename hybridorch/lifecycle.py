@@ -5,8 +5,6 @@ Runtimes are reached only through the existing backend classes (their Docker cli
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -79,7 +77,7 @@ def inventory(target: str = "local", *, context: str | None = None,
 
 def _local() -> list[Managed]:
     from .backends.docker import DockerBackend
-    from .backends.qemu import state_root
+    from .vm.host import running_vm_states
 
     client = DockerBackend().client
     out = []
@@ -95,17 +93,9 @@ def _local() -> list[Managed]:
         out.append(Managed("local", "container", c.name, "", labels.get(LABEL_STACK, ""),
                            labels.get(LABEL_WORKLOAD, ""), labels.get(LABEL_RUNTIME, ""), labels.get(LABEL_OWNER),
                            labels.get(LABEL_TTL), started or parse_time(c.attrs.get("Created"))))
-    root = state_root()
-    for state_file in sorted(root.glob("*/*/state.json")) if root.is_dir() else []:
-        try:
-            st = json.loads(state_file.read_text())
-            pid = int((state_file.parent / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if not os.path.exists(f"/proc/{pid}"):
-            continue
+    for workdir, st in running_vm_states():
         # the QEMU backend records no labels: a local VM's owner and ttl live only in its stack file
-        out.append(Managed("local", "vm", state_file.parent.name, "", str(st.get("stack", "")),
+        out.append(Managed("local", "vm", workdir.name, "", str(st.get("stack", "")),
                            str(st.get("workload", "")), str(st.get("runtime", "vm")), None, None,
                            st.get("started")))
     return out

@@ -26,6 +26,22 @@ def state_root() -> Path:
     return Path(override) if override else cache_root() / "state"
 
 
+def running_vm_states(stack: str = "*") -> list[tuple[Path, dict]]:
+    """(workdir, state record) of every local VM whose QEMU process is alive, for one stack or all ("*"): what
+    the backend records beside each VM it starts, read by `ps`, `gc` and the live audit."""
+    root = state_root()
+    out: list[tuple[Path, dict]] = []
+    for state_file in sorted(root.glob(f"{stack}/*/state.json")) if root.is_dir() else []:
+        try:
+            state = json.loads(state_file.read_text())
+            pid = int((state_file.parent / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and os.path.exists(f"/proc/{pid}"):
+            out.append((state_file.parent, state))
+    return out
+
+
 def guests_root() -> Path:
     override = os.environ.get("HYBRIDORCH_GUEST_DIR")
     return Path(override) if override else cache_root() / "guests"
