@@ -37,3 +37,9 @@ def test_only_backends_import_runtime_sdks():
             continue
         top = {n.split(".")[0] for n in imports_of(path)}
         assert not top & {"docker", "kubernetes"}, f"{path} imports a runtime SDK"
+
+
+def test_test_module_basenames_are_unique_across_tests_and_e2e():
+    # pytest (rootdir without __init__.py) refuses to collect two test modules of one basename in one run
+    names = [p.name for d in ("tests", "e2e") for p in (ROOT / d).glob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
