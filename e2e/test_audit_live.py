@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -112,12 +113,19 @@ def test_ps_lists_and_gc_removes_only_what_is_past_its_ttl(docker_client, state_
               trust: trusted
               ttl: 1h
               ports: [{{port: 8080, hostPort: {p2}}}]
+            - name: testvm
+              runtime: vm
+              ttl: 2s
+              resources: {{cpu: "1", memory: 256Mi}}
         """, "gc.yaml")
     try:
         hybridorch("up", path)
         rows = [r for r in json.loads(hybridorch("ps", "-o", "json").stdout) if r["stack"] == stack]
         assert {(r["workload"], r["kind"], r["owner"], r["ttl"]) for r in rows} == {
-            ("scratch", "container", "e2e-gc", "2s"), ("keeper", "container", "e2e-gc", "1h")}, rows
+            ("scratch", "container", "e2e-gc", "2s"), ("keeper", "container", "e2e-gc", "1h"),
+            ("testvm", "vm", "e2e-gc", "2s")}, rows
+        assert f"hyb-{stack}-testvm-0" in subprocess.run(["virsh", "list", "--name"], capture_output=True,
+                                                          text=True).stdout
         table = hybridorch("ps").stdout
         assert table.splitlines()[0].split() == ["TARGET", "STACK", "WORKLOAD", "KIND", "NAME", "RUNTIME", "AGE",
                                                  "OWNER", "TTL"]
@@ -125,8 +133,13 @@ def test_ps_lists_and_gc_removes_only_what_is_past_its_ttl(docker_client, state_
         dry = hybridorch("gc", "--dry-run").stdout
         assert f"would remove container {stack}-scratch-0" in dry and "keeper" not in dry, dry
         assert docker_client.containers.get(f"{stack}-scratch-0").status == "running"
+        assert f"would remove vm testvm (stack {stack}, ttl 2s)" in dry, dry
         swept = hybridorch("gc").stdout
         assert f"removed container {stack}-scratch-0" in swept and "keeper" not in swept, swept
+        # the expired VM went the way `down` takes it: domain destroyed and undefined
+        assert f"removed vm {stack}/testvm" in swept, swept
+        assert f"hyb-{stack}-testvm-0" not in subprocess.run(["virsh", "list", "--all", "--name"],
+                                                              capture_output=True, text=True).stdout
         names = {c.name for c in docker_client.containers.list(all=True, filters={
             "label": f"hybridorch.dev/stack={stack}"})}
         assert names == {f"{stack}-keeper-0"}

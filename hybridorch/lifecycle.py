@@ -94,9 +94,9 @@ def _local() -> list[Managed]:
                            labels.get(LABEL_WORKLOAD, ""), labels.get(LABEL_RUNTIME, ""), labels.get(LABEL_OWNER),
                            labels.get(LABEL_TTL), started or parse_time(c.attrs.get("Created"))))
     for workdir, st in running_vm_states():
-        # the QEMU backend records no labels: a local VM's owner and ttl live only in its stack file
+        # owner and ttl as the backend recorded them beside the VM (they are also labels in the domain's metadata)
         out.append(Managed("local", "vm", workdir.name, "", str(st.get("stack", "")),
-                           str(st.get("workload", "")), str(st.get("runtime", "vm")), None, None,
+                           str(st.get("workload", "")), str(st.get("runtime", "vm")), st.get("owner"), st.get("ttl"),
                            st.get("started")))
     return out
 
@@ -144,15 +144,24 @@ def gc(target: str = "local", *, dry_run: bool = False, context: str | None = No
     removed: list[str] = []
     local = [m for m in expired if m.target == "local"]
     if local:
-        removed += _remove_containers(local)
+        removed += _remove_containers(local) + _remove_vms(local)
     cluster = [m for m in expired if m.target == "kubernetes"]
     if cluster:
         removed += _remove_cluster_workloads(cluster, context)
     return expired, removed
 
 
+def _remove_vms(items: list[Managed]) -> list[str]:
+    """Expired local VMs, one replica at a time through the QEMU backend (domain and state dir, as `down`)."""
+    from .backends.qemu import QemuBackend
+    from .vm.host import state_root
+
+    return [f"vm {m.stack}/{m.name}" for m in items
+            if m.kind == "vm" and QemuBackend.remove_vm(state_root() / m.stack / m.name)]
+
+
 def _remove_containers(items: list[Managed]) -> list[str]:
-    """Containers only (VMs carry no ttl); named volumes are separate objects and stay, as with `down`."""
+    """Containers; named volumes are separate objects and stay, as with `down`."""
     from .backends.docker import DockerBackend
 
     client = DockerBackend().client

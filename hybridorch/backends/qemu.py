@@ -330,7 +330,7 @@ class QemuBackend(Backend):
                  "memoryMib": w.resources.memory_bytes // 2**20,
                  "guest": "disk" if "/disk.qcow2" in d.xml else "stand-in" if disks.disk_image(w) else "busybox",
                  "disk": disks.disk_image(w), "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in d.forwards],
-                 "digest": d.digest, "started": time.time()}
+                 "digest": d.digest, "started": time.time(), "owner": w.owner, "ttl": w.ttl}
         (d.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         return vm
 
@@ -456,6 +456,18 @@ class QemuBackend(Backend):
         stopped = vm.stop() if vm is not None else False
         shutil.rmtree(workdir, ignore_errors=True)
         return stopped
+
+    @staticmethod
+    def remove_vm(workdir: Path) -> bool:
+        """One replica's VM, by its state dir (what `gc` removes): the domain is destroyed and undefined and the
+        state dir goes, as `down` does for the whole stack. False when no such VM was recorded."""
+        try:
+            state = json.loads((workdir / "state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        libvirt.remove(str(state.get("domain", "")))
+        shutil.rmtree(workdir, ignore_errors=True)
+        return True
 
     def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
         """Every domain carrying the stack's label, whatever the plan says now (a workload removed from the stack
