@@ -108,16 +108,18 @@ def test_object_refs_and_apply_order() -> None:
     assert [d["kind"] for d in ordered] == ["Namespace", "Deployment", "VirtualMachine"]
 
 
-def _deployment(replicas: int, ready: int, generation: int = 1, observed: int = 1) -> dict:
+def _deployment(replicas: int, ready: int, generation: int = 1, observed: int = 1,
+                available: int | None = None) -> dict:
     return {"kind": "Deployment", "metadata": {"name": "w", "generation": generation},
             "spec": {"replicas": replicas},
             "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": replicas,
-                       "readyReplicas": ready}}
+                       "readyReplicas": ready, "availableReplicas": ready if available is None else available}}
 
 
 @pytest.mark.parametrize("obj, controller, state", [
     (_deployment(2, 2), None, "ready"),
     (_deployment(2, 1), None, "pending"),
+    (_deployment(1, 1, available=0), None, "pending"),    # Ready, but not yet for minReadySeconds
     (_deployment(2, 2, generation=2, observed=1), None, "pending"),
     (_deployment(0, 0), None, "stopped"),
     ({"kind": "VirtualMachine", "metadata": {}, "spec": {"runStrategy": "Always"}}, False, "pending"),

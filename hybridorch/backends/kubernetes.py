@@ -824,7 +824,8 @@ def _object_state(obj: dict[str, Any], controller: bool | None) -> tuple[str, st
     spec, st = obj.get("spec") or {}, obj.get("status") or {}
     if kind in ("Deployment", "StatefulSet"):
         want = spec.get("replicas", 1)
-        ready = st.get("readyReplicas", 0) or 0
+        # available = ready for minReadySeconds (set where there is no readiness probe); the API omits 0
+        ready = min(st.get("readyReplicas", 0) or 0, st.get("availableReplicas", 0) or 0)
         current = st.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
         updated = (st.get("updatedReplicas", 0) or 0) >= want
         if want == 0:
