@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PolicyError
+from .packing import Unplaced
 from .plan import Plan
 from .spec import HostPool
 
@@ -103,13 +104,6 @@ class Side:
 
 
 @dataclass(frozen=True)
-class Unfit:
-    workload: str
-    replicas: int
-    reason: str
-
-
-@dataclass(frozen=True)
 class CapacityReport:
     stack: str
     policy: str
@@ -117,7 +111,7 @@ class CapacityReport:
     default_power_pools: tuple[str, ...]   # pools whose power figures are the assumed defaults
     baseline: Side
     packed: Side
-    unfit: tuple[Unfit, ...]
+    unfit: tuple[Unplaced, ...]   # the packing's own record of replicas that got no host
     plan: Plan
 
     def saved(self) -> dict[str, float]:
@@ -167,7 +161,6 @@ def capacity_report(plan: Plan, assumptions: Assumptions = Assumptions()) -> Cap
     power = {name: assumptions.power(p) for name, p in pools.items()}
     packing = plan.packing
     short = {u.workload: u.replicas for u in packing.unplaced}
-    unfit = [Unfit(u.workload, u.replicas, u.reason) for u in packing.unplaced]
 
     baseline: list[Server] = []
     for pl in plan.placements:
@@ -194,4 +187,4 @@ def capacity_report(plan: Plan, assumptions: Assumptions = Assumptions()) -> Cap
     return CapacityReport(plan.stack.name, plan.profile.name, assumptions, defaulted,
                           Side("one workload per server", tuple(baseline), assumptions.pue, assumptions.grid_g_per_kwh),
                           Side("packed", tuple(packed), assumptions.pue, assumptions.grid_g_per_kwh),
-                          tuple(unfit), plan)
+                          packing.unplaced, plan)
