@@ -20,6 +20,13 @@ from hybridorch.guest import guest_dir
 pytestmark = pytest.mark.e2e
 
 STACK = "e2e-audit-live"
+# a per-VM CPU ceiling of 1, so a 2-vCPU VM trips the ceiling rule on both targets
+TIGHT_POLICY = """\
+apiVersion: hybridorch.dev/v1alpha1
+kind: Policy
+metadata: {name: e2e-tight}
+spec: {base: balanced, maxVmCpus: 1}
+"""
 
 
 def audit_json(*args: str) -> list[dict]:
@@ -32,12 +39,7 @@ def test_live_audit_of_the_local_runtime(docker_client, state_dir: Path, stack_f
     require((guest_dir("amd64") / "guest.json").exists(), "no amd64 guest cached: run e2e/setup.d/20-guests.sh")
     sandbox_runtimes = set((docker_client.info().get("Runtimes") or {})) & {"kata", "kata-runtime", "runsc"}
     ssh, plugin, vm = free_ports(3)
-    (tmp_path / "policy.yaml").write_text("""\
-apiVersion: hybridorch.dev/v1alpha1
-kind: Policy
-metadata: {name: e2e-tight}
-spec: {base: balanced, maxVmCpus: 1}
-""")
+    (tmp_path / "policy.yaml").write_text(TIGHT_POLICY)
     path = stack_file(f"""
         apiVersion: hybridorch.dev/v1alpha1
         kind: Stack
@@ -160,12 +162,7 @@ K8S_STACK = "e2e-audit-k8s"
 
 def test_live_audit_of_a_cluster_sees_drift_and_expired_objects(cluster: dict[str, str], stack_file,
                                                                 tmp_path: Path) -> None:
-    (tmp_path / "policy.yaml").write_text("""\
-apiVersion: hybridorch.dev/v1alpha1
-kind: Policy
-metadata: {name: e2e-tight}
-spec: {base: balanced, maxVmCpus: 1}
-""")
+    (tmp_path / "policy.yaml").write_text(TIGHT_POLICY)
     path = stack_file(f"""
         apiVersion: hybridorch.dev/v1alpha1
         kind: Stack
