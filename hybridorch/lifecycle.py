@@ -194,6 +194,6 @@ def _remove_cluster_workloads(items: list[Managed], context: str | None) -> list
         for m in mine:
             selector = f"{LABEL_MANAGED}={MANAGED_BY},{LABEL_STACK}={stack},{LABEL_WORKLOAD}={m.workload}"
             refs += [ObjectRef.of(s) for s in backend.get_json("services", "-n", m.namespace, "-l", selector)]
-        removal = backend._remove(stack, list(dict.fromkeys(refs)), delete_data=False)
+        removal = backend.remove_objects(stack, list(dict.fromkeys(refs)), delete_data=False)
         removed += list(removal.removed) + [str(k) for k in removal.kept]
     return removed

@@ -327,7 +327,7 @@ class KubernetesBackend(Backend):
         if not stale:
             return []
         # a pruned StatefulSet's claims, or a pruned tenant's namespace with data or a user's objects, are kept
-        return list(self._remove(stack, self._unshared(stack, stale), delete_data=False).removed)
+        return list(self.remove_objects(stack, self._unshared(stack, stale), delete_data=False).removed)
 
     def _unshared(self, stack: str, refs: list[ObjectRef]) -> list[ObjectRef]:
         """Leave out RuntimeClasses that workloads outside this stack still name.
@@ -607,9 +607,9 @@ class KubernetesBackend(Backend):
                 ref = ObjectRef.of(o)
                 if ref not in refs:
                     refs.append(ref)
-        return self._remove(stack, self._unshared(stack, refs), delete_data)
+        return self.remove_objects(stack, self._unshared(stack, refs), delete_data)
 
-    def _remove(self, stack: str, refs: list[ObjectRef], delete_data: bool) -> Removal:
+    def remove_objects(self, stack: str, refs: list[ObjectRef], delete_data: bool) -> Removal:
         """Delete `refs`, except namespaces holding foreign objects or kept data; data in the namespaces
         involved is deleted with `delete_data`, else cut loose from its owners and kept."""
         doomed = {r for r in refs if r.kind not in DATA_KINDS}
