@@ -307,14 +307,14 @@ def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_fir
                 reindex(b, old)
                 left -= k
         while left:
-            b = new_bin(g)
-            if b is None:
+            fresh = new_bin(g)
+            if fresh is None:
                 fits = any(inst.fits(g, p) for p in g.pools)
                 unplaced.append(Unplaced(g.workload, left, _out_of_hosts(g) if fits else _too_big(g, inst, headroom)))
                 break
-            k = min(left, inst.per_host(g, b.pool))
-            b.put(g, k)
-            reindex(b, None)
+            k = min(left, inst.per_host(g, fresh.pool))
+            fresh.put(g, k)
+            reindex(fresh, None)
             left -= k
     return bins, unplaced, work[0]
 
@@ -512,9 +512,9 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
         if not any(p in g.pools for g in inst.groups):
             continue
         for k in range(slots[p]):
-            used[p, k] = model.NewBoolVar(f"y_{p}_{k}")
+            used[p, k] = model.new_bool_var(f"y_{p}_{k}")
             if k:
-                model.Add(used[p, k] <= used[p, k - 1])  # hosts of a pool are interchangeable: use them in order
+                model.add(used[p, k] <= used[p, k - 1])  # hosts of a pool are interchangeable: use them in order
     n: dict[tuple[str, str, int], Any] = {}
     for g in inst.groups:
         terms = []
@@ -523,52 +523,52 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
                 continue
             top = inst.per_host(g, p)
             for k in range(slots[p]):
-                v = model.NewIntVar(0, top, f"n_{g.workload}_{p}_{k}")
-                model.Add(v <= top * used[p, k])
+                v = model.new_int_var(0, top, f"n_{g.workload}_{p}_{k}")
+                model.add(v <= top * used[p, k])
                 n[g.workload, p, k] = v
                 terms.append(v)
-        model.Add(sum(terms) == g.count)
+        model.add(sum(terms) == g.count)
     tenants = sorted({g.tenant for g in inst.groups})
     for (p, k), y in used.items():
         here = [(g, n[g.workload, p, k]) for g in inst.groups if (g.workload, p, k) in n]
         cap_c, cap_m = inst.caps[p]
-        model.Add(sum(g.cpu * v for g, v in here) <= cap_c * y)
-        model.Add(sum(g.mem * v for g, v in here) <= cap_m * y)
+        model.add(sum(g.cpu * v for g, v in here) <= cap_c * y)
+        model.add(sum(g.mem * v for g, v in here) <= cap_m * y)
         if inst.separate and len(tenants) > 1:
-            z = {t: model.NewBoolVar(f"z_{t}_{p}_{k}") for t in tenants}
-            model.Add(sum(z.values()) <= y)
+            z = {t: model.new_bool_var(f"z_{t}_{p}_{k}") for t in tenants}
+            model.add(sum(z.values()) <= y)
             for g, v in here:
-                model.Add(v <= inst.per_host(g, p) * z[g.tenant])
-    model.Add(sum(used.values()) >= lower)
-    model.Minimize(sum(used.values()))
+                model.add(v <= inst.per_host(g, p) * z[g.tenant])
+    model.add(sum(used.values()) >= lower)
+    model.minimize(sum(used.values()))
     for b in start:
-        model.AddHint(used[b.pool, b.index], 1)
+        model.add_hint(used[b.pool, b.index], 1)
     hinted = {(b.pool, b.index) for b in start}
-    for key, y in used.items():
-        if key not in hinted:
-            model.AddHint(y, 0)
+    for slot, y in used.items():
+        if slot not in hinted:
+            model.add_hint(y, 0)
     where = {(w, b.pool, b.index): c for b in start for w, c in b.counts.items()}
     for key, v in n.items():
-        model.AddHint(v, where.get(key, 0))
+        model.add_hint(v, where.get(key, 0))
 
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = 7
     solver.parameters.max_deterministic_time = budget
     solver.parameters.max_time_in_seconds = 5 * budget + 1
-    status = solver.Solve(model)
-    bound = max(lower, math.ceil(solver.BestObjectiveBound() - 1e-6)) if status in (
+    status = solver.solve(model)
+    bound = max(lower, math.ceil(solver.best_objective_bound - 1e-6)) if status in (
         cp_model.OPTIMAL, cp_model.FEASIBLE) else lower
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return _Exact(None, False, lower)
     bins: list[_Bin] = []
     for (p, k), y in used.items():
-        if not solver.Value(y):
+        if not solver.value(y):
             continue
         b = _Bin(p, k, inst.caps[p], "", len(bins))
         for g in inst.groups:
-            v = n.get((g.workload, p, k))
-            c = solver.Value(v) if v is not None else 0
+            var = n.get((g.workload, p, k))
+            c = solver.value(var) if var is not None else 0
             if c:
                 b.put(g, c)
                 b.tenant = g.tenant

@@ -518,7 +518,7 @@ def _user_data_problem(text: str) -> str | None:
 def _check_allow_from(workloads: list[tuple[int, dict[str, Any]]], stack_name: str | None, doc: Document,
                       errors: Errors) -> None:
     """allowFrom names tenants of this stack: another stack's namespaces are not ours to open ports to."""
-    tenants = {w.get("tenant") or stack_name for _, w in workloads}
+    tenants: set[str] = {t for _, w in workloads if isinstance(t := w.get("tenant") or stack_name, str)}
     for i, w in workloads:
         places = [(f"spec.workloads[{i}].allowFrom", w.get("allowFrom") or [])] + \
             [(f"spec.workloads[{i}].ports[{j}].allowFrom", (port.get("allowFrom") or []) if isinstance(port, dict)
