@@ -1,42 +1,107 @@
-"""The process runner of the local VM side: run a command with a timeout and turn any failure into one
-BackendError line, and wait until a condition holds or a deadline passes."""
+"""The one process runner: every subprocess hybridorch starts goes through `run` or `stream`, and every
+wait-until-deadline loop through `wait_until`. A failure (missing binary, timeout, non-zero exit) becomes one
+error line naming what failed and the command's last stderr line, here and nowhere else."""
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
-from .errors import BackendError
+from .errors import BackendError, HybridorchError
+
+# what a caller may raise instead of BackendError (e.g. a SpecError for a bad input file): message -> error
+ErrorFactory = Callable[[str], HybridorchError]
+# turns the failed command's stderr into the message (e.g. kubectl's errors into advice); default: its last line
+Explain = Callable[[str], str]
+
+Completed = subprocess.CompletedProcess
 
 
 def run(cmd: Sequence[str], *, what: str, timeout: float = 120, missing: str = "", check: bool = True,
-        stdout: Path | None = None, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `cmd`; on failure (missing binary, timeout, non-zero exit when `check`) raise BackendError naming
-    `what` and the command's last stderr line. `stdout` sends the output to a file instead of memory."""
+        stdout: Path | None = None, input_text: str | None = None, stdin: Path | None = None,
+        cwd: Path | str | None = None, env: Mapping[str, str] | None = None,
+        error: ErrorFactory = BackendError, explain: Explain | None = None) -> Completed[str]:
+    """Run `cmd`; on failure (missing binary, timeout, non-zero exit when `check`) raise `error` naming `what`
+    and the command's last stderr line (or `explain(stderr)`). `stdout` sends the output to a file instead of
+    memory; `stdin` reads the input from a file, `input_text` from a string."""
+    args = [str(c) for c in cmd]
     try:
-        if stdout is not None:
-            with open(stdout, "wb") as fh:
-                done = subprocess.run(list(cmd), stdout=fh, stderr=subprocess.PIPE, timeout=timeout,
-                                      stdin=subprocess.DEVNULL)
-            result = subprocess.CompletedProcess(done.args, done.returncode, "",
+        if stdout is not None or stdin is not None:
+            with open(stdout if stdout is not None else os.devnull, "wb") as out, \
+                    open(stdin if stdin is not None else os.devnull, "rb") as inp:
+                done = subprocess.run(args, stdin=inp, stdout=out if stdout is not None else subprocess.PIPE,
+                                      stderr=subprocess.PIPE, timeout=timeout, cwd=cwd,
+                                      env=dict(env) if env is not None else None)
+            result = subprocess.CompletedProcess(done.args, done.returncode,
+                                                 (done.stdout or b"").decode(errors="replace"),
                                                  done.stderr.decode(errors="replace"))
         else:
-            result = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input_text,
+            result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input_text,
                                     stdin=None if input_text is not None else subprocess.DEVNULL,
-                                    errors="replace")
+                                    errors="replace", cwd=cwd, env=dict(env) if env is not None else None)
     except FileNotFoundError:
-        raise BackendError(f"{what}: {cmd[0]} is not installed" + (f" ({missing})" if missing else "")) from None
+        raise _missing(args, what, missing, error) from None
     except subprocess.TimeoutExpired:
-        raise BackendError(f"{what}: {cmd[0]} did not finish within {timeout:.0f}s") from None
+        raise error(f"{what}: {Path(args[0]).name} did not finish within {timeout:g}s") from None
     if check and result.returncode != 0:
-        raise BackendError(f"{what}: {last_line(result.stderr) or f'{cmd[0]} exited with {result.returncode}'}")
+        raise _failed(args, what, result.returncode, result.stderr or result.stdout, error, explain)
     return result
 
 
+def stream(cmd: Sequence[str], *, what: str, timeout: float | None = None, missing: str = "",
+           env: Mapping[str, str] | None = None, error: ErrorFactory = BackendError,
+           explain: Explain | None = None) -> Iterator[str]:
+    """The lines `cmd` prints on stdout (without newlines), as they come. The process is killed when the
+    caller stops iterating or `timeout` passes (then `error` is raised); a non-zero exit raises `error`."""
+    args = [str(c) for c in cmd]
+    # stderr into a file, not a pipe: a chatty command must not block on a full pipe nobody reads yet
+    with tempfile.TemporaryFile() as err:
+        try:
+            child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                                     errors="replace", env=dict(env) if env is not None else None)
+        except FileNotFoundError:
+            raise _missing(args, what, missing, error) from None
+        expired = threading.Event()
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, lambda: (expired.set(), child.kill()))
+            timer.daemon = True
+            timer.start()
+        finished = False
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                yield line.rstrip("\n")
+            finished = True
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not finished and child.poll() is None:
+                child.kill()
+            code = child.wait()
+        if expired.is_set():
+            raise error(f"{what}: {Path(args[0]).name} did not finish within {timeout:g}s")
+        if code != 0:
+            err.seek(0)
+            raise _failed(args, what, code, err.read().decode(errors="replace"), error, explain)
+
+
 def last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1].removeprefix("error: ") if lines else ""
+    """The last non-empty line of a command's output, without a leading 'error: ' (what most tools print)."""
+    lines = text.strip().splitlines()
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip().removeprefix("error: ")
+    return ""
+
+
+def lines(text: str) -> list[str]:
+    """The non-empty lines of a command's output, stripped: the one way output is split into lines."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, *, poll: float = 0.1,
@@ -49,3 +114,14 @@ def wait_until(check: Callable[[], bool], timeout: float, *, poll: float = 0.1,
         if time.monotonic() >= deadline or (abort is not None and abort()):
             return check()
         time.sleep(poll)
+
+
+def _missing(args: list[str], what: str, missing: str, error: ErrorFactory) -> HybridorchError:
+    return error(f"{what}: {Path(args[0]).name} is not installed" + (f" ({missing})" if missing else ""))
+
+
+def _failed(args: list[str], what: str, code: int, stderr: str, error: ErrorFactory,
+            explain: Explain | None) -> HybridorchError:
+    if explain is not None:
+        return error(explain(stderr))
+    return error(f"{what}: {last_line(stderr) or f'{Path(args[0]).name} exited with {code}'}")
