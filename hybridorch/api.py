@@ -40,6 +40,9 @@ POLICY_FILE = Obj({
         "maxSnapshotAge": Field(Scalar(str, pattern=r"([0-9]+[smhdw])+", what="a duration such as 7d"),
                                 doc="Longest snapshot retention the audit accepts (rule HYB015)."),
         "overheads": Field(Obj({"sandboxed": Field(_OVERHEAD), "vm": Field(_OVERHEAD)})),
+        "localSandbox": Field(Scalar(str, enum=("auto", "runtime", "vm")),
+                              doc="Where a sandboxed workload runs on the local target: auto (Docker's gVisor/Kata "
+                                  "runtime, else its own VM), runtime, vm."),
     }), required=True),
 }, description="A hybridorch placement policy: a built-in profile with fields overridden.")
 
@@ -47,7 +50,7 @@ _POLICY_KEYS = {"untrustedRuntime": "untrusted_runtime", "internalRuntime": "int
                 "privilegedTrustedAsContainer": "trusted_privileged_container", "separateTenants": "separate_tenants",
                 "spreadReplicas": "spread_replicas", "headroomPercent": "headroom_percent",
                 "emulationCpuFactor": "emulation_cpu_factor", "maxVmCpus": "max_vm_cpus",
-                "maxSnapshotAge": "max_snapshot_age"}
+                "maxSnapshotAge": "max_snapshot_age", "localSandbox": "local_sandbox"}
 
 
 def _overhead(v: dict[str, str]) -> Overhead:

@@ -43,6 +43,9 @@ class Profile:
     emulation_cpu_factor: int = 4                 # TCG needs several host cores per emulated one
     max_vm_cpus: int = 8                          # per-VM CPU ceiling (vCPUs or CPU limit); audit rule HYB002
     max_snapshot_age: str = "30d"                 # longest snapshot retention the audit accepts (HYB015)
+    # where a sandboxed placement runs on the local target: auto (Docker's gVisor/Kata runtime, else its own VM),
+    # runtime (only a Docker sandbox runtime), vm (always its own VM)
+    local_sandbox: str = "auto"
 
     def overhead(self, runtime: str) -> Overhead:
         if runtime == "sandboxed":
