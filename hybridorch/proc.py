@@ -45,6 +45,8 @@ def run(cmd: Sequence[str], *, what: str, timeout: float = 120, missing: str = "
                                     errors="replace", cwd=cwd, env=dict(env) if env is not None else None)
     except FileNotFoundError:
         raise _missing(args, what, missing, error) from None
+    except OSError as err:   # not executable, a directory, ...
+        raise error(f"{what}: cannot run {args[0]}: {err.strerror}") from None
     except subprocess.TimeoutExpired:
         raise error(f"{what}: {Path(args[0]).name} did not finish within {timeout:g}s") from None
     if check and result.returncode != 0:
@@ -65,6 +67,8 @@ def stream(cmd: Sequence[str], *, what: str, timeout: float | None = None, missi
                                      errors="replace", env=dict(env) if env is not None else None)
         except FileNotFoundError:
             raise _missing(args, what, missing, error) from None
+        except OSError as err:
+            raise error(f"{what}: cannot run {args[0]}: {err.strerror}") from None
         expired = threading.Event()
         timer = None
         if timeout is not None:

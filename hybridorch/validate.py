@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from functools import lru_cache
 from importlib import resources
@@ -18,6 +17,9 @@ from typing import Any, Callable
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+
+from . import proc
+from .errors import RenderError
 
 KUBERNETES_VERSION = "1.34"
 SCHEMA_FILES = (f"kubernetes-{KUBERNETES_VERSION}-schema.json", "kubevirt-schema.json")
@@ -62,13 +64,15 @@ def _run_checker(argv: Callable[[str], list[str]], text: str, suffix: str) -> st
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        proc = subprocess.run(argv(path), capture_output=True, text=True, timeout=60)
+        args = argv(path)
+        # a validator that hangs or vanishes fails the render, like a complaint would
+        done = proc.run(args, what=f"validating with {args[0]}", timeout=60, check=False, error=RenderError)
     finally:
         os.unlink(path)
-    if proc.returncode == 0:
+    if done.returncode == 0:
         return None
-    lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-    return "; ".join(ln.replace(path, "<file>") for ln in lines) or f"exit status {proc.returncode}"
+    lines = proc.lines(done.stderr + done.stdout)
+    return "; ".join(ln.replace(path, "<file>") for ln in lines) or f"exit status {done.returncode}"
 
 
 def libvirt_available() -> bool:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import tempfile
+from pathlib import Path
 from typing import Callable, Iterable
 
+from .. import proc
 from ..errors import BackendError
 
 KIND_LABEL = "io.x-k8s.kind.cluster"
@@ -33,25 +34,10 @@ def kind_cluster_name(context: str | None, provider_ids: Iterable[str]) -> str |
 
 
 def _docker(*args: str, what: str, stdin_file: str | None = None, timeout: float = 600,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    try:
-        if stdin_file is not None:
-            with open(stdin_file, "rb") as fh:
-                done = subprocess.run(["docker", *args], stdin=fh, capture_output=True, timeout=timeout)
-            proc = subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
-                                               done.stderr.decode(errors="replace"))
-        else:
-            proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL, errors="replace")
-    except FileNotFoundError:
-        raise BackendError(f"{what}: the docker command is not installed (kind nodes are Docker containers)") \
-            from None
-    except subprocess.TimeoutExpired:
-        raise BackendError(f"{what}: docker {args[0]} did not finish within {timeout:.0f}s") from None
-    if check and proc.returncode != 0:
-        last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise BackendError(f"{what}: {last[-1] if last else f'docker {args[0]} exited {proc.returncode}'}")
-    return proc
+            check: bool = True) -> proc.Completed[str]:
+    return proc.run(["docker", *args], what=what, timeout=timeout, check=check,
+                    stdin=Path(stdin_file) if stdin_file is not None else None,
+                    missing="kind nodes are Docker containers: apt-get install docker.io")
 
 
 def node_containers(cluster: str) -> list[str]:
@@ -67,31 +53,31 @@ def node_containers(cluster: str) -> list[str]:
 
 
 def image_id(ref: str) -> str | None:
-    proc = _docker("image", "inspect", "--format", "{{.Id}}", ref, what=f"inspecting image {ref}", check=False)
-    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+    found = _docker("image", "inspect", "--format", "{{.Id}}", ref, what=f"inspecting image {ref}", check=False)
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
 
 
 def node_image_id(node: str, ref: str) -> str | None:
     """The image's ID (config digest, the same as Docker's image ID) as the node's CRI sees it; None if absent."""
-    proc = _docker("exec", node, "crictl", "inspecti", "-o", "json", ref, what=f"inspecting {ref} on node {node}",
-                   check=False)
-    if proc.returncode != 0:
+    found = _docker("exec", node, "crictl", "inspecti", "-o", "json", ref, what=f"inspecting {ref} on node {node}",
+                    check=False)
+    if found.returncode != 0:
         return None
     try:
-        return str(json.loads(proc.stdout)["status"]["id"]) or None
+        return str(json.loads(found.stdout)["status"]["id"]) or None
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def snapshotter(node: str) -> str | None:
     """The snapshotter the node's CRI unpacks images with (what kind passes to `ctr images import`)."""
-    proc = _docker("exec", node, "containerd", "config", "dump", what=f"reading containerd's config on {node}",
-                   check=False)
-    if proc.returncode != 0:
+    dumped = _docker("exec", node, "containerd", "config", "dump", what=f"reading containerd's config on {node}",
+                     check=False)
+    if dumped.returncode != 0:
         return None
     try:
         import tomllib   # Python 3.11+; without it the import uses containerd's default snapshotter
-        plugins = tomllib.loads(proc.stdout).get("plugins", {})
+        plugins = tomllib.loads(dumped.stdout).get("plugins", {})
     except (ImportError, ValueError):   # TOMLDecodeError is a ValueError
         return None
     # containerd 2 (config version 3) keeps it with the image service, 1.x under the CRI plugin

@@ -14,13 +14,12 @@ import os
 import queue
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .. import images
+from .. import images, proc
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
 from .base import Backend, Kept, Removal, WorkloadStatus
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from ..render import Rendered
 
 FIELD_MANAGER = "hybridorch"
+KUBECTL_MISSING = "install kubectl or set HYBRIDORCH_KUBECTL"
 # Every kind hybridorch renders (resource.group as kubectl names them), in the order objects are created;
 # prune and delete look only at these, so objects of other kinds carrying our labels are never touched.
 KINDS: tuple[tuple[str, str], ...] = (
@@ -209,20 +209,10 @@ class KubernetesBackend(Backend):
         return cmd + [f"--request-timeout={REQUEST_TIMEOUT}", *args]
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = self.kubectl_command(*args)
-        try:
-            proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout,
-                                  env=self._env())
-        except subprocess.TimeoutExpired:
-            raise BackendError(f"kubectl {args[0]} took longer than {timeout:.0f}s ({self.where}): check that the "
-                               "API server is responsive") from None
-        except OSError as err:
-            raise BackendError(f"cannot run {cmd[0]}: {err.strerror}: install kubectl or set HYBRIDORCH_KUBECTL")\
-                from None
-        if check and proc.returncode != 0:
-            raise BackendError(explain_kubectl_error(proc.stderr or proc.stdout, self.where))
-        return proc
+                timeout: float = 120) -> proc.Completed[str]:
+        return proc.run(self.kubectl_command(*args), what=f"kubectl {args[0]} ({self.where})", timeout=timeout,
+                        check=check, input_text=stdin, env=self._env(), missing=KUBECTL_MISSING,
+                        explain=lambda err: explain_kubectl_error(err, self.where))
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -292,22 +282,22 @@ class KubernetesBackend(Backend):
         self._delete([ObjectRef("Namespace", "", n) for n in names])
 
     def _dry_run(self, docs: list[dict[str, Any]]) -> None:
-        proc = self.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={FIELD_MANAGER}",
+        done = self.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={FIELD_MANAGER}",
                             "--force-conflicts", "-f", "-", stdin=_stream(docs), check=False)
-        if proc.returncode == 0:
+        if done.returncode == 0:
             return
-        problems = _rejections(proc.stderr, docs)
+        problems = _rejections(done.stderr, docs)
         if not problems:
-            raise BackendError(explain_kubectl_error(proc.stderr or proc.stdout, self.where))
+            raise BackendError(explain_kubectl_error(done.stderr or done.stdout, self.where))
         raise ApplyRejected(problems)
 
     def diff(self, rendered: Rendered) -> str:
         """kubectl diff of the rendered objects against the cluster (empty when nothing would change)."""
-        proc = self.kubectl("diff", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts",
+        done = self.kubectl("diff", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts",
                             "-f", "-", stdin=_stream(rendered.documents), check=False)
-        if proc.returncode > 1:
-            raise BackendError(explain_kubectl_error(proc.stderr, self.where))
-        return proc.stdout
+        if done.returncode > 1:
+            raise BackendError(explain_kubectl_error(done.stderr, self.where))
+        return done.stdout
 
     # --- finding our objects ----------------------------------------------------------------------------
 
@@ -359,24 +349,24 @@ class KubernetesBackend(Backend):
         return [str(r) for r in refs]
 
     def _wait_gone(self, refs: list[ObjectRef], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         pending = list(refs)
-        while pending:
+
+        def gone() -> bool:
+            nonlocal pending
             left = []
             for ns in sorted({r.namespace for r in pending}):
                 group = [r for r in pending if r.namespace == ns]
                 args = ["get", "--ignore-not-found", "-o", "name"] + (["-n", ns] if ns else [])
                 out = self.kubectl(*args, *[f"{r.resource}/{r.name}" for r in group]).stdout
-                still = {line.strip().split("/", 1)[-1] for line in out.splitlines() if line.strip()}
+                still = {line.split("/", 1)[-1] for line in proc.lines(out)}
                 left += [r for r in group if r.name in still]
             pending = left
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                names = ", ".join(str(r) for r in pending[:3])
-                raise BackendError(f"{names} still exist {timeout:.0f}s after deletion: check their finalizers "
-                                   "with kubectl get -o yaml")
-            time.sleep(0.5)
+            return not pending
+
+        if not proc.wait_until(gone, timeout, poll=0.5):
+            names = ", ".join(str(r) for r in pending[:3])
+            raise BackendError(f"{names} still exist {timeout:.0f}s after deletion: check their finalizers "
+                               "with kubectl get -o yaml")
 
     # --- status and waiting ---------------------------------------------------------------------------
 
@@ -526,8 +516,8 @@ class KubernetesBackend(Backend):
         """The context kubectl uses: --context, else the kubeconfig's current-context."""
         if self.context:
             return self.context
-        proc = self.kubectl("config", "current-context", check=False)
-        return proc.stdout.strip() or None
+        done = self.kubectl("config", "current-context", check=False)
+        return done.stdout.strip() or None
 
     def prepare_images(self, plan: Plan, docs: list[dict[str, Any]]) -> list[str]:
         """Make the stack's locally built images available to the nodes before anything is applied: on a kind
@@ -583,16 +573,8 @@ class KubernetesBackend(Backend):
         if not follow:
             yield from self.kubectl(*args).stdout.splitlines()
             return
-        cmd = self.kubectl_command(*args)
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as stream:
-            assert stream.stdout is not None and stream.stderr is not None
-            try:
-                for line in stream.stdout:
-                    yield line.rstrip("\n")
-            finally:
-                stream.terminate()
-            if stream.wait() not in (0, -15):
-                raise BackendError(explain_kubectl_error(stream.stderr.read(), self.where))
+        yield from proc.stream(self.kubectl_command(*args), what=f"kubectl logs ({self.where})", env=self._env(),
+                               missing=KUBECTL_MISSING, explain=lambda err: explain_kubectl_error(err, self.where))
 
     def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
         """Delete the stack's objects. Like Helm, a namespace that holds objects hybridorch did not make is kept
@@ -647,9 +629,9 @@ class KubernetesBackend(Backend):
         if self._namespaced is None:
             out = self.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout
             self._namespaced = [r for r in out.split() if r not in IGNORED_RESOURCES]
-        proc = self.kubectl("get", ",".join(self._namespaced), "-n", namespace, "-o", "json", check=False)
-        if proc.returncode == 0:
-            return list((json.loads(proc.stdout or "{}")).get("items", []))
+        done = self.kubectl("get", ",".join(self._namespaced), "-n", namespace, "-o", "json", check=False)
+        if done.returncode == 0:
+            return list((json.loads(done.stdout or "{}")).get("items", []))
         # one kind failed (an aggregated API that is down...): list kind by kind, and refuse to guess about the
         # kinds that cannot be listed, since deleting the namespace would delete whatever they hold
         items: list[dict[str, Any]] = []
@@ -667,12 +649,11 @@ class KubernetesBackend(Backend):
         """Wait (briefly) until the StatefulSet controller has seen a new spec: one still acting on the old
         retention policy would put back the owner references about to be removed from the claims. Without a
         controller nothing acts on the old policy either, so the wait just ends."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def observed() -> bool:
             st = self.get_json("statefulsets.apps", name, "-n", namespace, "--ignore-not-found")
-            if not st or (st[0].get("status") or {}).get("observedGeneration", 0) >= generation:
-                return
-            time.sleep(0.2)
+            return not st or (st[0].get("status") or {}).get("observedGeneration", 0) >= generation
+
+        proc.wait_until(observed, timeout, poll=0.2)
 
     def _release(self, contents: list[dict[str, Any]], doomed: set[ObjectRef]) -> None:
         """Cut the ties of the data in `contents` to the objects about to be deleted, so the garbage collector
