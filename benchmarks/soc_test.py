@@ -13,8 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hybridorch.backends.qemu import RESULT_PREFIX, run_guest  # noqa: E402
-from hybridorch.guest import GuestProgram  # noqa: E402
+from hybridorch.vm import console  # noqa: E402
+from hybridorch.vm.boot import run_guest  # noqa: E402
+from hybridorch.vm.initramfs import GuestProgram  # noqa: E402
 from hybridorch.soc import load_soc_plan, run_soc_tests  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def main() -> None:
             bare = run_guest(arch, GuestProgram("baseline", services=False, network=False),
                              workdir=Path(tmp) / f"bare-{arch}", cpus=plan.cpus, memory_mib=plan.memory_mib,
                              machine=plan.machine)
-            bare_boot = next(ln.at for ln in bare.lines if ln.text.startswith(f"{RESULT_PREFIX} BOOTED"))
+            bare_boot = next(ln.at for ln in bare.lines if console.is_booted(ln.text))
             (result,) = run_soc_tests([path], None, jobs=1).plans
             first = result.first_result_seconds or float("nan")
             tests = len(result.tests)

@@ -19,7 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hybridorch import api  # noqa: E402
 from hybridorch.backends.qemu import QemuBackend, program_for  # noqa: E402
-from hybridorch.guest import READY_MARKER, build_initrd, load_guest  # noqa: E402
+from hybridorch.vm.console import READY_MARKER  # noqa: E402
+from hybridorch.vm.guestimage import load_guest  # noqa: E402
+from hybridorch.vm.initramfs import build_initrd  # noqa: E402
 
 STACK = """\
 apiVersion: hybridorch.dev/v1alpha1

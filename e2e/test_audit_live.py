@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e.conftest import free_ports, hybridorch, require
-from hybridorch.guest import guest_dir
+from hybridorch.vm.guestimage import guest_dir
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from conftest import ROOT, free_ports, hybridorch, require
 from hybridorch import api
 from hybridorch.backends.qemu import QemuBackend
 from hybridorch.errors import BackendError
-from hybridorch.guest import guest_dir
+from hybridorch.vm.guestimage import guest_dir
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, require
 from hybridorch.errors import TestFailure
-from hybridorch.guest import guest_dir
+from hybridorch.vm.guestimage import guest_dir
 from hybridorch.soc import check_report, format_report, run_soc_tests
 from test_qemu import live_qemus
 

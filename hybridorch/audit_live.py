@@ -177,7 +177,7 @@ def _guest_images(plan: Plan, ctx: Context, locate: Callable[[str, str], tuple[s
     """Local guests (kernel + initramfs fetched from Debian) age like any image: their guest.json says when."""
     if ctx.max_image_age is None:
         return []
-    from .guest import guest_dir
+    from .vm.guestimage import guest_dir
 
     out: list[Finding] = []
     for p in plan.placements:

@@ -5,7 +5,6 @@ one QEMU guest that runs every container with runc and reports exit codes and ou
 """
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -19,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BackendError, HybridorchError, Problem, SpecError, TestFailure
-from .guest import RESULT_PREFIX, ContainerRun, GuestProgram
+from .runtime import ARCHES
+from .vm import console
+from .vm.initramfs import ContainerRun, GuestProgram
 from .schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
 from .safeload import path_inside
 from .spec import API_VERSION, image_problem
 
-SOC_ARCHES = ("amd64", "arm64")
-MACHINES = {"amd64": ("q35", "pc"), "arm64": ("virt",)}
-DEFAULT_MACHINE = {"amd64": "q35", "arm64": "virt"}
+SOC_ARCHES = tuple(a for a, info in ARCHES.items() if info.local)
 
 
 def _regex(value: str) -> str | None:
@@ -125,9 +124,10 @@ def load_soc_plan(path: str, text: str | None = None) -> SocPlan:
         errors.add(doc.line("spec.target.arch"), "spec.target.arch",
                    "riscv64 is not supported: Debian 12 has no riscv64 kernel or busybox packages (use amd64 or arm64)")
     machine = target.get("machine")
-    if arch in MACHINES and machine and machine not in MACHINES[arch]:
+    machines = ARCHES[arch].machines if arch in ARCHES else ()
+    if machines and machine and machine not in machines:
         errors.add(doc.line("spec.target.machine"), "spec.target.machine",
-                   f"{machine!r} is not a {arch} machine: use {' or '.join(MACHINES[arch])}")
+                   f"{machine!r} is not a {arch} machine: use {' or '.join(machines)}")
     memory = parse_quantity(target["memory"]) if target.get("memory") else None
     if memory is not None and memory < 128 * 2**20:
         errors.add(doc.line("spec.target.memory"), "spec.target.memory",
@@ -161,7 +161,7 @@ def load_soc_plan(path: str, text: str | None = None) -> SocPlan:
                      timeout=c["timeout"])
         for c in spec["containers"])
     return SocPlan(name=doc.values["metadata"]["name"], file=path, arch=arch,
-                   machine=machine or DEFAULT_MACHINE[arch], memory_mib=int(memory or 512 * 2**20) // 2**20,
+                   machine=machine or ARCHES[arch].machine, memory_mib=int(memory or 512 * 2**20) // 2**20,
                    cpus=target["cpus"], timeout=target["timeout"], containers=containers)
 
 
@@ -239,35 +239,15 @@ def judge(c: SocContainer, exit_code: int | None, timed_out: bool, output: str, 
 
 
 def parse_results(plan: SocPlan, lines: list[str]) -> list[TestResult]:
-    """The guest's @@HYB OUT/RESULT lines turned into one result per planned test, in plan order."""
-    out: dict[str, list[str]] = {}
-    done: dict[str, tuple[int, bool, float]] = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3 or parts[0] != RESULT_PREFIX:
-            continue
-        if parts[1] == "OUT" and len(parts) >= 4:
-            out.setdefault(parts[2], []).append(parts[3])
-        elif parts[1] == "RESULT" and len(parts) == 7:
-            try:
-                done[parts[2]] = (int(parts[3]), parts[4] == "1", float(parts[6]) - float(parts[5]))
-            except ValueError:
-                continue
-    results = []
-    for c in plan.containers:
-        try:
-            text = base64.b64decode("".join(out.get(c.name, []))).decode(errors="replace")
-        except ValueError:
-            text = ""
-        rc, timed_out, duration = done.get(c.name, (None, False, 0.0))
-        results.append(judge(c, rc, timed_out, text, duration))
-    return results
+    """The guest's console reports turned into one result per planned test, in plan order."""
+    reports = console.test_reports(lines, [c.name for c in plan.containers])
+    return [judge(c, r.exit_code, r.timed_out, r.output, r.seconds) for c, r in zip(plan.containers, reports)]
 
 
 def run_plan(plan: SocPlan, workroot: Path, cancel: threading.Event | None = None) -> PlanResult:
     """Boot one isolated guest for the plan and collect every test's result; a VM-level failure is the plan's
     error (the other plans still run)."""
-    from .backends.qemu import run_guest  # only the backend starts QEMU
+    from .vm.boot import run_guest  # the VM engine, the same one the local backend boots through
 
     workdir = Path(tempfile.mkdtemp(prefix=f"{plan.name}-", dir=workroot))
     started = time.monotonic()
@@ -283,8 +263,8 @@ def run_plan(plan: SocPlan, workroot: Path, cancel: threading.Event | None = Non
         shutil.rmtree(workdir, ignore_errors=True)
     texts = [ln.text for ln in run.lines]
     results = parse_results(plan, texts)
-    boot = next((ln.at for ln in run.lines if ln.text.startswith(f"{RESULT_PREFIX} BOOTED")), None)
-    first = next((ln.at for ln in run.lines if ln.text.startswith(f"{RESULT_PREFIX} RESULT")), None)
+    boot = next((ln.at for ln in run.lines if console.is_booted(ln.text)), None)
+    first = next((ln.at for ln in run.lines if console.is_result(ln.text)), None)
     error = ""
     if run.timed_out:
         error = f"the run exceeded target.timeout ({plan.timeout}s) and was stopped; last console lines: " \
@@ -312,8 +292,8 @@ def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int = 1) -> 
     for p in plans:
         if names.count(p.name) > 1:
             raise SpecError([Problem(p.file, 0, "metadata.name", f"plan name {p.name!r} is used by several files")])
-    from .backends.qemu import qemu_binary, state_root
-    from .guest import load_guest
+    from .vm.guestimage import load_guest
+    from .vm.host import qemu_binary, state_root
 
     for arch in dict.fromkeys(p.arch for p in plans):  # fail fast, before any VM starts
         qemu_binary(arch)

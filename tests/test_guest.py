@@ -1,5 +1,6 @@
 """Guest building without QEMU: the cpio writer (checked with the real `cpio` tool), module dependency reading
-from ELF .modinfo, the /init script and OCI configs."""
+from ELF .modinfo, the /init script, OCI configs, the @@HYB console protocol (written by sh, read by
+console.py) and the setup command line."""
 from __future__ import annotations
 
 import io
@@ -12,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from hybridorch.errors import BackendError
-from hybridorch.guest import (READY_MARKER, ContainerRun, CpioWriter, GuestProgram, busybox_rootfs, check_arch,
-                              init_script, load_guest, modinfo_depends, module_closure, oci_config)
+from hybridorch import guest
+from hybridorch.vm import console
+from hybridorch.vm.console import READY_MARKER
+from hybridorch.vm.guestimage import check_arch, load_guest, modinfo_depends, module_closure
+from hybridorch.vm.initramfs import ContainerRun, CpioWriter, GuestProgram, busybox_rootfs, init_script, oci_config
 
 
 def cpio_list(data: bytes) -> list[str]:
@@ -144,3 +148,37 @@ def test_missing_guest_names_the_fetch_command(tmp_path: Path, monkeypatch: pyte
 def test_riscv64_is_rejected_with_the_reason() -> None:
     with pytest.raises(BackendError, match="Debian 12 ships no riscv64"):
         check_arch("riscv64")
+
+
+def test_console_protocol_written_by_the_guest_shell_is_read_back(tmp_path: Path) -> None:
+    # the very shell lines /init uses, run by a real sh: what console.py writes, console.py parses
+    (tmp_path / "t1.out").write_bytes(b"hello from t1\n" * 20)   # several base64 lines
+    script = "\n".join([console.say_booted(), console.say_ready(),
+                        console.say_start("t1", "1.00"), console.say_output("t1", str(tmp_path / "t1.out")),
+                        console.say_result("t1", "3", "0", "1.00", "3.50"), "echo 'kernel noise'",
+                        console.say_result("t2", "0", "1", "2.00", "2.25"), console.say_done()])
+    lines = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert console.is_booted(lines[0]) and not console.is_booted("kernel noise")
+    assert console.shows_ready("\n".join(lines)) and console.is_done(lines[-1])
+    assert [ln for ln in lines if console.is_result(ln)] == [lines[-4], lines[-2]]
+    t1, t2, t3 = console.test_reports(lines, ["t1", "t2", "t3"])
+    assert (t1.exit_code, t1.timed_out, t1.seconds, t1.output) == (3, False, 2.5, "hello from t1\n" * 20)
+    assert (t2.exit_code, t2.timed_out, t2.output) == (0, True, "")
+    assert t3.exit_code is None   # no RESULT: the guest stopped before it
+
+
+def test_init_script_speaks_only_the_console_protocol() -> None:
+    script = init_script(GuestProgram("p", containers=(ContainerRun("t1", ("true",), "busybox", timeout=3),),
+                                      services=False))
+    for say in (console.say_booted(), console.say_done(), console.say_ready()):
+        assert say in script
+    assert console.say_result("$1", "$rc", "$to", "$start", "$end") in script
+
+
+def test_guest_command_line_usage_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert guest.main([]) == 2
+    assert "usage: python3 -m hybridorch.guest fetch|show" in capsys.readouterr().err
+    monkeypatch.setenv("HYBRIDORCH_GUEST_DIR", str(tmp_path))
+    assert guest.main(["show", "arm64"]) == 4
+    assert "python3 -m hybridorch.guest fetch arm64" in capsys.readouterr().err

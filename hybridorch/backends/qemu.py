@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import BackendError
-from ..guest import READY_MARKER, RESULT_PREFIX, ContainerRun, GuestProgram, build_initrd, load_guest
+from ..vm import console
+from ..vm.guestimage import load_guest
+from ..vm.initramfs import ContainerRun, GuestProgram, build_initrd
 from ..labels import LABEL_STACK, LABEL_WORKLOAD
 from ..vm import disks, libvirt
 from ..vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest, service_answers
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from ..render import Rendered
     from ..spec import Workload
 
-__all__ = ["QemuBackend", "run_guest", "state_root", "qemu_binary", "RESULT_PREFIX", "MACHINES", "Forward",
+__all__ = ["QemuBackend", "run_guest", "state_root", "qemu_binary", "MACHINES", "Forward",
            "program_for", "materialize", "accelerator_for"]
 _forwards = workload_forwards
 
@@ -360,7 +362,7 @@ class QemuBackend(Backend):
         marker = w.ready.marker if w.ready and w.ready.marker else None
         if marker and marker not in text:
             return False
-        if not marker and not booted_disk and READY_MARKER not in text:
+        if not marker and not booted_disk and not console.shows_ready(text):
             return False
         port = ready_forward(w, vm.forwards)
         if booted_disk and port is None and not marker:

@@ -14,8 +14,9 @@ from typing import Any, Callable
 
 from .. import proc
 from ..errors import BackendError
-from ..guest import READY_MARKER, RESULT_PREFIX, GuestProgram, build_initrd, load_guest
-from . import libvirt
+from . import console, libvirt
+from .guestimage import load_guest
+from .initramfs import GuestProgram, build_initrd
 from .domain import MACHINES, Forward, LocalFacts
 
 
@@ -187,7 +188,7 @@ def probe_kvm(timeout: float) -> tuple[bool, str]:
         shutil.rmtree(work, ignore_errors=True)
         return False, f"a KVM domain did not start ({err}); using TCG"
     try:
-        found = vm.wait_for(lambda text: READY_MARKER in text, timeout)
+        found = vm.wait_for(console.shows_ready, timeout)
     finally:
         vm.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -252,8 +253,8 @@ def run_guest(arch: str, program: GuestProgram, *, workdir: Path, cpus: int = 1,
                     for raw in complete:
                         line = ConsoleLine(now, raw.decode(errors="replace").strip("\r"))
                         lines.append(line)
-                        booted = booted or line.text.startswith(f"{RESULT_PREFIX} BOOTED")
-                        finished = finished or line.text == f"{RESULT_PREFIX} DONE"
+                        booted = booted or console.is_booted(line.text)
+                        finished = finished or console.is_done(line.text)
                         if on_line:
                             on_line(line)
                     continue

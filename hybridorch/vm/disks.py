@@ -159,7 +159,8 @@ def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[by
     """The initramfs of a disk boot: static busybox, ROOT_DISK_MODULES with their dependencies (from each
     module's .modinfo; modules the kernel has built in are skipped) and _ROOT_INIT. `modules` maps module
     names to their files in the kernel package. Returns the modules in load order."""
-    from ..guest import CpioWriter, _read_module, modinfo_depends, module_closure
+    from .guestimage import modinfo_depends, module_closure, read_module
+    from .initramfs import CpioWriter
 
     deps: dict[str, list[str]] = {}
     todo = list(ROOT_DISK_MODULES)
@@ -167,7 +168,7 @@ def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[by
         name = todo.pop()
         if name in deps or name not in modules:
             continue
-        deps[name] = [d.replace("-", "_") for d in modinfo_depends(_read_module(modules[name]))]
+        deps[name] = [d.replace("-", "_") for d in modinfo_depends(read_module(modules[name]))]
         todo += deps[name]
     order = module_closure(ROOT_DISK_MODULES, deps)
     w = CpioWriter(out)
@@ -178,7 +179,7 @@ def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[by
     for applet in ("sh", "mount", "umount", "insmod", "cat", "sleep", "mkdir", "switch_root"):
         w.symlink(f"bin/{applet}", "busybox")
     for name in order:
-        w.file(f"lib/hyb/{name}.ko", _read_module(modules[name]))   # busybox insmod takes plain .ko only
+        w.file(f"lib/hyb/{name}.ko", read_module(modules[name]))   # busybox insmod takes plain .ko only
     w.file("lib/hyb/modules.order", "".join(f"{n}.ko\n" for n in order).encode())
     w.file("init", _ROOT_INIT.encode(), 0o755)
     w.close()
@@ -188,25 +189,25 @@ def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[by
 def build_kernel_boot(out: Path, arch: str = "amd64", kernel_package: str = "linux-image-amd64") -> str:
     """Debian's kernel (apt-get download + dpkg-deb -x with private apt lists, never installed) as
     out/vmlinuz, and out/initrd.img that mounts an ext4 virtio root; returns the kernel version."""
-    from ..guest import _Apt, _extract, _module_name, check_arch
+    from .guestimage import Apt, check_arch, extract_deb, module_name
     from ..images import static_busybox
 
     check_arch(arch)
-    apt = _Apt(arch, cache_root() / "apt" / arch)
+    apt = Apt(arch, cache_root() / "apt" / arch)
     if not any(apt.lists.glob("*_Packages*")):
         apt.update()
     package = apt.resolve(kernel_package)
     with tempfile.TemporaryDirectory(prefix="hybridorch-kernel-") as tmp:
         work = Path(tmp)
         (work / "debs").mkdir()
-        _extract(apt.download(package, work / "debs"), work / "x")
+        extract_deb(apt.download(package, work / "debs"), work / "x")
         vmlinuz = sorted((work / "x" / "boot").glob("vmlinuz-*"))
         if not vmlinuz:
             raise BackendError(f"{package} has no /boot/vmlinuz-*")
         version = vmlinuz[-1].name[len("vmlinuz-"):]
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(vmlinuz[-1], out / "vmlinuz")
-        modules = {_module_name(str(p)): p for p in (work / "x" / "lib" / "modules" / version).rglob("*.ko*")}
+        modules = {module_name(str(p)): p for p in (work / "x" / "lib" / "modules" / version).rglob("*.ko*")}
         buf = io.BytesIO()
         write_root_initramfs(modules, static_busybox().read_bytes(), buf)
         (out / "initrd.img").write_bytes(gzip.compress(buf.getvalue(), compresslevel=6, mtime=0))

@@ -1,0 +1,136 @@
+"""The facts every layer shares, in one place: runtimes and workload states, the arch/machine/console table,
+the readiness-port and host-publishing rules, which placements run an image inside a VM, and the cache root.
+Pure: no I/O (the cache root reads only the environment it is given)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from .spec import Workload
+
+
+class Runtime(StrEnum):
+    """Where a workload runs. A StrEnum: it is its name in YAML, JSON, labels and templates."""
+
+    CONTAINER = "container"
+    SANDBOXED = "sandboxed"     # a container with its own kernel (gVisor, Kata, or a small VM of its own)
+    VM = "vm"
+    NESTED = "nested"           # containers inside a VM
+
+
+RUNTIMES: tuple[str, ...] = tuple(r.value for r in Runtime)
+CONTAINER_RUNTIMES = frozenset({Runtime.CONTAINER, Runtime.SANDBOXED})
+VM_RUNTIMES = frozenset({Runtime.VM, Runtime.NESTED})
+
+
+class State(StrEnum):
+    """What `status` and `ps` report of one workload."""
+
+    READY = "ready"             # running and its readiness check passes
+    RUNNING = "running"         # running, readiness not (yet) shown
+    PENDING = "pending"         # being created or scheduled
+    STOPPED = "stopped"
+    FAILED = "failed"
+    ABSENT = "absent"           # nothing of it exists
+
+
+# --- the arch table ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Arch:
+    """One guest architecture: its names, how QEMU emulates it, and what its Debian guest is made of."""
+
+    name: str                     # Debian's and the spec's name (amd64)
+    uname: str                    # the kernel's and libvirt's name (x86_64)
+    # local VMs (None: no local guest for this arch, e.g. riscv64: Debian 12 ships no riscv64 packages)
+    qemu_binary: str | None = None
+    qemu_package: str | None = None   # the Debian package providing qemu_binary
+    machines: tuple[str, ...] = ()    # machine types soc-test accepts; the first is the default
+    console: str = "ttyS0"            # kernel console device of the machine's first serial port
+    tcg_cpu: str | None = None        # CPU model under TCG (None: QEMU's default)
+    kernel_package: str = ""          # Debian meta-package naming the current kernel
+    triplet: str = ""                 # multiarch library directory
+    loader: str = ""                  # ELF interpreter runc is linked against
+    modules: tuple[str, ...] = ()     # kernel modules the guest loads (their deps follow from .modinfo)
+
+    @property
+    def machine(self) -> str:
+        return self.machines[0] if self.machines else ""
+
+    @property
+    def local(self) -> bool:
+        """A guest of this arch can boot on this machine's VM engine."""
+        return self.qemu_binary is not None
+
+
+ARCHES: dict[str, Arch] = {
+    "amd64": Arch("amd64", "x86_64", "qemu-system-x86_64", "qemu-system-x86", ("q35", "pc"), "ttyS0", None,
+                  "linux-image-cloud-amd64", "x86_64-linux-gnu", "/lib64/ld-linux-x86-64.so.2",
+                  ("virtio_pci", "virtio_net")),
+    # cortex-a57 boots faster under TCG than `max` (no SVE/pointer-auth emulation)
+    "arm64": Arch("arm64", "aarch64", "qemu-system-aarch64", "qemu-system-arm", ("virt",), "ttyAMA0", "cortex-a57",
+                  "linux-image-arm64", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1",
+                  ("virtio_pci", "virtio_mmio", "virtio_net")),
+    "riscv64": Arch("riscv64", "riscv64"),
+}
+LOCAL_ARCHES: tuple[str, ...] = tuple(a for a, info in ARCHES.items() if info.local)
+HOST_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}   # uname -m -> arch
+
+
+def local_arch(arch: str) -> Arch | None:
+    """The table entry of an arch a local guest can have; None for any other."""
+    info = ARCHES.get(arch)
+    return info if info is not None and info.local else None
+
+
+def arch_context() -> dict[str, dict[str, object]]:
+    """The arch table as templates see it (render passes it as `arches`)."""
+    return {a.name: {"uname": a.uname, "machine": a.machine, "console": a.console, "tcg_cpu": a.tcg_cpu,
+                     "qemu_binary": a.qemu_binary} for a in ARCHES.values()}
+
+
+# --- rules -------------------------------------------------------------------------------------------------
+
+def readiness_port(w: Workload) -> int | None:
+    """The TCP port whose answer shows the workload is ready: `ready.port`; without it the first TCP port,
+    unless a `ready.marker` (a log line) is the check instead. None: no port to check."""
+    if w.ready and w.ready.port:
+        return w.ready.port
+    if w.ready and w.ready.marker:
+        return None
+    return next((p.port for p in w.ports if p.protocol == "TCP"), None)
+
+
+LOOPBACK = "127.0.0.1"
+ANY_ADDRESS = "0.0.0.0"
+
+
+def host_address(public: bool) -> str:
+    """Where a published port listens on the host: every interface only when the spec says `public`."""
+    return ANY_ADDRESS if public else LOOPBACK
+
+
+def publishes_host_ports(replica: int) -> bool:
+    """Only replica 0 publishes host ports: a second replica on the same host port would fail to start."""
+    return replica == 0
+
+
+def runs_image_in_vm(w: Workload) -> bool:
+    """A container image the policy moved into a VM (own kernel, escape surface, ...): the guest runs the image
+    as its only container. An image named by an explicit `runtime: vm` is a boot disk (containerDisk) instead,
+    and a VM with its own disk (vm.disk.image/pvc) boots that."""
+    return bool(w.image) and w.runtime != Runtime.VM and not (w.vm.disk_image or w.vm.disk_pvc) \
+        and w.os == "linux"
+
+
+# --- where things are cached --------------------------------------------------------------------------------
+
+def cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """$XDG_CACHE_HOME/hybridorch, else ~/.cache/hybridorch: guests, VM state, prepared images, KVM probe."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
+    return Path(base) / "hybridorch"
