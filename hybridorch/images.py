@@ -68,7 +68,7 @@ def prepared(recipe: Recipe) -> Path:
     """The output directory of the recipe's `prepare OUTDIR`, run once per recipe content (the content_ref
     hash) and cached under ~/.cache/hybridorch/prepared: a disk image takes minutes, a rebuild must not."""
     from . import proc
-    from .vm.host import cache_root
+    from .runtime import cache_root
 
     name = recipe.ref[len(LOCAL_REGISTRY) + 1:].split(":", 1)[0].replace("/", "_")
     out = cache_root() / "prepared" / f"{name}-{recipe.content_ref.rsplit('-', 1)[-1]}"

@@ -36,6 +36,7 @@ from .errors import HybridorchError, RenderError
 from .labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_WORKLOAD, MANAGED_BY, object_labels
 from .plan import Plan
 from .policy import Placement, Profile
+from .runtime import ARCHES, cache_root, readiness_port, runs_image_in_vm
 from .spec import InnerContainer, Workload, memory_bytes
 from .vm.domain import LocalFacts, domain_context, replica_forwards, vm_dir, workload_forwards
 
@@ -50,7 +51,6 @@ NONROOT_ID = 65532                  # the conventional "nonroot" uid/gid of dist
 EPHEMERAL_STORAGE = "1Gi"
 SCRATCH_SIZE = "256Mi"              # the /tmp emptyDir under a read-only root filesystem
 SCRATCH_VOLUME = "hybridorch-tmp"
-GUEST_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "riscv64": "riscv64"}
 
 
 # --- the YAML-safe value filter --------------------------------------------------------------------
@@ -684,7 +684,7 @@ def _inner_containers(w: Workload) -> tuple[InnerContainer, ...]:
     when policy moved a container workload into a VM (e.g. it needs its own kernel)."""
     if w.containers:
         return w.containers
-    if w.image and _disk_image(w) == DEFAULT_DISK_IMAGE and w.os == "linux":
+    if runs_image_in_vm(w):
         command = tuple(w.command or ()) + tuple(w.args or ())
         return (InnerContainer(w.name, w.image, command or None, dict(w.env), w.ports),)
     return ()
@@ -700,7 +700,7 @@ def _vm_ports(w: Workload) -> list[dict[str, Any]]:
 def _workload_context(plan: Plan, p: Placement, namespace: str, image_dirs: list[Path]) -> dict[str, Any]:
     w = p.workload
     privileged = any(r in w.requires for r in ("privileged", "host-devices"))
-    ready_port = (w.ready.port if w.ready and w.ready.port else None) or (w.ports[0].port if w.ports else None)
+    ready_port = readiness_port(w)
     ready_proto = next((x.protocol for x in w.ports if x.port == ready_port), "TCP")
     # a read-only root filesystem needs somewhere to write: /tmp, unless the user mounts a volume there
     scratch = [] if privileged or any(v.mount_path.rstrip("/") == "/tmp" for v in w.volumes) else \
@@ -770,14 +770,14 @@ def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str) -> dic
     image = _disk_image(w)
     if windows and image == DEFAULT_DISK_IMAGE:
         raise RenderError(f"workload {w.name}: a windows VM needs vm.disk.image or vm.disk.pvc (its boot disk)")
-    machine = w.vm.machine or ("q35" if w.arch == "amd64" else "virt")
+    machine = w.vm.machine or ARCHES[w.arch].machine
     replicas = max(w.replicas, 1)
     return {
         "name": w.name, "namespace": namespace, "runtime": p.runtime,
         "labels": _labels(plan, w, p.runtime, w.tenant), "selector": _selector(plan, w),
         "names": [w.name] if replicas == 1 else [f"{w.name}-{i}" for i in range(replicas)],
         "run_strategy": "Always" if w.replicas > 0 else "Halted",
-        "architecture": w.arch if p.emulated else None, "guest_arch": GUEST_ARCH[w.arch],
+        "architecture": w.arch if p.emulated else None, "guest_arch": ARCHES[w.arch].uname,
         "machine": machine, "cores": w.vcpus, "cpu": w.resources.cpu, "memory": w.resources.memory,
         "memory_mib": w.resources.memory_bytes // 2**20,
         "node_selector": _node_selector(p), "ports": _vm_ports(w),
@@ -955,7 +955,7 @@ def _templates(user_dir: str | None) -> Templates:
 
 
 def default_cache_dir() -> str:
-    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybridorch")
+    return str(cache_root())
 
 
 def render_plan(plan: Plan, target: str = "kubernetes", templates_dir: str | None = None,

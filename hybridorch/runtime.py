@@ -46,36 +46,37 @@ class Arch:
 
     name: str                     # Debian's and the spec's name (amd64)
     uname: str                    # the kernel's and libvirt's name (x86_64)
-    # local VMs (None: no local guest for this arch, e.g. riscv64: Debian 12 ships no riscv64 packages)
-    qemu_binary: str | None = None
-    qemu_package: str | None = None   # the Debian package providing qemu_binary
-    machines: tuple[str, ...] = ()    # machine types soc-test accepts; the first is the default
-    console: str = "ttyS0"            # kernel console device of the machine's first serial port
-    tcg_cpu: str | None = None        # CPU model under TCG (None: QEMU's default)
-    kernel_package: str = ""          # Debian meta-package naming the current kernel
-    triplet: str = ""                 # multiarch library directory
-    loader: str = ""                  # ELF interpreter runc is linked against
-    modules: tuple[str, ...] = ()     # kernel modules the guest loads (their deps follow from .modinfo)
+    machines: tuple[str, ...]     # QEMU machine types (soc-test accepts these); the first is the default
+    # local VMs (binary None: no local guest for this arch, e.g. riscv64: Debian 12 ships no riscv64 packages)
+    binary: str | None = None     # qemu-system binary
+    package: str | None = None    # the Debian package providing it
+    console: str = "ttyS0"        # kernel console device of the machine's first serial port
+    cpu: str | None = None        # CPU model under TCG (None: QEMU's default)
+    acpi: bool = False            # the machine has ACPI on a direct kernel boot (arm64 `virt` only with UEFI)
+    kernel_package: str = ""      # Debian meta-package naming the current kernel
+    triplet: str = ""             # multiarch library directory
+    loader: str = ""              # ELF interpreter runc is linked against
+    modules: tuple[str, ...] = ()  # kernel modules the guest loads (their deps follow from .modinfo)
 
     @property
     def machine(self) -> str:
-        return self.machines[0] if self.machines else ""
+        return self.machines[0]
 
     @property
     def local(self) -> bool:
         """A guest of this arch can boot on this machine's VM engine."""
-        return self.qemu_binary is not None
+        return self.binary is not None
 
 
 ARCHES: dict[str, Arch] = {
-    "amd64": Arch("amd64", "x86_64", "qemu-system-x86_64", "qemu-system-x86", ("q35", "pc"), "ttyS0", None,
+    "amd64": Arch("amd64", "x86_64", ("q35", "pc"), "qemu-system-x86_64", "qemu-system-x86", "ttyS0", None, True,
                   "linux-image-cloud-amd64", "x86_64-linux-gnu", "/lib64/ld-linux-x86-64.so.2",
                   ("virtio_pci", "virtio_net")),
     # cortex-a57 boots faster under TCG than `max` (no SVE/pointer-auth emulation)
-    "arm64": Arch("arm64", "aarch64", "qemu-system-aarch64", "qemu-system-arm", ("virt",), "ttyAMA0", "cortex-a57",
-                  "linux-image-arm64", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1",
+    "arm64": Arch("arm64", "aarch64", ("virt",), "qemu-system-aarch64", "qemu-system-arm", "ttyAMA0", "cortex-a57",
+                  False, "linux-image-arm64", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1",
                   ("virtio_pci", "virtio_mmio", "virtio_net")),
-    "riscv64": Arch("riscv64", "riscv64"),
+    "riscv64": Arch("riscv64", "riscv64", ("virt",)),
 }
 LOCAL_ARCHES: tuple[str, ...] = tuple(a for a, info in ARCHES.items() if info.local)
 HOST_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}   # uname -m -> arch
@@ -87,22 +88,18 @@ def local_arch(arch: str) -> Arch | None:
     return info if info is not None and info.local else None
 
 
-def arch_context() -> dict[str, dict[str, object]]:
-    """The arch table as templates see it (render passes it as `arches`)."""
-    return {a.name: {"uname": a.uname, "machine": a.machine, "console": a.console, "tcg_cpu": a.tcg_cpu,
-                     "qemu_binary": a.qemu_binary} for a in ARCHES.values()}
-
-
 # --- rules -------------------------------------------------------------------------------------------------
 
 def readiness_port(w: Workload) -> int | None:
-    """The TCP port whose answer shows the workload is ready: `ready.port`; without it the first TCP port,
-    unless a `ready.marker` (a log line) is the check instead. None: no port to check."""
+    """The TCP port whose answer shows the workload is ready: `ready.port`; without it the first TCP port (the
+    workload's, then its inner containers'), unless a `ready.marker` (a log line) is the check instead.
+    None: no port to check."""
     if w.ready and w.ready.port:
         return w.ready.port
     if w.ready and w.ready.marker:
         return None
-    return next((p.port for p in w.ports if p.protocol == "TCP"), None)
+    ports = list(w.ports) + [p for c in w.containers for p in c.ports]
+    return next((p.port for p in ports if p.protocol == "TCP"), None)
 
 
 LOOPBACK = "127.0.0.1"

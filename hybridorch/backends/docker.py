@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import images
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
+from ..runtime import host_address, publishes_host_ports, readiness_port
 from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -314,8 +315,8 @@ class DockerBackend(Backend):
             volumes = tuple((volume_name(stack, w.name, i, v.name),
                              {**object_labels(stack, w.name, tenant=w.tenant), LABEL_REPLICA: str(i),
                               LABEL_VOLUME: v.name}) for v in w.volumes)
-            host_ports = tuple(("0.0.0.0" if x.public else "127.0.0.1", x.published, x.protocol.lower())
-                               for x in w.ports) if i == 0 else ()
+            host_ports = tuple((host_address(x.public), x.published, x.protocol.lower())
+                               for x in w.ports) if publishes_host_ports(i) else ()
             create: dict[str, Any] = {
                 "image": w.image, "name": name, "hostname": name[:63], "labels": labels,
                 "environment": {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name,
@@ -456,8 +457,7 @@ class DockerBackend(Backend):
         if w.ready and w.ready.marker:
             if w.ready.marker not in c.logs(stdout=True, stderr=True).decode(errors="replace"):
                 return False
-        port = (w.ready.port if w.ready and w.ready.port else
-                next((x.port for x in w.ports if x.protocol == "TCP"), None))
+        port = readiness_port(w)
         if port is None:
             return True
         networks = (c.attrs.get("NetworkSettings") or {}).get("Networks") or {}
@@ -613,7 +613,7 @@ def _readiness_text(p: Placement) -> str:
     w = p.workload
     if w.ready and w.ready.marker:
         return f"waiting for {w.ready.marker!r} in its log"
-    port = w.ready.port if w.ready and w.ready.port else next((x.port for x in w.ports if x.protocol == "TCP"), None)
+    port = readiness_port(w)
     return f"port {port} does not accept connections" if port else "not running"
 
 

@@ -16,12 +16,12 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .. import images, proc
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
+from ..runtime import cache_root
 from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def find_kubectl() -> str:
         if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
             raise BackendError(f"HYBRIDORCH_KUBECTL={explicit} is not an executable file: fix or unset it")
         return explicit
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybridorch" / "k8s"
+    cache = cache_root() / "k8s"
     built = sorted(glob.glob(str(cache / "v*" / "bin" / "kubectl")), key=_version_key)
     if built:
         return built[-1]

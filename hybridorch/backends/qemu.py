@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import BackendError
+from ..runtime import readiness_port
 from ..vm import console
 from ..vm.guestimage import load_guest
 from ..vm.initramfs import ContainerRun, GuestProgram, build_initrd
@@ -46,13 +47,9 @@ _forwards = workload_forwards
 # --- the backend -------------------------------------------------------------------------------------
 
 def ready_forward(w: Workload, forwards: tuple[Forward, ...]) -> Forward | None:
-    """The forward a readiness probe connects to: ready.port, else (without a ready marker) the first one."""
-    by_guest = {f.guest_port: f for f in forwards}
-    if w.ready and w.ready.port:
-        return by_guest.get(w.ready.port)
-    if w.ready and w.ready.marker:
-        return None
-    return next(iter(by_guest.values()), None)
+    """The forward of the port a readiness probe connects to (runtime.readiness_port)."""
+    port = readiness_port(w)
+    return next((f for f in forwards if f.guest_port == port), None) if port else None
 
 
 def _inner_rootfs(image: str) -> str:

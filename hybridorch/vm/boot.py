@@ -157,7 +157,7 @@ def guest_domain_xml(facts: LocalFacts, *, name: str, arch: str, accel: str, cpu
     m = MACHINES[arch]
     d: dict[str, Any] = {
         "name": name, "title": name, "type": "kvm" if accel == "kvm" else "qemu", "labels": labels or {},
-        "memory_mib": memory_mib, "vcpus": cpus, "arch": m.uname, "machine": machine or m.machine,
+        "memory_mib": memory_mib, "vcpus": cpus, "arch": m.uname, "machine": machine or m.machine, "acpi": m.acpi,
         "cpu": "host" if accel == "kvm" else m.cpu, "emulator": facts.emulators.get(arch) or f"/usr/bin/{m.binary}",
         "kernel": f"{facts.guests_dir}/{arch}/vmlinuz", "initrd": str(initrd),
         "cmdline": f"console={m.console} quiet loglevel=3 panic=-1", "efi": False, "disk": None, "seed": None,

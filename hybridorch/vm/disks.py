@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Mapping
 
 from .. import proc
 from ..errors import BackendError
-from .host import cache_root
+from ..runtime import cache_root
 
 if TYPE_CHECKING:
     from ..plan import Plan

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..runtime import ARCHES, Arch, host_address, publishes_host_ports
+
 if TYPE_CHECKING:
     from ..spec import Workload
 
@@ -13,23 +15,8 @@ XMLNS_LABELS = "https://hybridorch.dev/xmlns/labels/1"
 MIN_INITRAMFS_MIB = 128   # the busybox guest's initramfs lives in RAM: below this it cannot unpack
 
 
-@dataclass(frozen=True)
-class Machine:
-    """How QEMU emulates one guest arch."""
-
-    uname: str                # libvirt's and the kernel's name of the arch
-    binary: str
-    package: str              # the Debian package that provides the binary
-    machine: str
-    console: str              # kernel console device of the machine's first serial port
-    cpu: str | None = None    # TCG CPU model
-
-
-MACHINES: dict[str, Machine] = {
-    "amd64": Machine("x86_64", "qemu-system-x86_64", "qemu-system-x86", "q35", "ttyS0"),
-    # cortex-a57 boots faster under TCG than `max` (no SVE/pointer-auth emulation)
-    "arm64": Machine("aarch64", "qemu-system-aarch64", "qemu-system-arm", "virt", "ttyAMA0", "cortex-a57"),
-}
+# the arches a local guest boots on, from the one arch/machine/console table (runtime.py)
+MACHINES: dict[str, Arch] = {name: info for name, info in ARCHES.items() if info.local}
 
 
 @dataclass(frozen=True)
@@ -47,13 +34,13 @@ def workload_forwards(w: Workload) -> tuple[Forward, ...]:
     seen: dict[int, Forward] = {}
     for p in list(w.ports) + [p for c in w.containers for p in c.ports]:
         if p.protocol == "TCP" and p.published not in seen:
-            seen[p.published] = Forward("0.0.0.0" if p.public else "127.0.0.1", p.published, p.port)
+            seen[p.published] = Forward(host_address(p.public), p.published, p.port)
     return tuple(seen.values())
 
 
 def replica_forwards(forwards: tuple[Forward, ...], replica: int) -> tuple[Forward, ...]:
-    """Only replica 0 forwards host ports: a second VM on the same host port would fail to start."""
-    return forwards if replica == 0 else ()
+    """Only replica 0 forwards host ports (runtime.publishes_host_ports)."""
+    return forwards if publishes_host_ports(replica) else ()
 
 
 def replica_dir(workload: str, replica: int) -> str:
@@ -111,7 +98,7 @@ def domain_context(facts: LocalFacts, vm: Mapping[str, Any], *, stack: str, arch
         "type": "kvm" if accel == "kvm" else "qemu",
         "labels": {**vm["labels"], LABEL_REPLICA: str(replica)},
         "memory_mib": memory, "vcpus": vm["cores"], "arch": uname, "machine": vm["machine"],
-        "cpu": "host" if accel == "kvm" else (m.cpu if m else None),
+        "cpu": "host" if accel == "kvm" else (m.cpu if m else None), "acpi": m.acpi if m else False,
         "emulator": facts.emulators.get(arch) or f"/usr/bin/{m.binary if m else 'qemu-system-' + uname}",
         "kernel": None if vm["windows"] else f"{where}/vmlinuz" if has_disk else f"{facts.guests_dir}/{arch}/vmlinuz",
         "initrd": None if vm["windows"] else f"{where}/initrd.img",

@@ -10,15 +10,11 @@ import time
 from pathlib import Path
 
 from ..errors import BackendError
+from ..runtime import HOST_ARCHES, cache_root
 from .domain import MACHINES, LocalFacts
 
-HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
+HOST_ARCH = HOST_ARCHES.get(platform.machine(), "")
 KVM_PROBE_TIMEOUT = 6.0   # a KVM guest boots to /init in well under a second; TCG takes ~2.5 s
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hybridorch"
 
 
 def state_root() -> Path:
