@@ -2,7 +2,7 @@
 # Build the kind node image of the e2e cluster with no registry, and load it into the local Docker engine
 # as hybridorch.local/kind-node:K8S_VERSION-HASH (HASH: the inputs below; rebuilt only when they change).
 #   - root filesystem: Debian 12 from the configured apt sources (mmdebstrap): systemd, containerd 1.6,
-#     runc, iptables, the CNI plugins ...; e2e/kind/node/ on top (entrypoint, units, containerd config)
+#     runc, iptables, ipset, the CNI plugins ...; e2e/kind/node/ on top (entrypoint, units, containerd config)
 #   - kubelet, kubeadm, kubectl from e2e/k8s/build.sh; crictl, the runc wrapper from build-tools.sh
 #   - the images kubeadm v1.34 runs, made here FROM scratch from static Go binaries, saved as
 #     /kind/images/preload.tar and imported into containerd when a node first boots
@@ -41,7 +41,7 @@ ROOT="$WORK/rootfs"
 log() { echo "[kind-node] $*"; }
 
 log "root filesystem (mmdebstrap $DEBIAN_SUITE)"
-packages=(systemd systemd-sysv dbus containerd runc containernetworking-plugins iptables nftables iproute2
+packages=(systemd systemd-sysv dbus containerd runc containernetworking-plugins iptables ipset nftables iproute2
   ethtool socat conntrack mount util-linux kmod procps ca-certificates libseccomp2 bash findutils)
 mmdebstrap --quiet --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -88,25 +88,34 @@ done
 scratch_image "$R/etcd:$ETCD_TAG" /usr/local/bin/etcd "$K8S_BIN/etcd"
 scratch_image "$R/coredns/coredns:$COREDNS_VERSION" /coredns "$TOOLS/coredns"
 scratch_image "$R/pause:$PAUSE_TAG" /pause "$TOOLS/pause"
-scratch_image "hybridorch.local/kube-network-policies:$NETPOL_VERSION" /kube-network-policies "$TOOLS/kube-network-policies"
-# kube-proxy (iptables mode) runs iptables: the node's own iptables-nft with exactly the libraries it loads
-kp="$IMG/$(echo "$R/kube-proxy:$K8S_VERSION" | tr '/:' '__')/extra"
-mkdir -p "$kp/usr/sbin" "$kp/usr/lib" "$kp/usr/lib64" "$kp/usr/lib/x86_64-linux-gnu" "$kp/run"
-ln -s usr/lib "$kp/lib"; ln -s usr/lib64 "$kp/lib64"; ln -s usr/sbin "$kp/sbin"
-cp "$ROOT/usr/sbin/xtables-nft-multi" "$kp/usr/sbin/"
-for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
-  ln -s xtables-nft-multi "$kp/usr/sbin/$n"
-done
-cp -a "$ROOT/usr/lib/x86_64-linux-gnu/xtables" "$kp/usr/lib/x86_64-linux-gnu/"
-chroot "$ROOT" sh -c 'ldd /usr/sbin/xtables-nft-multi /usr/lib/x86_64-linux-gnu/xtables/*.so' |
-  awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u |
-  while read -r lib; do
-    real=$(chroot "$ROOT" readlink -f "$lib")
-    mkdir -p "$kp$(dirname "$real")"; cp "$ROOT$real" "$kp$real"
-    # /lib is usr/lib here too: link only names that do not already reach the copied file
-    [[ -e "$kp$lib" ]] || { mkdir -p "$kp$(dirname "$lib")"; ln -s "$real" "$kp$lib"; }
+# the node's own userland binaries (iptables-nft, ipset) with exactly the libraries they load, into DIR
+node_userland() {
+  local dir=$1 b n; shift
+  mkdir -p "$dir/usr/sbin" "$dir/usr/lib" "$dir/usr/lib64" "$dir/usr/lib/x86_64-linux-gnu" "$dir/run"
+  ln -sfn usr/lib "$dir/lib"; ln -sfn usr/lib64 "$dir/lib64"; ln -sfn usr/sbin "$dir/sbin"
+  for b in "$@"; do cp "$ROOT/usr/sbin/$b" "$dir/usr/sbin/"; done
+  for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -sf xtables-nft-multi "$dir/usr/sbin/$n"
   done
+  cp -a "$ROOT/usr/lib/x86_64-linux-gnu/xtables" "$dir/usr/lib/x86_64-linux-gnu/"
+  chroot "$ROOT" sh -c "ldd $(printf '/usr/sbin/%s ' "$@") /usr/lib/x86_64-linux-gnu/xtables/*.so" |
+    awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u |
+    while read -r lib; do
+      real=$(chroot "$ROOT" readlink -f "$lib")
+      mkdir -p "$dir$(dirname "$real")"; cp "$ROOT$real" "$dir$real"
+      # /lib is usr/lib here too: link only names that do not already reach the copied file
+      [[ -e "$dir$lib" ]] || { mkdir -p "$dir$(dirname "$lib")"; ln -s "$real" "$dir$lib"; }
+    done
+}
+# kube-proxy (iptables mode) runs iptables: the node's own iptables-nft
+node_userland "$IMG/$(echo "$R/kube-proxy:$K8S_VERSION" | tr '/:' '__')/extra" xtables-nft-multi
 scratch_image "$R/kube-proxy:$K8S_VERSION" /usr/local/bin/kube-proxy "$K8S_BIN/kube-proxy"
+# kube-router's firewall (node/kind/manifests/default-cni.yaml) runs iptables-nft, as kube-proxy does, and ipset
+KUBE_ROUTER_IMAGE="hybridorch.local/kube-router:$KUBE_ROUTER_VERSION"
+node_userland "$IMG/$(echo "$KUBE_ROUTER_IMAGE" | tr '/:' '__')/extra" xtables-nft-multi ipset
+scratch_image "$KUBE_ROUTER_IMAGE" /usr/local/bin/kube-router "$TOOLS/kube-router"
+grep -q "image: $KUBE_ROUTER_IMAGE\$" "$ROOT/kind/manifests/default-cni.yaml" ||
+  { echo "error: node/kind/manifests/default-cni.yaml must run $KUBE_ROUTER_IMAGE (versions.sh)" >&2; exit 1; }
 
 # what kubeadm v1.34 will ask for must be exactly what was built
 want=$("$K8S_BIN/kubeadm" config images list --kubernetes-version "$K8S_VERSION" 2>/dev/null)

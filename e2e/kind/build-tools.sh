@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once, cached under ~/.cache/hybridorch/kind/tools/STAMP/bin) the Go programs of the kind setup,
-# static, from the Go module proxy: kind, crictl, coredns, kube-network-policies, and our own pause and
+# static, from the Go module proxy: kind, crictl, coredns, kube-router (its firewall enforces NetworkPolicies), and our own pause and
 # runc wrapper from e2e/kind/. Idempotent. Usage: e2e/kind/build-tools.sh [--print-dir]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -24,9 +24,7 @@ flags=(-trimpath "-ldflags=-s -w")
 step "kind $KIND_VERSION" env GOBIN="$BIN" go install "${flags[@]}" "sigs.k8s.io/kind@$KIND_VERSION"
 step "crictl $CRI_TOOLS_VERSION" env GOBIN="$BIN" go install "${flags[@]}" "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
 step "coredns $COREDNS_VERSION" env GOBIN="$BIN" go install "${flags[@]}" "github.com/coredns/coredns@$COREDNS_VERSION"
-# the module's command lives in cmd/, so go names the binary "cmd"
-step "kube-network-policies $NETPOL_VERSION" env GOBIN="$CACHE/netpol" go install "${flags[@]}" "sigs.k8s.io/kube-network-policies/cmd@$NETPOL_VERSION"
-mv "$CACHE/netpol/cmd" "$BIN/kube-network-policies"
+step "kube-router $KUBE_ROUTER_VERSION" env GOBIN="$BIN" go install "${flags[@]}" "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
 step "pause" go -C "$here/pause" build "${flags[@]}" -o "$BIN/pause" .
 step "runc-wrapper" go -C "$here/runc-wrapper" build "${flags[@]}" -o "$BIN/runc-wrapper" .
 touch "$CACHE/.complete"

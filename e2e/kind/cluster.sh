@@ -71,6 +71,13 @@ up() {
   fi
   kubectl_ wait --for=condition=Ready node --all --timeout=180s >&2
   kubectl_ -n kube-system rollout status deployment/coredns --timeout=180s >&2
+  # NetworkPolicies are enforced from here on (node/kind/manifests/default-cni.yaml)
+  local running; running=$(docker inspect -f '{{.Config.Image}}' "$NAME-control-plane" 2>/dev/null || true)
+  if [[ "$running" == "$image" ]]; then
+    kubectl_ -n kube-system rollout status daemonset/kube-router --timeout=180s >&2
+  else
+    log "warning: cluster $NAME runs ${running:-?}, not $image (older inputs): \`$0 down\` to recreate it"
+  fi
   local created; created=$(date +%s)
   log "cluster $NAME ready in $((created - start))s; KUBECONFIG=$KUBECONFIG_FILE"
   echo "$((created - start))" >"$CACHE/kind/create-time.txt"
