@@ -4,8 +4,7 @@ the shop's container workloads get Ready through real readiness probes and serve
 tenants are isolated by the rendered NetworkPolicies, and a crashing workload or a missing image fails `apply`
 fast with the pod's own reason.
 
-The cluster is the session's (e2e/conftest.py `kind_cluster`, shared with e2e/test_kubernetes.py); HOME and
-KUBECONFIG are isolated.
+The cluster is created once (or reused when it runs) with its own kubeconfig; HOME and KUBECONFIG are isolated.
 VMs: only KubeVirt's CRDs are installed (no controllers run offline), so the shop's ledger-vm is accepted, not booted.
 """
 from __future__ import annotations
@@ -46,10 +45,23 @@ def node_containers() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def kind(kind_cluster: dict[str, str]) -> dict[str, str]:
-    """The session's kind cluster (e2e/conftest.py: `kind create cluster` once per session, or reused when it runs;
-    KubeVirt's CRDs installed, no controllers: the shop's VM is accepted, never booted); HOME/KUBECONFIG isolated."""
-    return kind_cluster
+def kind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for the kind cluster: created with `kind create cluster` (e2e/kind/cluster.sh) or reused."""
+    require(KIND.exists(), "e2e/kind/cluster.sh is missing")
+    running = bool(node_containers())
+    home = tmp_path_factory.mktemp("kind-home")
+    kubeconfig = home / "kubeconfig"
+    proc = subprocess.run(["bash", str(KIND), "up", "--kubeconfig", str(kubeconfig)], capture_output=True,
+                          text=True, timeout=1800)
+    require(proc.returncode == 0, f"kind cluster did not come up: {proc.stderr[-2000:]}")
+    env = {"KUBECONFIG": str(kubeconfig), "HOME": str(home), "HYBRIDORCH_KUBECTL": kubectl_binary()}
+    # the shop's VM needs the KubeVirt kinds to exist (no controllers: the VM is accepted, never booted)
+    crds = subprocess.run([sys.executable, str(ROOT / "e2e" / "k8s" / "kubevirt_crds.py")], capture_output=True,
+                          text=True, check=True).stdout
+    kubectl(env, "apply", "--server-side", "-f", "-", stdin=crds)
+    yield env
+    if not running:
+        subprocess.run(["bash", str(KIND), "down"], capture_output=True, text=True, timeout=300)
 
 
 def kubectl(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True,
