@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from .errors import BackendError, HybridorchError
 
@@ -106,6 +106,31 @@ def last_line(text: str) -> str:
 def lines(text: str) -> list[str]:
     """The non-empty lines of a command's output, stripped: the one way output is split into lines."""
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+class LineSplitter:
+    """Output as it arrives in chunks (a log stream, a growing console file) into complete lines: the one
+    splitter of streamed output. A line is yielded once its newline has arrived; `rest` is what is left."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self._partial += chunk
+        *complete, self._partial = self._partial.split(b"\n")
+        return [line.decode(errors="replace").strip("\r") for line in complete]
+
+    def rest(self) -> str:
+        return self._partial.decode(errors="replace").strip("\r")
+
+
+def split_stream(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a stream of byte chunks, the last one even without its newline."""
+    splitter = LineSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    if splitter.rest():
+        yield splitter.rest()
 
 
 def wait_until(check: Callable[[], bool], timeout: float, *, poll: float = 0.1,

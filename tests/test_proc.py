@@ -67,3 +67,12 @@ def test_last_line_and_lines_are_the_one_line_splitter():
     assert proc.last_line("one\n\nerror: two\n  \n") == "two"
     assert proc.last_line("") == ""
     assert proc.lines(" a \n\n b\n") == ["a", "b"]
+
+
+def test_the_line_splitter_joins_chunks_and_keeps_a_partial_line():
+    splitter = proc.LineSplitter()
+    assert splitter.feed(b"first li") == []
+    assert splitter.feed(b"ne\r\nsecond\nthi") == ["first line", "second"]
+    assert splitter.rest() == "thi"
+    assert list(proc.split_stream([b"a\nb", b"c\n", b"tail"])) == ["a", "bc", "tail"]
+    assert list(proc.split_stream([b"\xff\n"])) == ["\ufffd"]   # undecodable bytes never stop a log

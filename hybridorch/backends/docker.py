@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .. import images
+from .. import images, proc
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
 from ..runtime import host_address, publishes_host_ports, readiness_port
@@ -431,7 +431,10 @@ class DockerBackend(Backend):
     def _wait(self, plan: Plan, specs: list[ContainerSpec], timeout: float) -> None:
         start = time.monotonic()
         pending = list(specs)
-        while pending:
+
+        def all_ready() -> bool:
+            """Drop the ready ones; a container that exited, or is past its own ready.timeout, is an error."""
+            nonlocal pending
             still = []
             for spec in pending:
                 p = plan.placement(spec.workload)
@@ -449,8 +452,10 @@ class DockerBackend(Backend):
                                        f"({_readiness_text(p)}){_last_log_line(c)}")
                 still.append(spec)
             pending = still
-            if pending:
-                time.sleep(0.2)
+            return not pending
+
+        # every limit is at most `timeout`, so all_ready raises for a late container before this deadline passes
+        proc.wait_until(all_ready, timeout + 1, poll=0.2)
 
     def _ready(self, c: Any, p: Placement) -> bool:
         w = p.workload
@@ -510,14 +515,7 @@ class DockerBackend(Backend):
             try:
                 if follow:
                     stream = c.logs(stream=True, follow=True, tail=tail if tail is not None else "all")
-                    buf = b""
-                    for chunk in stream:
-                        buf += chunk
-                        *lines, buf = buf.split(b"\n")
-                        for line in lines:
-                            yield line.decode(errors="replace")
-                    if buf:
-                        yield buf.decode(errors="replace")
+                    yield from proc.split_stream(stream)
                 else:
                     text = c.logs(tail=tail if tail is not None else "all").decode(errors="replace")
                     for line in text.splitlines():

@@ -44,7 +44,7 @@ def node_containers(cluster: str) -> list[str]:
     """The running node containers of kind cluster `cluster` in this machine's Docker engine."""
     out = _docker("ps", "--filter", f"label={KIND_LABEL}={cluster}", "--format", "{{.Names}}",
                   what=f"listing the nodes of kind cluster {cluster}").stdout
-    nodes = sorted(line.strip() for line in out.splitlines() if line.strip())
+    nodes = sorted(proc.lines(out))
     if not nodes:
         raise BackendError(f"kind cluster {cluster}: this machine's Docker runs none of its node containers (label "
                            f"{KIND_LABEL}={cluster}), so its images cannot be loaded from here: load them with "

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .. import proc
 from ..errors import BackendError
 from ..labels import LABEL_WORKLOAD
 
@@ -252,7 +253,7 @@ class StackWatch:
                                                          previous=previous, _request_timeout=10)
             except Exception:  # noqa: BLE001 - no logs (kwok pods, a container that never started) is fine
                 continue
-            out = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+            out = proc.lines(str(text))
             if out:
                 return out[-lines:]
         return []

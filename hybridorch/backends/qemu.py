@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .. import proc
 from ..errors import BackendError
 from ..runtime import readiness_port
 from ..vm import console
@@ -440,14 +441,13 @@ class QemuBackend(Backend):
                 yield partial
             return
         size = vm.console_log.stat().st_size - len(partial.encode())
+        splitter = proc.LineSplitter()
         while vm.owns():
             with open(vm.console_log, "rb") as fh:
                 fh.seek(size)
                 chunk = fh.read()
-            if b"\n" in chunk:
-                done, _ = chunk.rsplit(b"\n", 1)
-                size += len(done) + 1
-                yield from done.decode(errors="replace").replace("\r", "").split("\n")
+            size += len(chunk)
+            yield from splitter.feed(chunk)
             time.sleep(0.2)
 
     def _remove(self, workdir: Path) -> bool:

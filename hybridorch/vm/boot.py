@@ -241,17 +241,15 @@ def run_guest(arch: str, program: GuestProgram, *, workdir: Path, cpus: int = 1,
     vm = GuestVM.start(xml, console_log, transient=True)
     lines: list[ConsoleLine] = []
     booted = finished = timed_out = False
-    partial = b""
+    splitter = proc.LineSplitter()
     try:
         with open(console_log, "rb") as fh:
             while True:
                 chunk = fh.read()
                 now = time.monotonic() - started
                 if chunk:
-                    partial += chunk
-                    *complete, partial = partial.split(b"\n")
-                    for raw in complete:
-                        line = ConsoleLine(now, raw.decode(errors="replace").strip("\r"))
+                    for text in splitter.feed(chunk):
+                        line = ConsoleLine(now, text)
                         lines.append(line)
                         booted = booted or console.is_booted(line.text)
                         finished = finished or console.is_done(line.text)
