@@ -13,14 +13,15 @@ import yaml
 
 from .errors import Problem, SpecError
 from .labels import lifecycle_labels
+from .runtime import ARCHES as ARCH_TABLE
+from .runtime import RUNTIMES
 from .safeload import compose_yaml
 from .schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
                      parse_quantity, show)
 
 API_VERSION = "hybridorch.dev/v1alpha1"
-RUNTIMES = ("container", "sandboxed", "vm", "nested")
 OSES = ("linux", "windows")
-ARCHES = ("amd64", "arm64", "riscv64")
+ARCHES = tuple(ARCH_TABLE)
 TRUST = ("trusted", "internal", "untrusted")
 REQUIREMENTS = ("privileged", "kernel-modules", "custom-kernel", "host-devices", "host-network")
 

@@ -29,7 +29,7 @@ REGISTRY: dict[str, str] = {
 class WorkloadStatus:
     name: str
     runtime: str
-    state: str                      # running | ready | pending | stopped | failed | absent
+    state: str                      # a runtime.State: running | ready | pending | stopped | failed | absent
     ports: tuple[str, ...] = ()     # e.g. "127.0.0.1:8080->8080/tcp"
     accelerator: str | None = None  # kvm | tcg for VMs
     uptime_seconds: float | None = None
@@ -37,7 +37,8 @@ class WorkloadStatus:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "runtime": self.runtime, "state": self.state, "ports": list(self.ports),
+        # plain strings: YAML (safe_dump) cannot represent the StrEnums
+        out = {"name": self.name, "runtime": str(self.runtime), "state": str(self.state), "ports": list(self.ports),
                "accelerator": self.accelerator,
                "uptimeSeconds": None if self.uptime_seconds is None else round(self.uptime_seconds, 1),
                "detail": self.detail}

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import images, proc
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
-from ..runtime import host_address, publishes_host_ports, readiness_port
+from ..runtime import CONTAINER_RUNTIMES, host_address, publishes_host_ports, readiness_port
 from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ LABEL_SPEC_HASH = "hybridorch.dev/spec-hash"
 LABEL_REPLICA = "hybridorch.dev/replica"
 LABEL_VOLUME = "hybridorch.dev/volume"
 DATA_KEPT = "data (kept without --delete-data)"
-CONTAINER_RUNTIMES = ("container", "sandboxed")
 PIDS_LIMIT = 256   # enough for a service, stops a fork bomb from starving the host
 # Docker runtimes that give a sandboxed placement its own kernel, best first (gVisor, then Kata)
 SANDBOX_RUNTIMES = ("runsc", "kata-runtime", "kata", "io.containerd.kata.v2", "kata-qemu", "kata-fc")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from .. import images, proc
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
-from ..runtime import cache_root
+from ..runtime import State, cache_root
 from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -406,10 +406,10 @@ class KubernetesBackend(Backend):
         for p in plan.placements:
             objs = by_workload.get(p.name, [])
             if not objs:
-                out.append(WorkloadStatus(p.name, p.runtime, "absent", detail="not in the cluster"))
+                out.append(WorkloadStatus(p.name, p.runtime, State.ABSENT, detail="not in the cluster"))
                 continue
             states = [_object_state(o, controller) for o in objs]
-            order = ("failed", "pending", "stopped", "running", "ready")
+            order = (State.FAILED, State.PENDING, State.STOPPED, State.RUNNING, State.READY)
             state = min((s for s, _ in states), key=order.index)
             detail = "; ".join(d for s, d in states if d)
             ns = objs[0]["metadata"].get("namespace", "")
@@ -460,7 +460,7 @@ class KubernetesBackend(Backend):
                     next_vm_read = time.monotonic() + 2
                 statuses = self._statuses(plan, list(watch.objects.values()) + vm_objects, controller)
                 for st in statuses:
-                    if st.state == "absent":
+                    if st.state == State.ABSENT:
                         continue   # just applied: the watch has not delivered it yet
                     line = f"{st.name}: {'accepted' if st.detail == ACCEPTED else st.state}" + \
                         (f" ({st.detail})" if st.detail and st.detail != ACCEPTED else "")
@@ -472,7 +472,7 @@ class KubernetesBackend(Backend):
                 failures = [f for f in map(pod_failure, watch.pods.values()) if f and
                             (f.namespace, f.workload) in pods_of] + \
                     [f for f in (event_failure(e, pods_of, since) for e in watch.events) if f]
-                failed = [st for st in statuses if st.state == "failed"]
+                failed = [st for st in statuses if st.state == State.FAILED]
                 if failures:
                     raise BackendError(failures[0].line(watch.last_logs(failures[0])))
                 if failed:
@@ -800,7 +800,7 @@ def _rejections(stderr: str, docs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _object_state(obj: dict[str, Any], controller: bool | None) -> tuple[str, str]:
+def _object_state(obj: dict[str, Any], controller: bool | None) -> tuple[State, str]:
     kind = obj.get("kind")
     spec, st = obj.get("spec") or {}, obj.get("status") or {}
     if kind in ("Deployment", "StatefulSet"):
@@ -810,32 +810,32 @@ def _object_state(obj: dict[str, Any], controller: bool | None) -> tuple[str, st
         current = st.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
         updated = (st.get("updatedReplicas", 0) or 0) >= want
         if want == 0:
-            return "stopped", "0 replicas"
+            return State.STOPPED, "0 replicas"
         for cond in st.get("conditions", []):
             if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-                return "failed", cond.get("message", "")
+                return State.FAILED, cond.get("message", "")
         if current and updated and ready >= want and (st.get("replicas", 0) or 0) <= want:
-            return "ready", f"{ready}/{want} ready"
-        return "pending", f"{ready}/{want} ready"
+            return State.READY, f"{ready}/{want} ready"
+        return State.PENDING, f"{ready}/{want} ready"
     if kind == "VirtualMachine":
         printable = st.get("printableStatus")
         if st.get("ready"):
-            return "ready", printable or "Running"
+            return State.READY, printable or "Running"
         if spec.get("runStrategy") == "Halted" or spec.get("running") is False:
-            return "stopped", printable or "Halted"
+            return State.STOPPED, printable or "Halted"
         if printable in ("CrashLoopBackOff", "ErrorUnschedulable", "ErrImagePull", "ImagePullBackOff",
                          "ErrorPvcNotFound", "DataVolumeError"):
-            return "failed", printable
+            return State.FAILED, printable
         if controller is False and not printable:
             # no KubeVirt controller in this cluster: the API server accepting the object is all there is
-            return "pending", ACCEPTED
-        return "pending", printable or "waiting for KubeVirt"
-    return "running", ""
+            return State.PENDING, ACCEPTED
+        return State.PENDING, printable or "waiting for KubeVirt"
+    return State.RUNNING, ""
 
 
 def _settled(status: WorkloadStatus) -> bool:
     """Done waiting: ready, deliberately stopped, or a VM the API server accepted where nothing will run it."""
-    return status.state in ("ready", "running", "stopped") or status.detail == ACCEPTED
+    return status.state in (State.READY, State.RUNNING, State.STOPPED) or status.detail == ACCEPTED
 
 
 def _age(obj: dict[str, Any]) -> float | None:

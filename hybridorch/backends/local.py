@@ -10,14 +10,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import BackendError
+from ..runtime import CONTAINER_RUNTIMES, VM_RUNTIMES
 from .base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
     from ..plan import Plan
     from ..render import Rendered
-
-CONTAINER_RUNTIMES = frozenset({"container", "sandboxed"})
-VM_RUNTIMES = frozenset({"vm", "nested"})
 
 
 class LocalBackend(Backend):
