@@ -177,11 +177,12 @@ def _guest_images(plan: Plan, ctx: Context, locate: Callable[[str, str], tuple[s
     """Local guests (kernel + initramfs fetched from Debian) age like any image: their guest.json says when."""
     if ctx.max_image_age is None:
         return []
+    from .runtime import LOCAL_ARCHES, VM_RUNTIMES
     from .vm.guestimage import guest_dir
 
     out: list[Finding] = []
     for p in plan.placements:
-        if p.runtime not in ("vm", "nested") or p.workload.arch not in ("amd64", "arm64"):
+        if p.runtime not in VM_RUNTIMES or p.workload.arch not in LOCAL_ARCHES:
             continue
         marker = guest_dir(p.workload.arch) / "guest.json"
         try:
