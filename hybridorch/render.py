@@ -38,7 +38,7 @@ from .plan import Plan
 from .policy import Placement, Profile
 from .runtime import ARCHES, cache_root, readiness_port, runs_image_in_vm
 from .spec import InnerContainer, Workload, memory_bytes
-from .vm.domain import LocalFacts, domain_context, replica_forwards, vm_dir, workload_forwards
+from .vm.domain import LocalFacts, domain_context, replica_forwards, sandbox_in_vm, vm_dir, workload_forwards
 
 TARGETS = ("kubernetes", "local")
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
@@ -918,10 +918,12 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
 
 def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
     """One domain (and its cloud-init) per VM replica: <workload>/ for replica 0, <workload>-<i>/ for the others
-    (names validation keeps free). These files are exactly what the local backend defines and boots."""
+    (names validation keeps free). These files are exactly what the local backend defines and boots. A sandboxed
+    placement has its own VM too when Docker has no gVisor/Kata runtime (or the policy's localSandbox says vm)."""
     files: list[RenderedFile] = []
+    sandbox_vms = sandbox_in_vm(plan.profile.local_sandbox, facts.sandbox_runtime)
     for p in plan.placements:
-        if p.runtime not in ("vm", "nested"):
+        if p.runtime not in ("vm", "nested") and not (p.runtime == "sandboxed" and sandbox_vms):
             continue   # containers run from the plan directly (docker backend); nothing to write
         w = p.workload
         ctx = _vm_context(tpl, plan, p, namespace="")

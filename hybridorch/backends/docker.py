@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import images, proc
+from ..vm import domain
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
 from ..runtime import CONTAINER_RUNTIMES, host_address, publishes_host_ports, readiness_port
@@ -40,8 +41,9 @@ LABEL_REPLICA = "hybridorch.dev/replica"
 LABEL_VOLUME = "hybridorch.dev/volume"
 DATA_KEPT = "data (kept without --delete-data)"
 PIDS_LIMIT = 256   # enough for a service, stops a fork bomb from starving the host
-# Docker runtimes that give a sandboxed placement its own kernel, best first (gVisor, then Kata)
-SANDBOX_RUNTIMES = ("runsc", "kata-runtime", "kata", "io.containerd.kata.v2", "kata-qemu", "kata-fc")
+# Docker runtimes that give a sandboxed placement its own kernel, best first (gVisor, then Kata); without one, the
+# local target runs a sandboxed placement in its own VM (backends/local.py), never here under plain runc
+SANDBOX_RUNTIMES = domain.SANDBOX_RUNTIMES
 SANDBOX_TMPFS = {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
@@ -223,7 +225,13 @@ class DockerBackend(Backend):
         assert self._run is not None
         stack = plan.stack.name
         self._ensure_images(plan)
-        sandbox_runtime = self._sandbox_runtime() if any(p.runtime == "sandboxed" for p in plan.placements) else None
+        sandboxed = [p.name for p in plan.placements if p.runtime == "sandboxed"]
+        sandbox_runtime = self._sandbox_runtime() if sandboxed else None
+        if sandboxed and sandbox_runtime is None:
+            # runc would share the host's kernel: that is no sandbox, whatever else is locked down
+            raise BackendError(f"workload(s) {', '.join(sandboxed)} are sandboxed but this Docker engine has no gVisor "
+                               "(runsc) or Kata runtime registered: use --target local (it runs them in their own VM)"
+                               ", or register runsc/kata with Docker")
         wanted = [spec for p in plan.placements for spec in self._specs(plan, p, sandbox_runtime)]
         with self._api("listing containers"):
             existing = {c.name: c for c in self.client.containers.list(all=True, filters=stack_filter(stack))}
@@ -286,7 +294,7 @@ class DockerBackend(Backend):
     def _sandbox_runtime(self) -> str | None:
         with self._api("reading engine info"):
             registered = set((self.client.info().get("Runtimes") or {}).keys())
-        return next((r for r in SANDBOX_RUNTIMES if r in registered), None)
+        return domain.sandbox_runtime_of(registered)
 
     def _specs(self, plan: Plan, p: Placement, sandbox_runtime: str | None) -> list[ContainerSpec]:
         w = p.workload
@@ -300,12 +308,7 @@ class DockerBackend(Backend):
         low = min((x for x in tcp_ports if x < 1024), default=None)
         network = network_name(stack, w.tenant)
         sandboxed = p.runtime == "sandboxed"
-        if sandboxed:
-            sandbox = (f"sandboxed with the {sandbox_runtime} runtime" if sandbox_runtime else
-                       "sandboxed stand-in: runc with read-only root, no capabilities, no-new-privileges "
-                       "(no runsc/kata runtime registered with Docker)")
-        else:
-            sandbox = ""
+        sandbox = f"sandboxed with the {sandbox_runtime} runtime" if sandboxed else ""
         specs = []
         for i in range(w.replicas):
             name = container_name(stack, w.name, i)
@@ -498,10 +501,11 @@ class DockerBackend(Backend):
         runtime_name = containers[0].attrs["HostConfig"].get("Runtime") or "runc"
         detail = why
         if p.runtime == "sandboxed":
-            hardened = containers[0].attrs["HostConfig"].get("ReadonlyRootfs")
-            detail += (f"; sandboxed with the {runtime_name} runtime" if runtime_name != "runc" else
-                       "; sandboxed stand-in: runc" + (" with read-only root" if hardened else "") +
-                       ", no capabilities, no-new-privileges (no runsc/kata runtime registered with Docker)")
+            sandboxed_by = domain.sandbox_runtime_of([runtime_name])
+            # a container an older hybridorch started under runc is named for what it is, not called a sandbox
+            detail += (f"; sandboxed with the {runtime_name} runtime" if sandboxed_by else
+                       f"; NOT sandboxed: runs under {runtime_name} on the host's kernel (started by an older "
+                       "hybridorch): run `hybridorch up` again")
         return WorkloadStatus(w.name, p.runtime, state, ports=ports, uptime_seconds=uptime, detail=detail,
                               extra={"containers": [c.name for c in containers], "tenant": w.tenant,
                                      "network": network_name(containers[0].labels.get(LABEL_STACK, ""),

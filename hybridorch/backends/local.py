@@ -1,7 +1,8 @@
 """The default target: runs a whole stack on this machine, containers in Docker and VMs in QEMU.
 
-Dispatches each placement by runtime (container/sandboxed -> DockerBackend, vm/nested -> QemuBackend), merges
-results in plan order, and removes what a failed or interrupted `up` started.
+Dispatches each placement by runtime (container -> DockerBackend, vm/nested -> QemuBackend; sandboxed -> Docker
+under its gVisor/Kata runtime, or its own VM in QemuBackend when Docker has none or the policy's localSandbox says
+vm: never a plain container), merges results in plan order, and removes what a failed or interrupted `up` started.
 """
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import BackendError
-from ..runtime import CONTAINER_RUNTIMES, VM_RUNTIMES
+from ..runtime import VM_RUNTIMES
+from ..vm.host import state_root
 from .base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
     from ..plan import Plan
     from ..render import Rendered
+
+
+def sandbox_runtime() -> str | None:
+    """The gVisor/Kata runtime of the local Docker engine (the reading the local rendering used too)."""
+    from ..vm.host import docker_sandbox_runtime
+
+    return docker_sandbox_runtime()
 
 
 class LocalBackend(Backend):
@@ -44,22 +53,51 @@ class LocalBackend(Backend):
         return self._backends[kind]
 
     @staticmethod
-    def split(plan: Plan) -> list[tuple[str, Plan]]:
-        """The plan cut into the part each side runs, containers first; sides with no placements are left out."""
+    def split(plan: Plan, sandbox_vms: frozenset[str] = frozenset()) -> list[tuple[str, Plan]]:
+        """The plan cut into the part each side runs, containers first; sides with no placements are left out.
+        `sandbox_vms` names the sandboxed placements that run in their own VM."""
         parts = []
-        for kind, runtimes in (("containers", CONTAINER_RUNTIMES), ("vms", VM_RUNTIMES)):
-            placements = tuple(p for p in plan.placements if p.runtime in runtimes)
+        for kind in ("containers", "vms"):
+            placements = tuple(p for p in plan.placements if _side_of(p.runtime, p.name in sandbox_vms) == kind)
             if placements:
                 parts.append((kind, replace(plan, placements=placements)))
         return parts
 
+    def sandbox_vms(self, plan: Plan, *, up: bool = False) -> frozenset[str]:
+        """The sandboxed placements that run in their own VM: all of them when the policy's localSandbox is vm, or
+        (auto) when Docker has no gVisor/Kata runtime. With `up`, localSandbox: runtime and no such runtime is an
+        error before anything starts: a sandboxed workload never runs as a plain container. Outside `up`, a
+        sandboxed workload whose VM exists is looked for there (the engine's runtimes may have changed since)."""
+        from ..vm.domain import sandbox_in_vm
+
+        sandboxed = [p.name for p in plan.placements if p.runtime == "sandboxed"]
+        if not sandboxed:
+            return frozenset()
+        choice = plan.profile.local_sandbox
+        runtime = None if choice == "vm" else sandbox_runtime()
+        if up and choice == "runtime" and runtime is None:
+            raise BackendError(f"workload(s) {', '.join(sandboxed)} are sandboxed and the policy's localSandbox is "
+                               "runtime, but the Docker engine has no gVisor (runsc) or Kata runtime registered: "
+                               "register one in /etc/docker/daemon.json, or use localSandbox: auto or vm (own VM)")
+        if sandbox_in_vm(choice, runtime):
+            return frozenset(sandboxed)
+        if up:
+            return frozenset()
+        stack_dir = state_root() / plan.stack.name
+        return frozenset(name for name in sandboxed if (stack_dir / name / "state.json").is_file())
+
     def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
         check_runnable_here(plan)
-        self._ensure_vm_images(plan)
+        in_vm = self.sandbox_vms(plan, up=True)
+        self._ensure_vm_images(plan, in_vm)
         done: list[Backend] = []
         results: list[WorkloadStatus] = []
+        parts = self.split(plan, in_vm)
+        if "vms" not in {kind for kind, _ in parts} and (state_root() / plan.stack.name).is_dir():
+            # VMs of this stack whose workloads left it or moved to Docker: the VM side removes them
+            parts.append(("vms", replace(plan, placements=())))
         try:
-            for kind, part in self.split(plan):
+            for kind, part in parts:
                 backend = self._side(kind)
                 results += backend.up(part, rendered, wait=wait, timeout=timeout)
                 done.append(backend)
@@ -72,15 +110,16 @@ class LocalBackend(Backend):
             raise
         return _in_plan_order(plan, results)
 
-    def _ensure_vm_images(self, plan: Plan) -> None:
+    def _ensure_vm_images(self, plan: Plan, sandbox_vms: frozenset[str]) -> None:
         """Local Docker images that VMs run (exported into the guest) are built like the containers' own."""
-        vms = [p for p in plan.placements if p.runtime in VM_RUNTIMES]
+        vms = [p for p in plan.placements if _side_of(p.runtime, p.name in sandbox_vms) == "vms"]
         if not vms:
             return
         qemu = importlib.import_module("hybridorch.backends.qemu")
         disks = importlib.import_module("hybridorch.vm.disks")
-        refs = [c.rootfs[len("docker:"):] for p in vms for c in qemu.program_for(p.workload, p.runtime).containers
-                if c.rootfs.startswith("docker:")]
+        prefix = importlib.import_module("hybridorch.vm.image_export").DOCKER_PREFIX
+        refs = [c.rootfs[len(prefix):] for p in vms for c in qemu.program_for(p.workload, p.runtime).containers
+                if c.rootfs.startswith(prefix)]
         wanted = disks.plan_disks(plan)
         # containerDisks that exist or have a recipe (the others boot a stand-in the status names)
         missing = importlib.import_module("hybridorch.vm.host").missing_disks(wanted, plan.stack.file)
@@ -90,13 +129,13 @@ class LocalBackend(Backend):
 
     def status(self, plan: Plan) -> list[WorkloadStatus]:
         results: list[WorkloadStatus] = []
-        for kind, part in self.split(plan):
+        for kind, part in self.split(plan, self.sandbox_vms(plan)):
             results += self._side(kind).status(part)
         return _in_plan_order(plan, results)
 
     def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
         placement = plan.placement(workload)
-        kind = "containers" if placement.runtime in CONTAINER_RUNTIMES else "vms"
+        kind = _side_of(placement.runtime, workload in self.sandbox_vms(plan))
         return self._side(kind).logs(replace(plan, placements=(placement,)), workload, tail=tail, follow=follow)
 
     def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
@@ -104,7 +143,7 @@ class LocalBackend(Backend):
         the stack's state directory, so a workload that left the stack or changed runtime leaves nothing behind
         (its data aside, which only `delete_data` removes)."""
         removed = Removal()
-        has = {kind for kind, _ in self.split(plan)}
+        has = {kind for kind, _ in self.split(plan, self.sandbox_vms(plan))}
         for kind in ("containers", "vms"):
             try:
                 removed += self._side(kind).down(plan, delete_data=delete_data)
@@ -123,6 +162,11 @@ def check_runnable_here(plan: Plan) -> None:
         raise BackendError(f"workload(s) {', '.join(windows)} need Windows, which the local target cannot boot "
                            "(its guests are Debian Linux kernels): use --target kubernetes with a Windows disk "
                            "(vm.disk.pvc or vm.disk.image), or remove them from the stack")
+
+
+def _side_of(runtime: str, sandbox_vm: bool) -> str:
+    """Which side runs a placement: "vms" for vm/nested and for a sandboxed one in its own VM, else "containers"."""
+    return "vms" if runtime in VM_RUNTIMES or (runtime == "sandboxed" and sandbox_vm) else "containers"
 
 
 def _in_plan_order(plan: Plan, results: list[WorkloadStatus]) -> list[WorkloadStatus]:

@@ -1,4 +1,5 @@
-"""Local VMs: `vm` and `nested` placements as libvirt domains. The domain XML rendered from
+"""Local VMs: `vm` and `nested` placements, and `sandboxed` ones that run in their own VM (no gVisor/Kata runtime
+in Docker, or the policy's localSandbox: vm), as libvirt domains. The domain XML rendered from
 templates/libvirt (render --target local) is exactly the file this backend defines and starts; KVM or TCG comes
 from a real probe, port forwards and the console log live in that template.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +32,7 @@ from ..vm import disks, libvirt
 from ..vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest, service_answers
 from ..vm.domain import (LABEL_REPLICA, MACHINES, Forward, replica_dir, replica_forwards, workload_forwards)
 from ..vm.host import accelerator_for, local_facts, qemu_binary, state_root
+from ..vm.image_export import DOCKER_PREFIX, inner_rootfs, materialize
 from .base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -53,83 +54,21 @@ def ready_forward(w: Workload, forwards: tuple[Forward, ...]) -> Forward | None:
     return next((f for f in forwards if f.guest_port == port), None) if port else None
 
 
-def _inner_rootfs(image: str) -> str:
-    """`busybox` (or a path) needs no engine; anything else is a local Docker image to export."""
-    if image == "busybox" or image.startswith("busybox:"):
-        return "busybox"
-    if image.startswith("/") or image.startswith("./"):
-        return image
-    return f"docker:{image}"
-
-
-def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(["docker", *args], capture_output=True, timeout=timeout)
-    except FileNotFoundError:
-        raise BackendError("a Docker image is used inside a VM but the docker CLI is missing: apt-get install "
-                           "docker.io (or use `image: busybox` / `rootfs: DIR`)") from None
-
-
-def export_image(image: str, arch: str, dest: Path) -> Path:
-    """A local Docker image's filesystem as a tarball (docker create + export; no registry is asked).
-
-    The image must be built for the guest arch: the guest runs its binaries natively."""
-    inspect = _docker("image", "inspect", "-f", "{{.Architecture}}", image)
-    if inspect.returncode != 0:
-        raise BackendError(f"image {image!r} is not in the local Docker engine: build it first "
-                           "(or use `image: busybox` for busybox-static of the guest arch)")
-    image_arch = inspect.stdout.decode().strip()
-    if image_arch and image_arch != arch:
-        raise BackendError(f"image {image!r} is {image_arch} but the guest is {arch}: build it for {arch}, or use "
-                           "`image: busybox` (busybox-static of the guest arch)")
-    made = _docker("create", image, "/bin/true")
-    if made.returncode != 0:
-        raise BackendError(f"cannot export image {image!r}: {made.stderr.decode().strip().splitlines()[-1:]}")
-    cid = made.stdout.decode().strip()
-    try:
-        with open(dest, "wb") as fh:
-            exported = subprocess.run(["docker", "export", cid], stdout=fh, stderr=subprocess.PIPE, timeout=300)
-        if exported.returncode != 0:
-            raise BackendError(f"docker export of {image!r} failed: {exported.stderr.decode().strip()}")
-    finally:
-        _docker("rm", "-f", cid)
-    return dest
-
-
-def image_config(image: str) -> tuple[tuple[str, ...], dict[str, str]]:
-    """What a local Docker image runs by default (entrypoint + cmd) and its environment, which runc in the
-    guest does not know about: `docker export` keeps only the filesystem."""
-    out = _docker("image", "inspect", "-f", "{{json .Config.Entrypoint}}\n{{json .Config.Cmd}}\n{{json .Config.Env}}",
-                  image)
-    if out.returncode != 0:
-        raise BackendError(f"image {image!r} is not in the local Docker engine: build it first")
-    entry, cmd, env = (json.loads(part) or [] for part in out.stdout.decode().splitlines()[:3])
-    return tuple(entry) + tuple(cmd), dict(item.split("=", 1) for item in env if "=" in item)
-
-
-def materialize(program: GuestProgram, arch: str, workdir: Path) -> GuestProgram:
-    """Replace docker:IMAGE roots by exported tarballs in `workdir`, so the guest module needs no engine."""
-    containers = []
-    for c in program.containers:
-        if c.rootfs.startswith("docker:"):
-            image = c.rootfs[len("docker:"):]
-            default_command, image_env = image_config(image)
-            c = replace(c, command=c.command or default_command, env={**image_env, **c.env})
-            tar = export_image(image, arch, workdir / f"{c.name}.rootfs.tar")
-            c = replace(c, rootfs=str(tar))
-        if not c.command:
-            raise BackendError(f"{program.title}: container {c.name} needs a command (the guest runs it with runc)")
-        containers.append(c)
-    return replace(program, containers=tuple(containers))
-
-
-def program_for(w: Workload, runtime: str) -> GuestProgram:
-    """What the guest of a vm/nested workload runs: inner containers, the workload's command, or httpd."""
+def program_for(w: Workload, runtime: str, stack: str = "") -> GuestProgram:
+    """What the guest of a vm/nested workload runs: inner containers, the workload's command, or httpd; a
+    sandboxed workload's guest runs its container image with runc on the guest's own kernel, with the spec's
+    command (args go to the image's entrypoint: see materialize) and env, as Docker would."""
+    if runtime == "sandboxed":
+        assert w.image is not None   # the spec loader requires an image for container runtimes
+        env = {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name}
+        command = tuple(w.command or ()) + tuple(w.args or ()) if w.command is not None else ()
+        run = ContainerRun(w.name, command, inner_rootfs(w.image), env, timeout=0, host_network=True)
+        return GuestProgram(w.name, containers=(run,), env=dict(w.env))
     if runtime == "nested":
         containers = []
         for c in w.containers:
-            rootfs = _inner_rootfs(c.image)
-            if not c.command and not rootfs.startswith("docker:"):
+            rootfs = inner_rootfs(c.image)
+            if not c.command and not rootfs.startswith(DOCKER_PREFIX):
                 raise BackendError(f"{w.name}: inner container {c.name} needs a command (the guest runs it with runc)")
             containers.append(ContainerRun(c.name, tuple(c.command or ()), rootfs, dict(c.env),
                                            timeout=0, host_network=True))
@@ -140,7 +79,7 @@ def program_for(w: Workload, runtime: str) -> GuestProgram:
         # runc on its own kernel, as the KubeVirt rendering runs it with podman; an image named by an explicit
         # `runtime: vm` is a boot disk instead, which the local busybox guest stands in for
         env = {"HYBRIDORCH_WORKLOAD": w.name, **w.env}
-        run = ContainerRun(w.name, command or (), _inner_rootfs(w.image), env, timeout=0, host_network=True)
+        run = ContainerRun(w.name, command or (), inner_rootfs(w.image), env, timeout=0, host_network=True)
         return GuestProgram(w.name, containers=(run,), env=dict(w.env))
     ports = tuple(p.port for p in w.ports if p.protocol == "TCP")
     return GuestProgram(w.name, http_ports=ports, command=command, env=dict(w.env))
@@ -162,15 +101,23 @@ class _Desired:
         return vm_label(self.placement.name, self.replica)
 
 
+def sandbox_reason(plan: Plan) -> str:
+    """Why a sandboxed placement runs in its own VM here (this backend gets one only when it does)."""
+    if plan.profile.local_sandbox == "vm":
+        return "the policy's localSandbox: vm"
+    return "no gVisor/Kata runtime in Docker"
+
+
 def vm_label(workload: str, replica: int) -> str:
     return workload if replica == 0 else f"{workload} replica {replica}"
 
 
 class QemuBackend(Backend):
-    """vm and nested placements as libvirt domains."""
+    """vm and nested placements as libvirt domains, and the sandboxed ones the local backend hands over (a
+    sandboxed placement given to this backend runs in its own VM)."""
 
     name = "qemu"
-    RUNTIMES = ("vm", "nested")
+    RUNTIMES = ("vm", "nested", "sandboxed")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -241,7 +188,7 @@ class QemuBackend(Backend):
         """One entry per replica, with its rendered domain; each digest covers that replica's own domain XML, so a
         changed hostPort replaces replica 0 only."""
         w = p.workload
-        program = program_for(w, p.runtime)
+        program = program_for(w, p.runtime, stack_dir.name)   # the state dir is named after the stack
         guest = load_guest(w.arch)
         out = []
         for i in range(w.replicas):
@@ -297,7 +244,9 @@ class QemuBackend(Backend):
                 if base is not None:
                     disks.prepare(base, d.workdir, d.seed)
                 elif initrd is None:
-                    build_initrd(guest, materialize(d.program, w.arch, d.workdir), d.workdir / "initrd.img")
+                    # a sandboxed container's args go to its image's entrypoint, as with `docker run`
+                    args = {w.name: tuple(w.args or ())} if d.placement.runtime == "sandboxed" else None
+                    build_initrd(guest, materialize(d.program, w.arch, d.workdir, args), d.workdir / "initrd.img")
                     for tar in d.workdir.glob("*.rootfs.tar"):
                         tar.unlink()  # already copied into the initrd
                     initrd = d.workdir / "initrd.img"
@@ -330,7 +279,8 @@ class QemuBackend(Backend):
                  "memoryMib": w.resources.memory_bytes // 2**20,
                  "guest": "disk" if "/disk.qcow2" in d.xml else "stand-in" if disks.disk_image(w) else "busybox",
                  "disk": disks.disk_image(w), "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in d.forwards],
-                 "digest": d.digest, "started": time.time(), "owner": w.owner, "ttl": w.ttl}
+                 "digest": d.digest, "started": time.time(), "owner": w.owner, "ttl": w.ttl,
+                 "tenant": w.tenant, "sandbox": sandbox_reason(plan) if d.placement.runtime == "sandboxed" else ""}
         (d.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         return vm
 
@@ -406,8 +356,15 @@ class QemuBackend(Backend):
                                                  f"{last_lines(vm.console(), 3)}"))
                 continue
             pids = [vm.pid for _, _, vm in alive]
-            detail = f"{counts}; libvirt domain {', '.join(vm.name for _, _, vm in alive)} ({state0['arch']}) " \
-                     f"boots {what_boots}; pid " + ", ".join(str(pid) for pid in pids)
+            domains = ', '.join(vm.name for _, _, vm in alive)
+            if p.runtime == "sandboxed":
+                # the words `status` users and tests look for: where the sandbox is, and why
+                detail = f"{counts}; sandboxed in its own VM ({state0.get('sandbox') or sandbox_reason(plan)}): " \
+                         f"libvirt domain {domains} ({state0['arch']}) runs image {w.image} with runc on the " \
+                         "guest's kernel; pid " + ", ".join(str(pid) for pid in pids)
+            else:
+                detail = f"{counts}; libvirt domain {domains} ({state0['arch']}) boots {what_boots}; pid " + \
+                    ", ".join(str(pid) for pid in pids)
             if len(alive) < w.replicas:
                 phase = "pending"
             else:
@@ -417,7 +374,8 @@ class QemuBackend(Backend):
             out.append(WorkloadStatus(p.name, p.runtime, phase, ports, accel,
                                       uptime_seconds=time.time() - started, detail=detail,
                                       extra={"pid": pids[0], "pids": pids, "domain": alive[0][2].name,
-                                             "guest": state0.get("guest", "busybox")}))
+                                             "guest": state0.get("guest", "busybox"),
+                                             **({"sandbox": "vm"} if p.runtime == "sandboxed" else {})}))
         return out
 
     def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:

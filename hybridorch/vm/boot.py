@@ -162,7 +162,7 @@ def guest_domain_xml(facts: LocalFacts, *, name: str, arch: str, accel: str, cpu
         "kernel": f"{facts.guests_dir}/{arch}/vmlinuz", "initrd": str(initrd),
         "cmdline": f"console={m.console} quiet loglevel=3 panic=-1", "efi": False, "disk": None, "seed": None,
         "console_log": str(console_log), "forwards": [], "bus": "virtio", "nic_device": "virtio-net-pci",
-        "windows": False, "on_reboot": "destroy", "run_as": facts.run_as,
+        "windows": False, "on_reboot": "destroy", "run_as": facts.run_as, "isolated": False,
     }
     xml = Templates().text("libvirt/domain.xml.j2", d=d)
     problem = validate.libvirt_problem(xml)
@@ -222,7 +222,7 @@ def run_guest(arch: str, program: GuestProgram, *, workdir: Path, cpus: int = 1,
     """Boot a transient domain that runs `program` and powers off; the console is read as it grows (so results
     have host-side timestamps). The domain is always gone when this returns, Ctrl-C included."""
     from .host import accelerator_for, local_facts, qemu_binary
-    from ..backends.qemu import materialize   # noqa: F401  (docker images are exported by the caller's module)
+    from .image_export import materialize   # docker:IMAGE roots of a soc-test's containers
 
     guest = load_guest(arch)
     qemu_binary(arch)

@@ -3,7 +3,7 @@ rule, where each replica's files live, and the context the libvirt template lays
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..runtime import ARCHES, Arch, host_address, publishes_host_ports
 
@@ -13,10 +13,39 @@ if TYPE_CHECKING:
 LABEL_REPLICA = "hybridorch.dev/replica"
 XMLNS_LABELS = "https://hybridorch.dev/xmlns/labels/1"
 MIN_INITRAMFS_MIB = 128   # the busybox guest's initramfs lives in RAM: below this it cannot unpack
+# A sandboxed container in its own VM gets its memory limit plus this for the guest kernel and the initramfs that
+# holds its image (measured: see sandbox_memory_mib); the policy's sandbox overhead must cover it and QEMU's own
+SANDBOX_GUEST_MIB = 64
+# Docker runtimes that give a sandboxed container its own kernel, best first (gVisor, then Kata)
+SANDBOX_RUNTIMES = ("runsc", "kata-runtime", "kata", "io.containerd.kata.v2", "kata-qemu", "kata-fc")
 
 
 # the arches a local guest boots on, from the one arch/machine/console table (runtime.py)
 MACHINES: dict[str, Arch] = {name: info for name, info in ARCHES.items() if info.local}
+
+
+def sandbox_runtime_of(registered: Iterable[str]) -> str | None:
+    """The best sandbox runtime among those a Docker engine has registered, or None."""
+    names = set(registered)
+    return next((r for r in SANDBOX_RUNTIMES if r in names), None)
+
+
+def sandbox_in_vm(choice: str, runtime: str | None) -> bool:
+    """Where a local `sandboxed` placement runs: in its own VM (True) or in Docker under `runtime` (False).
+
+    auto: a registered gVisor/Kata runtime if Docker has one, else its own VM (one kernel per sandbox, the model
+    Kata uses); vm: always its own VM; runtime: always the Docker runtime (the backend refuses when there is none,
+    rather than running the container on the host kernel)."""
+    if choice == "vm":
+        return True
+    if choice == "runtime":
+        return False
+    return runtime is None
+
+
+def sandbox_memory_mib(workload_mib: int) -> int:
+    """Guest RAM of a sandbox VM: the container's limit plus the guest kernel and initramfs."""
+    return max(MIN_INITRAMFS_MIB, workload_mib + SANDBOX_GUEST_MIB)
 
 
 @dataclass(frozen=True)
@@ -66,10 +95,15 @@ class LocalFacts:
     # containerDisks neither in the local Docker engine nor buildable from a recipe: such a VM boots the busybox
     # guest as a stand-in, and `status` says so
     missing_disks: frozenset[str] = frozenset()
+    # the gVisor/Kata runtime the local Docker engine has registered (None: none, or not asked); with the policy's
+    # localSandbox it decides whether a sandboxed placement runs in its own VM (sandbox_in_vm)
+    sandbox_runtime: str | None = None
 
     @classmethod
     def placeholder(cls, cache_dir: str) -> "LocalFacts":
-        return cls(cache_dir, f"{cache_dir}/state", f"{cache_dir}/guests")
+        """Facts of no particular machine (rendering without asking this one): its Docker is assumed to have gVisor,
+        as a cluster has its RuntimeClass, so sandboxed placements get no VM; `up` renders with the real answer."""
+        return cls(cache_dir, f"{cache_dir}/state", f"{cache_dir}/guests", sandbox_runtime=SANDBOX_RUNTIMES[0])
 
 
 def vm_dir(facts: LocalFacts, stack: str, workload: str, replica: int) -> str:
@@ -91,7 +125,9 @@ def domain_context(facts: LocalFacts, vm: Mapping[str, Any], *, stack: str, arch
         cmdline = f"root=/dev/{'sda' if vm['bus'] == 'sata' else 'vda'} rw console={console} panic=-1"
     else:
         cmdline = f"console={console} quiet loglevel=3 panic=-1"
-    memory = vm["memory_mib"] if has_disk else max(MIN_INITRAMFS_MIB, vm["memory_mib"])
+    sandbox = vm.get("runtime") == "sandboxed"
+    memory = vm["memory_mib"] if has_disk else \
+        sandbox_memory_mib(vm["memory_mib"]) if sandbox else max(MIN_INITRAMFS_MIB, vm["memory_mib"])
     return {
         "name": domain_name(stack, vm["name"], replica),
         "title": f"{stack}/{vm['name']}" + (f" replica {replica}" if replica else ""),
@@ -112,4 +148,7 @@ def domain_context(facts: LocalFacts, vm: Mapping[str, Any], *, stack: str, arch
         "bus": vm["bus"], "nic_device": "e1000e" if vm["nic_model"] == "e1000e" else "virtio-net-pci",
         "windows": vm["windows"], "on_reboot": "restart" if has_disk else "destroy",
         "run_as": facts.run_as,
+        # a sandbox VM is reachable only through its forwarded ports and reaches nothing (QEMU's restrict=on):
+        # its container shares no network with the host or another tenant
+        "isolated": sandbox,
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import BackendError
 from ..runtime import HOST_ARCHES, cache_root
-from .domain import MACHINES, LocalFacts
+from .domain import MACHINES, LocalFacts, sandbox_runtime_of
 
 HOST_ARCH = HOST_ARCHES.get(platform.machine(), "")
 KVM_PROBE_TIMEOUT = 6.0   # a KVM guest boots to /init in well under a second; TCG takes ~2.5 s
@@ -123,6 +123,20 @@ def missing_disks(images: list[str], stack_file: str | None) -> frozenset[str]:
     return frozenset(out)
 
 
+def docker_sandbox_runtime() -> str | None:
+    """The gVisor/Kata runtime the local Docker engine has registered; None when it has none or does not answer
+    (then a sandboxed placement runs in its own VM, which needs no Docker runtime)."""
+    from .. import proc
+
+    try:
+        out = proc.run(["docker", "info", "--format", "{{json .Runtimes}}"], what="docker info", check=False,
+                       timeout=30)
+        runtimes = json.loads(out.stdout or "null") if out.returncode == 0 else None
+    except (BackendError, ValueError):
+        return None
+    return sandbox_runtime_of(runtimes) if isinstance(runtimes, dict) else None
+
+
 def local_facts(probe: bool = True, disks: list[str] | None = None, stack_file: str | None = None) -> LocalFacts:
     """The real facts the local rendering needs; `probe=False` never boots the KVM probe (render uses the
     cached verdict)."""
@@ -134,4 +148,5 @@ def local_facts(probe: bool = True, disks: list[str] | None = None, stack_file: 
     return LocalFacts(cache_dir=str(cache_root()), state_dir=str(state_root()), guests_dir=str(guests_root()),
                       accelerators={arch: accelerator_for(arch, probe) for arch in MACHINES},
                       emulators=emulators, run_as=f"+{os.getuid()}:+{os.getgid()}",
-                      missing_disks=missing_disks(disks or [], stack_file) if disks else frozenset())
+                      missing_disks=missing_disks(disks or [], stack_file) if disks else frozenset(),
+                      sandbox_runtime=docker_sandbox_runtime())
