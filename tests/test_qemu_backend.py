@@ -89,3 +89,132 @@ def test_replicas_get_their_own_domain_and_only_replica_0_forwards():
                          forwards=replica_forwards(_forwards(WEB), 1), emulated=False)
     assert one["name"] == "hyb-s-web-1" and one["forwards"] == [] and one["labels"]["hybridorch.dev/replica"] == "1"
     assert one["initrd"] == "/c/state/s/web.1/initrd.img" and one["memory_mib"] == 128
+
+
+# --- sandboxed placements: Docker's gVisor/Kata runtime, else their own VM (never runc on the host kernel) ----------
+
+@pytest.mark.parametrize("choice, runtime, in_vm", [
+    ("auto", None, True),            # no sandbox runtime in Docker: its own VM
+    ("auto", "runsc", False),        # Docker's gVisor
+    ("auto", "kata", False),
+    ("vm", "runsc", True),           # forced: its own VM whatever Docker has
+    ("vm", None, True),
+    ("runtime", "runsc", False),
+    ("runtime", None, False),        # forced runtime without one: the local backend refuses (never runc)
+])
+def test_where_a_local_sandbox_runs(choice: str, runtime: str | None, in_vm: bool) -> None:
+    from hybridorch.vm.domain import sandbox_in_vm
+
+    assert sandbox_in_vm(choice, runtime) is in_vm
+
+
+def test_the_best_registered_sandbox_runtime_wins_and_runc_is_none():
+    from hybridorch.vm.domain import sandbox_runtime_of
+
+    assert sandbox_runtime_of(["runc", "hybridorch-runc", "io.containerd.runc.v2"]) is None
+    assert sandbox_runtime_of(["kata", "runc", "runsc"]) == "runsc"
+    assert sandbox_runtime_of(["io.containerd.kata.v2"]) == "io.containerd.kata.v2"
+
+
+def _shop_plan(local_sandbox: str = "auto"):
+    from dataclasses import replace
+
+    from hybridorch import api
+    from tests.conftest import ROOT
+
+    plan = api.plan_stack(str(ROOT / "examples" / "shop.yaml"))
+    return replace(plan, profile=replace(plan.profile, local_sandbox=local_sandbox))
+
+
+def _render(tmp_path, plan, **facts_kw):
+    from hybridorch.render import render_plan
+    from hybridorch.vm.domain import LocalFacts
+
+    facts = LocalFacts(cache_dir=str(tmp_path), state_dir=str(tmp_path / "st"), guests_dir=str(tmp_path / "g"),
+                       run_as="+0:+0", **facts_kw)
+    return render_plan(plan, "local", local=facts)
+
+
+def test_a_sandbox_without_docker_runtime_renders_its_own_small_isolated_vm(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from hybridorch.vm.libvirt import labels_of
+
+    rendered = _render(tmp_path, _shop_plan(), sandbox_runtime=None)
+    xml = rendered.file("recommender-plugin/domain.xml").content
+    root = ET.fromstring(xml)
+    assert root.findtext("name") == "hyb-shop-recommender-plugin-0"
+    # the container's 64Mi limit plus the guest kernel and the initramfs holding its image
+    assert root.findtext("memory") == "128" and root.find("memory").get("unit") == "MiB"
+    assert root.findtext("vcpu") == "1"
+    assert root.find("os/initrd").text == f"{tmp_path}/st/shop/recommender-plugin/initrd.img"
+    labels = labels_of(xml)
+    assert labels["hybridorch.dev/runtime"] == "sandboxed" and labels["hybridorch.dev/tenant"] == "shop"
+    # reachable only through its published port, and reaching nothing itself
+    assert "user,id=hyb0,restrict=on,hostfwd=tcp:127.0.0.1:8082-:8082" in xml
+    # a full VM keeps its user network as it was
+    assert "restrict=on" not in rendered.file("ledger-vm/domain.xml").content
+
+
+def test_a_sandbox_with_docker_runtime_renders_no_vm_unless_the_policy_says_vm(tmp_path):
+    paths = {f.path.split("/")[0] for f in _render(tmp_path, _shop_plan(), sandbox_runtime="runsc").files}
+    assert "recommender-plugin" not in paths and "ledger-vm" in paths
+    forced = _render(tmp_path, _shop_plan("vm"), sandbox_runtime="runsc")
+    assert "restrict=on" in forced.file("recommender-plugin/domain.xml").content
+    # the machine-independent rendering (render without this machine's facts) assumes Docker has gVisor
+    from hybridorch.vm.domain import LocalFacts
+
+    assert LocalFacts.placeholder("/c").sandbox_runtime == "runsc"
+
+
+def test_the_sandbox_vm_memory_is_the_limit_plus_the_guest():
+    from hybridorch.vm.domain import MIN_INITRAMFS_MIB, SANDBOX_GUEST_MIB, sandbox_memory_mib
+
+    assert sandbox_memory_mib(32) == MIN_INITRAMFS_MIB
+    assert sandbox_memory_mib(512) == 512 + SANDBOX_GUEST_MIB
+
+
+def test_a_sandbox_vm_runs_the_workloads_image_with_its_command_and_env():
+    from hybridorch.backends.qemu import program_for
+
+    w = Workload(name="plug", image="hybridorch.local/httpd:1", runtime="sandboxed", command=("httpd", "-f"),
+                 args=("-p", "8082"), env={"PAGE_TITLE": "t"}, ports=(Port(8082),))
+    (run,) = program_for(w, "sandboxed", "shop").containers
+    assert run.command == ("httpd", "-f", "-p", "8082") and run.rootfs == "docker:hybridorch.local/httpd:1"
+    assert run.env == {"PAGE_TITLE": "t", "HYBRIDORCH_STACK": "shop", "HYBRIDORCH_WORKLOAD": "plug"}
+    assert run.host_network and run.timeout == 0     # a service on the guest's network, where the forward lands
+    # args alone go to the image's entrypoint, which only the exported image knows (vm.image_export.materialize)
+    (run,) = program_for(Workload(name="plug", image="x:1", runtime="sandboxed", args=("-v",)), "sandboxed").containers
+    assert run.command == ()
+
+
+def test_the_local_backend_sends_sandboxes_in_vms_to_the_vm_side():
+    from hybridorch.backends.local import LocalBackend
+
+    plan = _shop_plan()
+    sides = {kind: [p.name for p in part.placements] for kind, part in LocalBackend.split(plan)}
+    assert sides == {"containers": ["web", "api", "recommender-plugin", "payments"], "vms": ["ledger-vm"]}
+    sides = {kind: [p.name for p in part.placements]
+             for kind, part in LocalBackend.split(plan, frozenset({"recommender-plugin"}))}
+    assert sides == {"containers": ["web", "api", "payments"], "vms": ["recommender-plugin", "ledger-vm"]}
+
+
+def test_forced_runtime_without_one_is_refused_before_anything_starts(monkeypatch, tmp_path):
+    """Docker without a sandbox runtime cannot be produced for real where CI registers runsc: the engine's answer
+    (backends.local.sandbox_runtime) is replaced, and named so, here only."""
+    from hybridorch.backends import local
+    from hybridorch.errors import BackendError
+
+    monkeypatch.setenv("HYBRIDORCH_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(local, "sandbox_runtime", lambda: None)   # fault: no gVisor/Kata registered
+    backend = local.LocalBackend()
+    with pytest.raises(BackendError, match="localSandbox is runtime, but the Docker engine has no gVisor"):
+        backend.up(_shop_plan("runtime"), None)   # type: ignore[arg-type]
+    assert backend.sandbox_vms(_shop_plan("auto"), up=True) == frozenset({"recommender-plugin"})
+    monkeypatch.setattr(local, "sandbox_runtime", lambda: "runsc")
+    assert backend.sandbox_vms(_shop_plan("auto"), up=True) == frozenset()
+    assert backend.sandbox_vms(_shop_plan("vm"), up=True) == frozenset({"recommender-plugin"})
+    # status looks where the sandbox really is: a VM started before runsc was registered is still found
+    (tmp_path / "shop" / "recommender-plugin").mkdir(parents=True)
+    (tmp_path / "shop" / "recommender-plugin" / "state.json").write_text("{}")
+    assert backend.sandbox_vms(_shop_plan("auto")) == frozenset({"recommender-plugin"})
