@@ -87,13 +87,15 @@ def run_client(env: dict[str, str], namespace: str, script: str, timeout: float 
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile":
                                         {"type": "RuntimeDefault"}},
                     "containers": [{"name": "client", "image": shop_image(), "imagePullPolicy": "IfNotPresent",
-                                    "command": ["sh", "-c", script],
+                                    # held until the NetworkPolicy enforcer knows the pod (see below)
+                                    "command": ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.2; done\n" + script],
                                     "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
                                     "securityContext": {"allowPrivilegeEscalation": False,
                                                         "capabilities": {"drop": ["ALL"]}}}]}}
     kubectl(env, "apply", "-f", "-", stdin=json.dumps(pod))
     try:
         deadline = time.monotonic() + timeout
+        release_when_enforced(env, namespace, name, deadline)
         while True:
             phase = kubectl(env, "get", "pod", name, "-n", namespace, "-o", "jsonpath={.status.phase}").stdout
             if phase in ("Succeeded", "Failed"):
@@ -103,6 +105,29 @@ def run_client(env: dict[str, str], namespace: str, script: str, timeout: float 
         return kubectl(env, "logs", name, "-n", namespace).stdout
     finally:
         kubectl(env, "delete", "pod", name, "-n", namespace, "--wait=false", check=False)
+
+
+def release_when_enforced(env: dict[str, str], namespace: str, pod: str, deadline: float) -> None:
+    """Let the held client pod run once kube-router has the pod's IP in its ipsets. It learns the IP from the
+    pod's status, which kubelet reports about a second after the container started: a client that connects
+    at once is refused by its own tenant's policies (seen here). A namespace without NetworkPolicies puts no
+    pod in any set, so there is nothing to wait for."""
+    while True:
+        ip = kubectl(env, "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}").stdout.strip()
+        if ip:
+            break
+        assert time.monotonic() < deadline, f"client pod {pod} got no IP"
+        time.sleep(0.2)
+    if kubectl(env, "get", "networkpolicy", "-n", namespace, "-o", "name").stdout.strip():
+        for node in node_containers():
+            while not any(ip in line.split() for line in subprocess.run(
+                    ["docker", "exec", node, "ipset", "save"], capture_output=True, text=True).stdout.splitlines()):
+                assert time.monotonic() < deadline, f"kube-router on {node} never added client {pod} ({ip})"
+                time.sleep(0.2)
+    # the IP may be reported before the container runs (a slow start): retry the release until it lands
+    while kubectl(env, "exec", pod, "-n", namespace, "--", "touch", "/tmp/go", check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"client pod {pod} could not be released"
+        time.sleep(0.2)
 
 
 def probe_script(targets: list[tuple[str, int]]) -> str:
