@@ -140,7 +140,7 @@ def test_a_sandbox_without_docker_runtime_renders_its_own_small_isolated_vm(tmp_
 
     from hybridorch.vm.libvirt import labels_of
 
-    rendered = _render(tmp_path, _shop_plan(), sandbox_runtime=None)
+    rendered = _render(tmp_path, _shop_plan(), sandbox_runtime=None, accelerators={"amd64": "tcg"})
     xml = rendered.file("recommender-plugin/domain.xml").content
     root = ET.fromstring(xml)
     assert root.findtext("name") == "hyb-shop-recommender-plugin-0"
@@ -152,8 +152,13 @@ def test_a_sandbox_without_docker_runtime_renders_its_own_small_isolated_vm(tmp_
     assert labels["hybridorch.dev/runtime"] == "sandboxed" and labels["hybridorch.dev/tenant"] == "shop"
     # reachable only through its published port, and reaching nothing itself
     assert "user,id=hyb0,restrict=on,hostfwd=tcp:127.0.0.1:8082-:8082" in xml
+    # TCG's translation cache bounded, so the VM's host memory stays within the policy's sandbox overhead
+    assert root.find("features/tcg/tb-cache").text == "32" and root.find("features/acpi") is not None
+    kvm = _render(tmp_path, _shop_plan(), sandbox_runtime=None, accelerators={"amd64": "kvm"})
+    assert "tb-cache" not in kvm.file("recommender-plugin/domain.xml").content   # no TCG, no translation cache
     # a full VM keeps its user network as it was
-    assert "restrict=on" not in rendered.file("ledger-vm/domain.xml").content
+    ledger = rendered.file("ledger-vm/domain.xml").content
+    assert "restrict=on" not in ledger and "tb-cache" not in ledger
 
 
 def test_a_sandbox_with_docker_runtime_renders_no_vm_unless_the_policy_says_vm(tmp_path):
