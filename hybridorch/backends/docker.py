@@ -28,7 +28,7 @@ from .. import images, proc
 from ..vm import domain
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
-from ..runtime import CONTAINER_RUNTIMES, host_address, publishes_host_ports, readiness_port
+from ..runtime import CONTAINER_RUNTIMES, State, host_address, publishes_host_ports, readiness_port
 from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -482,18 +482,18 @@ class DockerBackend(Backend):
     def _workload_status(self, p: Placement, containers: list[Any]) -> WorkloadStatus:
         w = p.workload
         if not containers:
-            return WorkloadStatus(w.name, p.runtime, "absent", detail="not created: run `hybridorch up`")
+            return WorkloadStatus(w.name, p.runtime, State.ABSENT, detail="not created: run `hybridorch up`")
         states = [c.attrs["State"] for c in containers]
         running = [c for c, s in zip(containers, states) if s["Status"] == "running"]
         failed = [(c, s) for c, s in zip(containers, states) if s["Status"] in ("exited", "dead")]
         if failed:
             c, s = failed[0]
-            state, why = "failed", f"{c.name} exited with code {s['ExitCode']}"
+            state, why = State.FAILED, f"{c.name} exited with code {s['ExitCode']}"
         elif len(running) == len(containers) and len(containers) >= w.replicas:
             ready = all(self._ready(c, p) for c in running)
-            state, why = ("ready" if ready else "running"), f"{len(running)}/{w.replicas} replicas running"
+            state, why = (State.READY if ready else State.RUNNING), f"{len(running)}/{w.replicas} replicas running"
         else:
-            state, why = "pending", f"{len(running)}/{w.replicas} replicas running"
+            state, why = State.PENDING, f"{len(running)}/{w.replicas} replicas running"
         ports = tuple(f"{addr}:{port}->{target}" for c in containers for target, addr, port in _bindings(c))
         started = [t for t in (_parse_time(s.get("StartedAt", "")) for s in states if s["Status"] == "running")
                    if t is not None]

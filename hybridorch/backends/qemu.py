@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import proc
 from ..errors import BackendError
-from ..runtime import readiness_port
+from ..runtime import State, readiness_port
 from ..vm import console
 from ..vm.guestimage import load_guest
 from ..vm.initramfs import ContainerRun, GuestProgram, build_initrd
@@ -335,7 +335,7 @@ class QemuBackend(Backend):
                 if vm is not None:
                     loaded.append((i, workdir.name, vm, state))
             if not loaded:
-                out.append(WorkloadStatus(p.name, p.runtime, "absent", detail="not created: run `hybridorch up`"))
+                out.append(WorkloadStatus(p.name, p.runtime, State.ABSENT, detail="not created: run `hybridorch up`"))
                 continue
             ports = tuple(str(Forward(*f)) for *_, state in loaded for f in state.get("forwards", []))
             state0 = loaded[0][3]
@@ -351,7 +351,7 @@ class QemuBackend(Backend):
             if dead:
                 i, vm = dead[0]
                 what = "domain " + vm.name
-                out.append(WorkloadStatus(p.name, p.runtime, "failed", ports, accel,
+                out.append(WorkloadStatus(p.name, p.runtime, State.FAILED, ports, accel,
                                           detail=f"{counts}; {what} is not running; last console lines: "
                                                  f"{last_lines(vm.console(), 3)}"))
                 continue
@@ -366,10 +366,10 @@ class QemuBackend(Backend):
                 detail = f"{counts}; libvirt domain {domains} ({state0['arch']}) boots {what_boots}; pid " + \
                     ", ".join(str(pid) for pid in pids)
             if len(alive) < w.replicas:
-                phase = "pending"
+                phase = State.PENDING
             else:
                 ready = all(name in known_ready or self._is_ready(vm, w, booted_disk) for _, name, vm in alive)
-                phase = "ready" if ready else "running"
+                phase = State.READY if ready else State.RUNNING
             started = min(st["started"] for *_, st in loaded)
             out.append(WorkloadStatus(p.name, p.runtime, phase, ports, accel,
                                       uptime_seconds=time.time() - started, detail=detail,
