@@ -117,9 +117,9 @@ def publishes_host_ports(replica: int) -> bool:
 
 
 def runs_image_in_vm(w: Workload) -> bool:
-    """A container image the policy moved into a VM (own kernel, escape surface, ...): the guest runs the image
-    as its only container. An image named by an explicit `runtime: vm` is a boot disk (containerDisk) instead,
-    and a VM with its own disk (vm.disk.image/pvc) boots that."""
+    """Placed in a VM, the workload's container image runs inside it (the policy moved a container into a VM:
+    own kernel, escape surface, ...) as the guest's only container. An image named by an explicit `runtime: vm`
+    is a boot disk (containerDisk) instead, and a VM with its own disk (vm.disk.image/pvc) boots that."""
     return bool(w.image) and w.runtime != Runtime.VM and not (w.vm.disk_image or w.vm.disk_pvc) \
         and w.os == "linux"
 
