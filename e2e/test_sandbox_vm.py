@@ -215,3 +215,23 @@ def test_runtime_choice_without_a_runtime_fails_before_anything_starts(tmp_path:
             assert f"sandboxed with the {runtime} runtime" in result.stdout
     finally:
         hybridorch("down", path)
+
+
+def test_a_sandbox_vm_that_never_gets_ready_leaves_nothing(tmp_path: Path, state_dir: Path, stack_file,
+                                                           docker_client) -> None:
+    """The plugin's container dies in its VM: `up` fails with the console's last lines, and neither the VM nor the
+    web container started before it is left behind."""
+    plugin_port, web_port = free_ports(2)
+    stack = "e2e-sandbox-fail"
+    text = shop_plugin_stack(tmp_path, stack, "vm", plugin_port, web_port, ["sh", "-c", "echo plugin-dying; exit 3"])
+    doc = yaml.safe_load(text)
+    doc["spec"]["workloads"][1]["ready"] = {"port": 8082, "timeout": 15}
+    path = write(tmp_path, stack_file, yaml.safe_dump(doc, sort_keys=False))
+    result = hybridorch("up", path, check=False, timeout=400)
+    assert result.returncode == 4 and "Traceback" not in result.stderr
+    assert "VM recommender-plugin was not ready within 15s" in result.stderr and "plugin-dying" in result.stderr
+    assert f"hyb-{stack}-" not in subprocess.run(["virsh", "list", "--all", "--name"], capture_output=True,
+                                                 text=True, check=True).stdout
+    assert not docker_client.containers.list(all=True, filters={"label": f"hybridorch.dev/stack={stack}"})
+    assert not docker_client.networks.list(filters={"label": f"hybridorch.dev/stack={stack}"})
+    assert not (state_dir / stack).exists()

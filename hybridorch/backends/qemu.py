@@ -17,7 +17,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -61,8 +61,8 @@ def program_for(w: Workload, runtime: str, stack: str = "") -> GuestProgram:
     if runtime == "sandboxed":
         assert w.image is not None   # the spec loader requires an image for container runtimes
         env = {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name}
-        command = tuple(w.command or ()) + tuple(w.args or ()) if w.command is not None else ()
-        run = ContainerRun(w.name, command, inner_rootfs(w.image), env, timeout=0, host_network=True)
+        argv = tuple(w.command or ()) + tuple(w.args or ()) if w.command is not None else ()
+        run = ContainerRun(w.name, argv, inner_rootfs(w.image), env, timeout=0, host_network=True)
         return GuestProgram(w.name, containers=(run,), env=dict(w.env))
     if runtime == "nested":
         containers = []
