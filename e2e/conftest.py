@@ -1,15 +1,20 @@
 """Shared fixtures of the end-to-end tests: `require` (skip locally, fail in CI), a Docker client, an isolated
-state dir, a stack-file writer, and a session cleanup of every object carrying a test stack's labels.
+state dir, a stack-file writer, a session cleanup of every object carrying a test stack's labels, and the two
+Kubernetes clusters: `kind_cluster`, the real kind cluster every module that needs a cluster shares (created once
+per session, deleted at its end), and `kwok_cluster`, the API server with many fake kwok nodes for the tests that
+need foreign-arch or fake nodes, or an API server they can stop.
 
 Test stacks are named `e2e-...`; what a session used is removed after it, stale `e2e-*` leftovers before it.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -168,3 +173,120 @@ def stack_file(tmp_path: Path) -> Callable[..., str]:
         return str(path)
 
     return write
+
+
+# --- Kubernetes clusters --------------------------------------------------------------------------------------
+
+CLUSTER_SCRIPT = ROOT / "e2e" / "k8s" / "cluster.py"   # e2e/cluster.sh
+# the kind cluster's name, as e2e/kind/cluster.sh and e2e/k8s/cluster.py read it: set it to run beside another
+KIND_CLUSTER = os.environ.get("HYBRIDORCH_KIND_CLUSTER") or "hybridorch-e2e"
+CLUSTER_TIMINGS: dict[str, float] = {}
+
+
+def cluster_cmd(provider: str, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """e2e/cluster.sh COMMAND --provider PROVIDER (cluster.py), with `env` added to the environment."""
+    return subprocess.run([sys.executable, str(CLUSTER_SCRIPT), *args, "--provider", provider], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def kubectl_binary() -> str:
+    out = subprocess.run(["bash", str(ROOT / "e2e" / "k8s" / "build.sh"), "--print-dir"], capture_output=True,
+                         text=True).stdout.strip()
+    return str(Path(out) / "kubectl") if out else ""
+
+
+def kind_nodes(name: str = KIND_CLUSTER) -> list[str]:
+    """The node containers of kind cluster `name` (none when it does not run)."""
+    if not shutil.which("docker"):
+        return []
+    out = subprocess.run(["docker", "ps", "--filter", f"label=io.x-k8s.kind.cluster={name}", "--format",
+                          "{{.Names}}"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def kubectl(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """kubectl against the cluster of `env` (a cluster fixture's KUBECONFIG/HOME/HYBRIDORCH_KUBECTL)."""
+    proc = subprocess.run([env["HYBRIDORCH_KUBECTL"], *args], input=stdin, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def kube_get(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+    import json
+
+    return json.loads(kubectl(env, "get", *args, "-o", "json").stdout)["items"]
+
+
+def _cluster_env(home: Path, kubeconfig: Path) -> dict[str, str]:
+    return {"KUBECONFIG": str(kubeconfig), "HOME": str(home), "HYBRIDORCH_KUBECTL": kubectl_binary()}
+
+
+@pytest.fixture(scope="session")
+def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The real kind cluster of the session (KUBECONFIG, HOME and kubectl for it): `e2e/cluster.sh up --provider
+    kind`, i.e. `kind create cluster` from the locally built node image, with KubeVirt's CRDs (no controllers: VMs
+    are accepted, never booted). A cluster that already runs under the name is reused and left running; one made
+    here is deleted when the session ends. The kubeconfig is the session's own file."""
+    require(shutil.which("docker") is not None and bool(kubectl_binary()),
+            "no Docker engine or Kubernetes build (run e2e/setup.sh)")
+    home = tmp_path_factory.mktemp("kind-home")
+    kubeconfig = home / "kubeconfig"
+    own = {"HYBRIDORCH_KIND_KUBECONFIG": str(kubeconfig), "HYBRIDORCH_KIND_CLUSTER": KIND_CLUSTER}
+    reused = bool(kind_nodes())
+    t0 = time.monotonic()
+    proc = cluster_cmd("kind", "up", env=own)
+    require(proc.returncode == 0, f"kind cluster {KIND_CLUSTER} did not come up: {proc.stderr[-2000:]}")
+    CLUSTER_TIMINGS[f"kind cluster {'reused' if reused else 'created'}"] = time.monotonic() - t0
+    yield _cluster_env(home, kubeconfig)
+    if not reused:
+        t0 = time.monotonic()
+        cluster_cmd("kind", "down", env=own, timeout=300)
+        CLUSTER_TIMINGS["kind cluster deleted"] = time.monotonic() - t0
+
+
+@pytest.fixture(scope="session")
+def cluster_timings() -> dict[str, float]:
+    """Seconds of notable cluster steps (creation, apply-to-ready), printed in the terminal summary."""
+    return CLUSTER_TIMINGS
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if CLUSTER_TIMINGS:
+        terminalreporter.write_line("[cluster timings] " + ", ".join(f"{k}: {v:.1f}s"
+                                                                     for k, v in CLUSTER_TIMINGS.items()))
+
+
+def reinstall_kubevirt_crds(env: dict[str, str]) -> None:
+    """Put KubeVirt's CRDs back into the kind cluster of `env` (a test deleted one)."""
+    proc = cluster_cmd("kind", "up", env={"HYBRIDORCH_KIND_KUBECONFIG": env["KUBECONFIG"],
+                                          "HYBRIDORCH_KIND_CLUSTER": KIND_CLUSTER})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def kwok_binaries_built() -> bool:
+    out = subprocess.run(["bash", str(ROOT / "e2e" / "k8s" / "build.sh"), "--print-dir"], capture_output=True,
+                         text=True).stdout.strip()
+    return bool(out) and (Path(out).parent / ".complete").exists()
+
+
+@pytest.fixture(scope="session")
+def kwok_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The kwok cluster (`e2e/cluster.sh up --provider local`): a real API server, controller-manager and
+    scheduler with fake amd64/arm64 nodes. Reused when up, else started here and stopped (state kept) at the end."""
+    running = cluster_cmd("local", "status").returncode == 0
+    if not running:
+        require(kwok_binaries_built(), "Kubernetes binaries not built: run e2e/setup.d/30-k8s.sh (about 20 min once)")
+    t0 = time.monotonic()
+    proc = cluster_cmd("local", "up")   # starts it, or makes sure CRDs and fake nodes are in place
+    assert proc.returncode == 0, f"e2e/cluster.sh up --provider local failed:\n{proc.stderr[-3000:]}"
+    CLUSTER_TIMINGS[f"kwok cluster {'checked' if running else 'started'}"] = time.monotonic() - t0
+    home = tmp_path_factory.mktemp("kwok-home")
+    kubeconfig = home / "kubeconfig"
+    shutil.copy(cluster_cmd("local", "kubeconfig").stdout.strip(), kubeconfig)
+    yield _cluster_env(home, kubeconfig)
+    if not running:
+        cluster_cmd("local", "stop")

@@ -1,7 +1,11 @@
 """Start, reuse and stop the Kubernetes cluster the e2e tests run against, and write its kubeconfig.
 
-Providers: `local` (real etcd/kube-apiserver/controller-manager/scheduler built by build.sh, run by
-kwokctl's binary runtime, with kwok faking the nodes) and `kind` (a real kind cluster, where available).
+Providers: `kind` (a real kind cluster from the node image e2e/kind builds locally, no registry: the default of
+the e2e suite) and `local` (real etcd/kube-apiserver/controller-manager/scheduler built by build.sh, run by
+kwokctl's binary runtime, with kwok faking many nodes of both architectures: the scale and fake-node tests).
+Each provider keeps its own kubeconfig, so both can run at once.
+`auto`: the provider whose cluster runs (kind first); else kind when its tool and node image are already built
+(e2e/kind/cluster.sh prepare, which the test command's setup runs), else local (no Docker needed).
 Usage: python3 e2e/k8s/cluster.py up|down|stop|start|status|kubeconfig [--provider auto|local|kind]
 """
 from __future__ import annotations
@@ -21,6 +25,10 @@ CACHE = Path(os.environ.get("HYBRIDORCH_CACHE") or Path.home() / ".cache" / "hyb
 CLUSTER_NAME = "hybridorch-e2e"
 STATE = Path(os.environ.get("HYBRIDORCH_K8S_STATE") or CACHE / "k8s" / "cluster")
 KUBECONFIG = STATE / "kubeconfig"
+# the kind cluster: the same name and kubeconfig as e2e/kind/cluster.sh uses by default (and the same overrides)
+KIND_NAME = os.environ.get("HYBRIDORCH_KIND_CLUSTER") or CLUSTER_NAME
+KIND_KUBECONFIG = Path(os.environ.get("HYBRIDORCH_KIND_KUBECONFIG") or CACHE / "kind" / "kubeconfig")
+KIND_SCRIPT = HERE.parent / "kind" / "cluster.sh"
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
 
 # The fake hosts: (name, arch, hardware virtualisation, cpu, memory). Both architectures, with and without
@@ -49,20 +57,20 @@ def kubectl_path() -> str:
     return str(built) if built.exists() else (shutil.which("kubectl") or "kubectl")
 
 
-def kubectl(*args: str, stdin: str | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    cmd = [kubectl_path(), f"--kubeconfig={KUBECONFIG}", *args]
+def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 120,
+            kubeconfig: Path = KUBECONFIG) -> subprocess.CompletedProcess[str]:
+    cmd = [kubectl_path(), f"--kubeconfig={kubeconfig}", *args]
     proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise SystemExit(f"[cluster] error: {' '.join(args[:3])}: {proc.stderr.strip()}")
     return proc
 
 
-def api_ready() -> bool:
-    if not KUBECONFIG.exists():
+def api_ready(kubeconfig: Path = KUBECONFIG) -> bool:
+    if not kubeconfig.exists():
         return False
     try:
-        proc = kubectl("get", "--raw=/readyz", "--request-timeout=5s", check=False, timeout=15)
+        proc = kubectl("get", "--raw=/readyz", "--request-timeout=5s", check=False, timeout=15, kubeconfig=kubeconfig)
     except subprocess.TimeoutExpired:
         return False
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
@@ -170,43 +178,59 @@ def local_down() -> None:
 
 # --- kind provider -----------------------------------------------------------------------------------------
 
-def kind_node_image() -> str | None:
-    """A kindest/node image already in the Docker engine (nothing is pulled: no registry here)."""
-    if not shutil.which("docker"):
-        return None
-    proc = subprocess.run(["docker", "images", "kindest/node", "--format", "{{.Repository}}:{{.Tag}}"],
-                          capture_output=True, text=True)
-    images = [line for line in proc.stdout.split() if line and not line.endswith(":<none>")]
-    return sorted(images)[-1] if proc.returncode == 0 and images else None
+def kind_binary() -> Path:
+    return CACHE / "bin" / "kind"   # installed there by e2e/kind/cluster.sh prepare
+
+
+def kind_running() -> bool:
+    if not kind_binary().exists():
+        return False
+    proc = subprocess.run([str(kind_binary()), "get", "clusters"], capture_output=True, text=True)
+    return KIND_NAME in proc.stdout.split()
+
+
+def kind_prepared() -> bool:
+    """kind and the locally built node image exist, so `up` only creates the cluster (no builds)."""
+    if not kind_binary().exists() or not shutil.which("docker"):
+        return False
+    image = subprocess.run(["bash", str(KIND_SCRIPT), "image"], capture_output=True, text=True).stdout.strip()
+    return bool(image) and subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
 
 
 def kind_up() -> None:
-    """A real kind cluster from the node image e2e/kind builds locally (no registry): e2e/kind/cluster.sh."""
-    STATE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["bash", str(HERE.parent / "kind" / "cluster.sh"), "up", "--name", CLUSTER_NAME,
-                    "--kubeconfig", str(KUBECONFIG)], check=True)
-    # kind nodes are containers on this host: they can run VMs when the host has /dev/kvm
-    if os.path.exists("/dev/kvm"):
-        kubectl("label", "nodes", "--all", "--overwrite", f"{LABEL_VIRTUALIZATION}=true")
+    """A real kind cluster from the node image e2e/kind builds locally (no registry): e2e/kind/cluster.sh.
+    Nodes are not labelled hybridorch.dev/virtualization: the node image has no sandbox runtime (kata needs
+    KVM, which these hosts' guests lack), so a labelled node would only attract pods it cannot start."""
+    KIND_KUBECONFIG.parent.mkdir(parents=True, exist_ok=True)
+    if kind_running():
+        # reuse without e2e/kind/cluster.sh's prepare step: nothing to build for a cluster that already runs
+        log(f"kind cluster {KIND_NAME} already running; kubeconfig {KIND_KUBECONFIG}")
+        run([str(kind_binary()), "export", "kubeconfig", "--name", KIND_NAME, "--kubeconfig", str(KIND_KUBECONFIG)])
+        kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=180s", timeout=200,
+                kubeconfig=KIND_KUBECONFIG)
+        return
+    subprocess.run(["bash", str(KIND_SCRIPT), "up", "--name", KIND_NAME, "--kubeconfig", str(KIND_KUBECONFIG)],
+                   check=True)
 
 
 def kind_down() -> None:
-    subprocess.run(["bash", str(HERE.parent / "kind" / "cluster.sh"), "down", "--name", CLUSTER_NAME,
-                    "--kubeconfig", str(KUBECONFIG)], check=True)
+    subprocess.run(["bash", str(KIND_SCRIPT), "down", "--name", KIND_NAME, "--kubeconfig", str(KIND_KUBECONFIG)],
+                   check=True)
 
 
 # --- what every provider gets -------------------------------------------------------------------------
 
-def install_kubevirt_crds() -> None:
-    """CRDs made from the KubeVirt schema the package ships: the cluster checks VMs against what render does."""
+def install_kubevirt_crds(kubeconfig: Path = KUBECONFIG) -> None:
+    """CRDs made from the KubeVirt schema the package ships: the cluster checks VMs against what render does.
+    Offline there are no KubeVirt controllers: VMs are accepted objects, never booted."""
     sys.path.insert(0, str(HERE))
     from kubevirt_crds import SHIPPED, convert  # noqa: E402 (a sibling script, not a package)
 
     crds = convert(json.loads(SHIPPED.read_text()))
     kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=hybridorch-e2e", "-f", "-",
-            stdin=json.dumps(crds))
+            stdin=json.dumps(crds), kubeconfig=kubeconfig)
     names = [f"crd/{c['metadata']['name']}" for c in crds["items"]]
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, kubeconfig=kubeconfig)
 
 
 def node_object(name: str, arch: str, kvm: bool, cpu: str, memory: str) -> dict[str, Any]:
@@ -235,14 +259,15 @@ def add_fake_nodes() -> None:
     wait_kwok()
 
 
-def wait_api(timeout: float = 120) -> None:
+def wait_api(timeout: float = 120, kubeconfig: Path = KUBECONFIG) -> None:
     deadline = time.monotonic() + timeout
-    while not api_ready():
+    while not api_ready(kubeconfig):
         if time.monotonic() > deadline:
             raise SystemExit(f"[cluster] error: API server not ready after {timeout:.0f}s")
         time.sleep(0.5)
     # the default service account appears once the controller-manager runs; pods need its namespace ready
-    while kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode != 0:
+    while kubectl("get", "serviceaccount", "default", "-n", "default", check=False,
+                  kubeconfig=kubeconfig).returncode != 0:
         if time.monotonic() > deadline:
             raise SystemExit("[cluster] error: kube-controller-manager did not create the default service account")
         time.sleep(0.5)
@@ -251,32 +276,43 @@ def wait_api(timeout: float = 120) -> None:
 def provider_of(choice: str) -> str:
     if choice != "auto":
         return choice
-    saved = STATE / "provider"
-    if saved.exists():
-        return saved.read_text().strip()
-    return "kind" if shutil.which("kind") and kind_node_image() else "local"
+    if kind_running():
+        return "kind"
+    if api_ready(KUBECONFIG):
+        return "local"
+    # kind is what the suite and the README's users run; kwok only where kind is not built (it needs no Docker)
+    return "kind" if kind_prepared() else "local"
+
+
+def kubeconfig_of(provider: str) -> Path:
+    return KIND_KUBECONFIG if provider == "kind" else KUBECONFIG
 
 
 def up(provider: str) -> None:
     start = time.monotonic()
     provider = provider_of(provider)
-    if api_ready():
-        log(f"cluster already running ({provider}); kubeconfig {KUBECONFIG}")
+    kubeconfig = kubeconfig_of(provider)
+    if provider == "kind":
+        kind_up()   # creates the cluster, or re-exports the kubeconfig of the running one
+    elif api_ready(kubeconfig):
+        log(f"cluster already running ({provider}); kubeconfig {kubeconfig}")
     else:
-        (kind_up if provider == "kind" else local_up)()
-        (STATE / "provider").write_text(provider)
-        wait_api()
-    install_kubevirt_crds()
+        local_up()
+    wait_api(kubeconfig=kubeconfig)
+    install_kubevirt_crds(kubeconfig)
     if provider == "local":
         add_fake_nodes()
-    log(f"ready in {time.monotonic() - start:.1f}s: export KUBECONFIG={KUBECONFIG}")
+    log(f"{provider} cluster ready in {time.monotonic() - start:.1f}s: export KUBECONFIG={kubeconfig}")
 
 
 def down(provider: str) -> None:
     provider = provider_of(provider)
-    (kind_down if provider == "kind" else local_down)()
-    shutil.rmtree(STATE, ignore_errors=True)
-    log("cluster removed")
+    if provider == "kind":
+        kind_down()
+    else:
+        local_down()
+        shutil.rmtree(STATE, ignore_errors=True)
+    log(f"{provider} cluster removed")
 
 
 def main(argv: list[str]) -> int:
@@ -299,10 +335,11 @@ def main(argv: list[str]) -> int:
             release_node_leases()
             wait_kwok()
     elif args.command == "status":
-        print("running" if api_ready() else "stopped")
-        return 0 if api_ready() else 1
+        ready = api_ready(kubeconfig_of(provider_of(args.provider)))
+        print("running" if ready else "stopped")
+        return 0 if ready else 1
     else:
-        print(KUBECONFIG)
+        print(kubeconfig_of(provider_of(args.provider)))
     return 0
 
 
