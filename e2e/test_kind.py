@@ -1,5 +1,5 @@
 """End-to-end tests on a real kind cluster (e2e/kind/cluster.sh: a locally built node image, a real kubelet and
-containerd, kube-network-policies enforcing NetworkPolicies): hybridorch loads its local images into the node,
+containerd, kube-router's firewall enforcing NetworkPolicies): hybridorch loads its local images into the node,
 the shop's container workloads get Ready through real readiness probes and serve their page through a Service,
 tenants are isolated by the rendered NetworkPolicies, and a crashing workload or a missing image fails `apply`
 fast with the pod's own reason.
@@ -74,13 +74,15 @@ def run_client(env: dict[str, str], namespace: str, script: str, timeout: float 
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile":
                                         {"type": "RuntimeDefault"}},
                     "containers": [{"name": "client", "image": shop_image(), "imagePullPolicy": "IfNotPresent",
-                                    "command": ["sh", "-c", script],
+                                    # held until the NetworkPolicy enforcer knows the pod (see below)
+                                    "command": ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.2; done\n" + script],
                                     "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
                                     "securityContext": {"allowPrivilegeEscalation": False,
                                                         "capabilities": {"drop": ["ALL"]}}}]}}
     kubectl(env, "apply", "-f", "-", stdin=json.dumps(pod))
     try:
         deadline = time.monotonic() + timeout
+        release_when_enforced(env, namespace, name, deadline)
         while True:
             phase = kubectl(env, "get", "pod", name, "-n", namespace, "-o", "jsonpath={.status.phase}").stdout
             if phase in ("Succeeded", "Failed"):
@@ -90,6 +92,29 @@ def run_client(env: dict[str, str], namespace: str, script: str, timeout: float 
         return kubectl(env, "logs", name, "-n", namespace).stdout
     finally:
         kubectl(env, "delete", "pod", name, "-n", namespace, "--wait=false", check=False)
+
+
+def release_when_enforced(env: dict[str, str], namespace: str, pod: str, deadline: float) -> None:
+    """Let the held client pod run once kube-router has the pod's IP in its ipsets. It learns the IP from the
+    pod's status, which kubelet reports about a second after the container started: a client that connects
+    at once is refused by its own tenant's policies (seen here). A namespace without NetworkPolicies puts no
+    pod in any set, so there is nothing to wait for."""
+    while True:
+        ip = kubectl(env, "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}").stdout.strip()
+        if ip:
+            break
+        assert time.monotonic() < deadline, f"client pod {pod} got no IP"
+        time.sleep(0.2)
+    if kubectl(env, "get", "networkpolicy", "-n", namespace, "-o", "name").stdout.strip():
+        for node in node_containers():
+            while not any(ip in line.split() for line in subprocess.run(
+                    ["docker", "exec", node, "ipset", "save"], capture_output=True, text=True).stdout.splitlines()):
+                assert time.monotonic() < deadline, f"kube-router on {node} never added client {pod} ({ip})"
+                time.sleep(0.2)
+    # the IP may be reported before the container runs (a slow start): retry the release until it lands
+    while kubectl(env, "exec", pod, "-n", namespace, "--", "touch", "/tmp/go", check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"client pod {pod} could not be released"
+        time.sleep(0.2)
 
 
 def probe_script(targets: list[tuple[str, int]]) -> str:
@@ -171,45 +196,61 @@ def test_the_page_is_served_through_the_service_to_a_client_pod(kind: dict[str, 
     assert "200 OK" in out and "<title>Hybrid shop</title>" in out and " on web-" in out, out   # a web pod answered
 
 
-def nfqueue_missing() -> str:
-    """Why kube-network-policies cannot enforce anything on this kind node ('' when it can): it sends new
-    connections to an nftables queue, which needs the kernel's nft_queue support."""
-    rule = "table inet hybridorch_probe {\n chain c { type filter hook forward priority 0; queue num 999 bypass; }\n}\n"
-    for node in node_containers():
-        proc = subprocess.run(["docker", "exec", "-i", node, "nft", "-f", "-"], input=rule, capture_output=True,
-                              text=True)
-        subprocess.run(["docker", "exec", node, "nft", "delete", "table", "inet", "hybridorch_probe"],
-                       capture_output=True)
-        if proc.returncode != 0:
-            return (f"node {node} cannot queue packets to userspace (nftables `queue`: "
-                    f"{proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else 'failed'}); "
-                    "kube-network-policies needs it to enforce NetworkPolicies")
-    return ""
+def probe_until(env: dict[str, str], namespace: str, targets: list[tuple[str, int]], expected: list[str],
+                timeout: float = 60) -> list[str]:
+    """Probe `targets` from a pod in `namespace` until the result is `expected` (the firewall applies a change of
+    pods or policies within seconds, not at once) or `timeout` passes; return the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = run_client(env, namespace, probe_script(targets)).split("\n")[:len(targets)]
+        if seen == expected or time.monotonic() > deadline:
+            return seen
+        time.sleep(2)
 
 
 def test_tenants_are_isolated_by_the_rendered_network_policies(kind: dict[str, str], shop: dict[str, Any]) -> None:
-    # without enforcement every connection below would be open. This is the host kernel (CONFIG_NFT_QUEUE not
-    # set on these CI machines), not something setup can install: report it as an expected failure with the
-    # probe's reason; on a kernel that can queue, the assertions below run for real.
-    missing = nfqueue_missing()
-    if missing:
-        pytest.xfail(missing)
-    targets = [(f"web.{PREFIX}shop", 8080), (f"api.{PREFIX}shop", 8081), (f"payments.{PREFIX}payments", 8090)]
-    script = probe_script(targets)
+    # the enforcer runs: kube-router's firewall (iptables + ipset; the kernel has no nft queue for
+    # kube-network-policies), and same-bridge pod traffic passes the node's iptables FORWARD chain
+    kubectl(kind, "-n", "kube-system", "rollout", "status", "daemonset/kube-router", "--timeout=120s", timeout=130)
+    ds = json.loads(kubectl(kind, "-n", "kube-system", "get", "daemonset/kube-router", "-o", "json").stdout)["status"]
+    assert ds["numberReady"] == ds["desiredNumberScheduled"] == len(node_containers()), ds
+    for node in node_containers():
+        bridged = subprocess.run(["docker", "exec", node, "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"],
+                                 capture_output=True, text=True).stdout.strip()
+        assert bridged == "1", f"{node}: bridge-nf-call-iptables={bridged!r}: bridged pod traffic bypasses iptables"
+    web, api, pay = (f"web.{PREFIX}shop", 8080), (f"api.{PREFIX}shop", 8081), (f"payments.{PREFIX}payments", 8090)
+    targets = [web, api, pay]
+
+    def states(*words: str) -> list[str]:
+        return [f"{h}:{p} {w}" for (h, p), w in zip(targets, words)]
+
     # a pod of tenant shop: its own Services, not payments'
-    assert run_client(kind, PREFIX + "shop", script).split("\n")[:3] == [
-        f"web.{PREFIX}shop:8080 open", f"api.{PREFIX}shop:8081 open", f"payments.{PREFIX}payments:8090 closed"]
+    assert probe_until(kind, PREFIX + "shop", targets, states("open", "open", "closed")) == \
+        states("open", "open", "closed")
     # a pod of tenant payments: its own Service only
-    assert run_client(kind, PREFIX + "payments", script).split("\n")[:3] == [
-        f"web.{PREFIX}shop:8080 closed", f"api.{PREFIX}shop:8081 closed", f"payments.{PREFIX}payments:8090 open"]
+    assert probe_until(kind, PREFIX + "payments", targets, states("closed", "closed", "open")) == \
+        states("closed", "closed", "open")
     # a namespace hybridorch did not make reaches neither tenant
     outsider = "kind-outsider"
     kubectl(kind, "create", "namespace", outsider, check=False)
+    restored = True
     try:
-        assert run_client(kind, outsider, script).split("\n")[:3] == [
-            f"web.{PREFIX}shop:8080 closed", f"api.{PREFIX}shop:8081 closed",
-            f"payments.{PREFIX}payments:8090 closed"]
+        assert probe_until(kind, outsider, targets, states("closed", "closed", "closed")) == \
+            states("closed", "closed", "closed")
+        # ... because of payments' policies: without them the same probe reaches payments (the network path
+        # works and "closed" was the firewall), while shop's policies still keep the outsider out
+        restored = False
+        kubectl(kind, "delete", "networkpolicy", "--all", "-n", PREFIX + "payments")
+        assert probe_until(kind, outsider, targets, states("closed", "closed", "open")) == \
+            states("closed", "closed", "open")
+        # apply puts the policies back and the firewall closes the port again
+        hybridorch("apply", shop["path"], "--namespace-prefix", PREFIX, "--no-wait", env=kind)
+        restored = True
+        assert probe_until(kind, outsider, targets, states("closed", "closed", "closed")) == \
+            states("closed", "closed", "closed")
     finally:
+        if not restored:
+            hybridorch("apply", shop["path"], "--namespace-prefix", PREFIX, "--no-wait", env=kind, check=False)
         kubectl(kind, "delete", "namespace", outsider, "--wait=false", check=False)
 
 
