@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .errors import BackendError, PolicyError, Problem, SpecError
 from .packing import DEFAULT_SOLVER_BUDGET
 from .plan import Plan, build_plan
-from .policy import PROFILES, Overhead, Profile, make_profile
+from .policy import PROFILES, SANDBOX_CLASSES, Overhead, Profile, make_profile
 from .schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
 from .safeload import path_inside
 from .spec import API_VERSION, Stack, load_hosts, load_stack, namespace_prefix_problem, placement_problems
@@ -43,6 +43,9 @@ POLICY_FILE = Obj({
         "localSandbox": Field(Scalar(str, enum=("auto", "runtime", "vm")),
                               doc="Where a sandboxed workload runs on the local target: auto (Docker's gVisor/Kata "
                                   "runtime, else its own VM), runtime, vm."),
+        "sandboxRuntimeClass": Field(Scalar(str, enum=SANDBOX_CLASSES),
+                                     doc="What a cluster runs sandboxed pods in: kata (RuntimeClass hybridorch-kata, "
+                                         "handler kata, nodes with KVM) or gvisor (hybridorch-gvisor, handler runsc)."),
     }), required=True),
 }, description="A hybridorch placement policy: a built-in profile with fields overridden.")
 
@@ -50,7 +53,8 @@ _POLICY_KEYS = {"untrustedRuntime": "untrusted_runtime", "internalRuntime": "int
                 "privilegedTrustedAsContainer": "trusted_privileged_container", "separateTenants": "separate_tenants",
                 "spreadReplicas": "spread_replicas", "headroomPercent": "headroom_percent",
                 "emulationCpuFactor": "emulation_cpu_factor", "maxVmCpus": "max_vm_cpus",
-                "maxSnapshotAge": "max_snapshot_age", "localSandbox": "local_sandbox"}
+                "maxSnapshotAge": "max_snapshot_age", "localSandbox": "local_sandbox",
+                "sandboxRuntimeClass": "sandbox_runtime_class"}
 
 
 def _overhead(v: dict[str, str]) -> Overhead:

@@ -13,6 +13,9 @@ from .spec import RUNTIMES, HostPool, Workload
 
 STRENGTH = {"container": 0, "sandboxed": 1, "vm": 2, "nested": 2}
 ALL = frozenset(RUNTIMES)
+# What a cluster runs sandboxed pods in: Kata Containers (a small VM per pod: needs hardware virtualisation) or
+# gVisor (runsc: a user-space kernel, runs on any Linux host)
+SANDBOX_CLASSES = ("kata", "gvisor")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Profile:
     # where a sandboxed placement runs on the local target: auto (Docker's gVisor/Kata runtime, else its own VM),
     # runtime (only a Docker sandbox runtime), vm (always its own VM)
     local_sandbox: str = "auto"
+    sandbox_runtime_class: str = "kata"           # SANDBOX_CLASSES: the RuntimeClass sandboxed pods name
 
     def overhead(self, runtime: str) -> Overhead:
         if runtime == "sandboxed":
@@ -249,14 +253,17 @@ def place_workload(w: Workload, profile: Profile, pools: Iterable[HostPool]) -> 
         host_arch = "amd64" if "amd64" in native else sorted(native)[0] if native else "amd64"
     else:
         host_arch = w.arch
-    wants_kvm = runtime in ("sandboxed", "vm", "nested") and not emulated
+    # a VM (and a Kata sandbox, a VM per pod) wants KVM; gVisor's user-space kernel needs none
+    sandbox_vm = runtime == "sandboxed" and profile.sandbox_runtime_class == "kata"
+    wants_kvm = (runtime in ("vm", "nested") or sandbox_vm) and not emulated
     candidates = [p for p in hosts.pools if p.os == host_os and p.arch == host_arch]
     kvm_pools = [p for p in candidates if p.virtualization]
     warnings = [f.warning for f in fired if f.warning]
     if wants_kvm and not kvm_pools:
         if runtime == "sandboxed":
             raise PolicyError(f"workload {w.name} needs a sandboxed runtime, but no {host_os}/{host_arch} host pool "
-                              "has hardware virtualisation (set virtualization: true on a pool, or use runtime vm)")
+                              "has hardware virtualisation for Kata (set virtualization: true on a pool, use "
+                              "runtime vm, or a policy with sandboxRuntimeClass: gvisor)")
         warnings.append(f"{w.name}: no {host_os}/{host_arch} host has hardware virtualisation; "
                         "the VM runs under software emulation (TCG), several times slower")
     chosen = kvm_pools if wants_kvm and kvm_pools else candidates

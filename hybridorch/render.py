@@ -42,8 +42,10 @@ from .vm.domain import LocalFacts, domain_context, replica_forwards, sandbox_in_
 
 TARGETS = ("kubernetes", "local")
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
-RUNTIME_CLASS = "hybridorch-kata"   # the RuntimeClass sandboxed workloads name
-RUNTIME_HANDLER = "kata"            # the CRI handler it maps to (Kata Containers' conventional name)
+# the RuntimeClass sandboxed workloads name and the CRI handler it maps to, per policy sandboxRuntimeClass
+# (the handlers' conventional names: Kata Containers' "kata", gVisor's "runsc")
+RUNTIME_CLASSES = {"kata": ("hybridorch-kata", "kata"), "gvisor": ("hybridorch-gvisor", "runsc")}
+RUNTIME_CLASS = RUNTIME_CLASSES["kata"][0]   # the default policies' class
 # Boot disk of a Linux VM that names none: a public cloud image with cloud-init (podman for nested comes from apt)
 DEFAULT_DISK_IMAGE = "quay.io/containerdisks/debian:12"
 NONROOT_ID = 65532                  # the conventional "nonroot" uid/gid of distroless images
@@ -717,7 +719,7 @@ def _workload_context(plan: Plan, p: Placement, namespace: str, image_dirs: list
         "ports": _ports(w.ports), "resources": {"cpu": w.resources.cpu, "memory": w.resources.memory,
                                                 "ephemeral": EPHEMERAL_STORAGE},
         "privileged": privileged, "host_network": "host-network" in w.requires, "nonroot_id": NONROOT_ID,
-        "runtime_class": RUNTIME_CLASS if p.runtime == "sandboxed" else None,
+        "runtime_class": RUNTIME_CLASSES[plan.profile.sandbox_runtime_class][0] if p.runtime == "sandboxed" else None,
         "node_selector": _node_selector(p),
         "volumes": [{"name": v.name, "mount_path": v.mount_path, "size": v.size} for v in w.volumes],
         "scratch": scratch,
@@ -848,10 +850,13 @@ def runtime_class_objects(profile: Profile, tpl: Templates | None = None, stack:
     labels = object_labels(stack, runtime="sandboxed") if stack else {LABEL_MANAGED: MANAGED_BY,
                                                                        LABEL_RUNTIME: "sandboxed"}
     o = profile.overhead("sandboxed")
-    return tpl.documents("kubernetes/runtimeclass.yaml.j2", name=RUNTIME_CLASS, handler=RUNTIME_HANDLER,
+    name, handler = RUNTIME_CLASSES[profile.sandbox_runtime_class]
+    kata = profile.sandbox_runtime_class == "kata"
+    return tpl.documents("kubernetes/runtimeclass.yaml.j2", name=name, handler=handler,
                          labels=labels, overhead={"cpu": cpu_quantity(o.cpu_millis),
                                                   "memory": memory_quantity(o.memory_bytes)},
-                         node_selector={LABEL_VIRTUALIZATION: "true"})
+                         # a Kata pod is a VM: only nodes with KVM; gVisor runs on any node that has the handler
+                         node_selector={LABEL_VIRTUALIZATION: "true"} if kata else None)
 
 
 # --- rendering -----------------------------------------------------------------------------------------
@@ -975,4 +980,5 @@ def render_plan(plan: Plan, target: str = "kubernetes", templates_dir: str | Non
 
 
 __all__ = ["render_plan", "Rendered", "RenderedFile", "Templates", "yaml_value", "unit_arg", "runtime_class_objects",
-           "dump_yaml", "cpu_quantity", "memory_quantity", "builtin_templates", "TARGETS", "RUNTIME_CLASS"]
+           "dump_yaml", "cpu_quantity", "memory_quantity", "builtin_templates", "TARGETS", "RUNTIME_CLASS",
+           "RUNTIME_CLASSES"]
