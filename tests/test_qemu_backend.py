@@ -186,7 +186,9 @@ def test_a_sandbox_vm_runs_the_workloads_image_with_its_command_and_env():
                  args=("-p", "8082"), env={"PAGE_TITLE": "t"}, ports=(Port(8082),))
     (run,) = program_for(w, "sandboxed", "shop").containers
     assert run.command == ("httpd", "-f", "-p", "8082") and run.rootfs == "docker:hybridorch.local/httpd:1"
-    assert run.env == {"PAGE_TITLE": "t", "HYBRIDORCH_STACK": "shop", "HYBRIDORCH_WORKLOAD": "plug"}
+    assert run.env == {"PAGE_TITLE": "t", "HYBRIDORCH_STACK": "shop", "HYBRIDORCH_WORKLOAD": "plug",
+                       "HYBRIDORCH_REPLICA": "0"}
+    assert program_for(w, "sandboxed", "shop", 2).containers[0].env["HYBRIDORCH_REPLICA"] == "2"
     assert run.host_network and run.timeout == 0     # a service on the guest's network, where the forward lands
     # args alone go to the image's entrypoint, which only the exported image knows (vm.image_export.materialize)
     (run,) = program_for(Workload(name="plug", image="x:1", runtime="sandboxed", args=("-v",)), "sandboxed").containers

@@ -17,7 +17,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -54,13 +54,13 @@ def ready_forward(w: Workload, forwards: tuple[Forward, ...]) -> Forward | None:
     return next((f for f in forwards if f.guest_port == port), None) if port else None
 
 
-def program_for(w: Workload, runtime: str, stack: str = "") -> GuestProgram:
+def program_for(w: Workload, runtime: str, stack: str = "", replica: int = 0) -> GuestProgram:
     """What the guest of a vm/nested workload runs: inner containers, the workload's command, or httpd; a
     sandboxed workload's guest runs its container image with runc on the guest's own kernel, with the spec's
     command (args go to the image's entrypoint: see materialize) and env, as Docker would."""
     if runtime == "sandboxed":
         assert w.image is not None   # the spec loader requires an image for container runtimes
-        env = {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name}
+        env = {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name, "HYBRIDORCH_REPLICA": str(replica)}
         argv = tuple(w.command or ()) + tuple(w.args or ()) if w.command is not None else ()
         run = ContainerRun(w.name, argv, inner_rootfs(w.image), env, timeout=0, host_network=True)
         return GuestProgram(w.name, containers=(run,), env=dict(w.env))
@@ -188,10 +188,10 @@ class QemuBackend(Backend):
         """One entry per replica, with its rendered domain; each digest covers that replica's own domain XML, so a
         changed hostPort replaces replica 0 only."""
         w = p.workload
-        program = program_for(w, p.runtime, stack_dir.name)   # the state dir is named after the stack
         guest = load_guest(w.arch)
         out = []
         for i in range(w.replicas):
+            program = program_for(w, p.runtime, stack_dir.name, i)   # the state dir is named after the stack
             where = w.name if i == 0 else f"{w.name}-{i}"
             try:
                 xml = rendered.file(f"{where}/domain.xml").content
@@ -237,26 +237,36 @@ class QemuBackend(Backend):
         disk = disks.disk_image(w) if "/disk.qcow2" in stale[0].xml else None
         base: disks.BaseDisk | None = disks.base_disk(disk, w.arch) if disk else None
         initrd: Path | None = None
+        built: GuestProgram | None = None     # the program `initrd` was built for
+        exported: GuestProgram | None = None  # the first replica's program with its images exported (tarballs)
         vms = []
-        for d in stale:
-            d.workdir.mkdir(parents=True, exist_ok=True)
-            try:
-                if base is not None:
-                    disks.prepare(base, d.workdir, d.seed)
-                elif initrd is None:
-                    # a sandboxed container's args go to its image's entrypoint, as with `docker run`
-                    args = {w.name: tuple(w.args or ())} if d.placement.runtime == "sandboxed" else None
-                    build_initrd(guest, materialize(d.program, w.arch, d.workdir, args), d.workdir / "initrd.img")
-                    for tar in d.workdir.glob("*.rootfs.tar"):
-                        tar.unlink()  # already copied into the initrd
-                    initrd = d.workdir / "initrd.img"
-                else:
-                    # replicas run the same program: build (and export images) once
-                    shutil.copyfile(initrd, d.workdir / "initrd.img")
-            except BaseException:
-                shutil.rmtree(d.workdir, ignore_errors=True)
-                raise
-            vms.append(self._start(d, plan))
+        try:
+            for d in stale:
+                d.workdir.mkdir(parents=True, exist_ok=True)
+                try:
+                    if base is not None:
+                        disks.prepare(base, d.workdir, d.seed)
+                    elif initrd is None or d.program != built:
+                        if exported is None:
+                            # a sandboxed container's args go to its image's entrypoint, as with `docker run`
+                            args = {w.name: tuple(w.args or ())} if d.placement.runtime == "sandboxed" else None
+                            exported = materialize(d.program, w.arch, d.workdir, args)
+                        # a replica's own env (a sandbox's HYBRIDORCH_REPLICA) over the exported image's
+                        own = tuple(replace(e, env={**e.env, **c.env})
+                                    for e, c in zip(exported.containers, d.program.containers))
+                        program = replace(exported, containers=own)
+                        build_initrd(guest, program, d.workdir / "initrd.img")
+                        initrd, built = d.workdir / "initrd.img", d.program
+                    else:
+                        # replicas that run the same program share one build (and one export of its images)
+                        shutil.copyfile(initrd, d.workdir / "initrd.img")
+                except BaseException:
+                    shutil.rmtree(d.workdir, ignore_errors=True)
+                    raise
+                vms.append(self._start(d, plan))
+        finally:
+            for tar in stale[0].workdir.glob("*.rootfs.tar"):
+                tar.unlink()  # copied into the initramfs images
         if wait:
             for vm, d in zip(vms, stale):
                 self._wait_ready(vm, w, timeout, d.label, booted_disk=base is not None)
