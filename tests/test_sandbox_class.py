@@ -97,3 +97,10 @@ def test_unknown_sandbox_class_is_a_located_error(write_stack: Callable[..., str
     assert result.exit_code == 2
     assert f"{policy}:6: spec.sandboxRuntimeClass: 'firecracker' is not one of: kata, gvisor" in result.output
     assert "Traceback" not in result.output
+
+
+def test_status_names_what_the_docker_sandbox_runtime_is():
+    from hybridorch.backends.docker import sandbox_text
+
+    assert sandbox_text("runsc") == "sandboxed with the runsc runtime (gVisor)"
+    assert sandbox_text("kata-runtime") == "sandboxed with the kata-runtime runtime (Kata Containers)"

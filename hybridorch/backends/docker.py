@@ -48,6 +48,11 @@ SANDBOX_TMPFS = {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
+def sandbox_text(runtime: str) -> str:
+    """How status names a sandbox runtime: its Docker name and what it is (runsc is gVisor, the others Kata)."""
+    return f"sandboxed with the {runtime} runtime ({'gVisor' if runtime == 'runsc' else 'Kata Containers'})"
+
+
 def network_name(stack: str, tenant: str) -> str:
     return f"hybridorch-{stack}-{tenant}"
 
@@ -308,7 +313,7 @@ class DockerBackend(Backend):
         low = min((x for x in tcp_ports if x < 1024), default=None)
         network = network_name(stack, w.tenant)
         sandboxed = p.runtime == "sandboxed"
-        sandbox = f"sandboxed with the {sandbox_runtime} runtime" if sandboxed else ""
+        sandbox = sandbox_text(sandbox_runtime) if sandboxed and sandbox_runtime else ""
         specs = []
         for i in range(w.replicas):
             name = container_name(stack, w.name, i)
@@ -503,7 +508,7 @@ class DockerBackend(Backend):
         if p.runtime == "sandboxed":
             sandboxed_by = domain.sandbox_runtime_of([runtime_name])
             # a container an older hybridorch started under runc is named for what it is, not called a sandbox
-            detail += (f"; sandboxed with the {runtime_name} runtime" if sandboxed_by else
+            detail += (f"; {sandbox_text(runtime_name)}" if sandboxed_by else
                        f"; NOT sandboxed: runs under {runtime_name} on the host's kernel (started by an older "
                        "hybridorch): run `hybridorch up` again")
         return WorkloadStatus(w.name, p.runtime, state, ports=ports, uptime_seconds=uptime, detail=detail,
