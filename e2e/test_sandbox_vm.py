@@ -144,6 +144,9 @@ def test_sandboxed_plugin_in_its_own_vm(tmp_path: Path, state_dir: Path, stack_f
                            ("hybridorch.dev/owner", "team-shop"), ("hybridorch.dev/ttl", "1h")):
             assert f"key='{key}' value='{value}'" in xml or f'key="{key}" value="{value}"' in xml
         assert "restrict=on" in xml
+        # the container's CPU limit (250m) plus the sandbox overhead (250m) is the vCPU's CFS quota (libvirt's cgroup)
+        sched = subprocess.run(["virsh", "schedinfo", domain], capture_output=True, text=True, check=True).stdout
+        assert "vcpu_quota     : 50000" in sched and "vcpu_period    : 100000" in sched, sched
         # what `render --target local` shows here is what was defined
         rendered = hybridorch("render", path, "--target", "local", "--out", "-").stdout
         assert f"<name>{domain}</name>" in rendered

@@ -936,7 +936,8 @@ def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
         forwards = workload_forwards(w)
         for i in range(max(w.replicas, 1)):
             d = domain_context(facts, ctx, stack=plan.stack.name, arch=w.arch, replica=i, has_disk=has_disk,
-                               forwards=replica_forwards(forwards, i), emulated=p.emulated)
+                               forwards=replica_forwards(forwards, i), emulated=p.emulated,
+                               overhead_millis=p.overhead.cpu_millis)
             # domain/vm/stack/vm_dir/guest_dir/has_disk: the names user templates written before `d` still use
             xml = tpl.text("libvirt/domain.xml.j2", d=d, domain=d["name"], vm=ctx, stack=plan.stack.name,
                            vm_dir=vm_dir(facts, plan.stack.name, w.name, i), guest_dir=f"{facts.guests_dir}/{w.arch}",

@@ -147,6 +147,8 @@ def test_a_sandbox_without_docker_runtime_renders_its_own_small_isolated_vm(tmp_
     # the container's 64Mi limit plus the guest kernel and the initramfs holding its image
     assert root.findtext("memory") == "128" and root.find("memory").get("unit") == "MiB"
     assert root.findtext("vcpu") == "1"
+    # the container's CPU limit (250m) and the policy's sandbox overhead (250m) as the vCPU's CFS quota
+    assert root.findtext("cputune/quota") == "50000" and root.findtext("cputune/period") == "100000"
     assert root.find("os/initrd").text == f"{tmp_path}/st/shop/recommender-plugin/initrd.img"
     labels = labels_of(xml)
     assert labels["hybridorch.dev/runtime"] == "sandboxed" and labels["hybridorch.dev/tenant"] == "shop"
@@ -158,7 +160,7 @@ def test_a_sandbox_without_docker_runtime_renders_its_own_small_isolated_vm(tmp_
     assert "tb-cache" not in kvm.file("recommender-plugin/domain.xml").content   # no TCG, no translation cache
     # a full VM keeps its user network as it was
     ledger = rendered.file("ledger-vm/domain.xml").content
-    assert "restrict=on" not in ledger and "tb-cache" not in ledger
+    assert "restrict=on" not in ledger and "tb-cache" not in ledger and "cputune" not in ledger
 
 
 def test_a_sandbox_with_docker_runtime_renders_no_vm_unless_the_policy_says_vm(tmp_path):
@@ -172,8 +174,11 @@ def test_a_sandbox_with_docker_runtime_renders_no_vm_unless_the_policy_says_vm(t
     assert LocalFacts.placeholder("/c").sandbox_runtime == "runsc"
 
 
-def test_the_sandbox_vm_memory_is_the_limit_plus_the_guest():
-    from hybridorch.vm.domain import MIN_INITRAMFS_MIB, SANDBOX_GUEST_MIB, sandbox_memory_mib
+def test_the_sandbox_vm_memory_is_the_limit_plus_the_guest_and_its_vcpus_share_the_cpu_limit():
+    from hybridorch.vm.domain import MIN_INITRAMFS_MIB, SANDBOX_GUEST_MIB, sandbox_memory_mib, vcpu_quota_us
+
+    assert vcpu_quota_us(250, 1) == 25_000 and vcpu_quota_us(1500, 2) == 75_000
+    assert vcpu_quota_us(5, 1) == 1000   # libvirt's floor
 
     assert sandbox_memory_mib(32) == MIN_INITRAMFS_MIB
     assert sandbox_memory_mib(512) == 512 + SANDBOX_GUEST_MIB

@@ -163,7 +163,7 @@ def guest_domain_xml(facts: LocalFacts, *, name: str, arch: str, accel: str, cpu
         "cmdline": f"console={m.console} quiet loglevel=3 panic=-1", "efi": False, "disk": None, "seed": None,
         "console_log": str(console_log), "forwards": [], "bus": "virtio", "nic_device": "virtio-net-pci",
         "windows": False, "on_reboot": "destroy", "run_as": facts.run_as, "isolated": False,
-        "tb_cache_mib": None,
+        "tb_cache_mib": None, "cpu_period_us": None, "cpu_quota_us": None,
     }
     xml = Templates().text("libvirt/domain.xml.j2", d=d)
     problem = validate.libvirt_problem(xml)
