@@ -3,7 +3,8 @@
 # as hybridorch.local/kind-node:K8S_VERSION-HASH (HASH: the inputs below; rebuilt only when they change).
 #   - root filesystem: Debian 12 from the configured apt sources (mmdebstrap): systemd, containerd 1.6,
 #     runc, iptables, ipset, the CNI plugins ...; e2e/kind/node/ on top (entrypoint, units, containerd config)
-#   - kubelet, kubeadm, kubectl from e2e/k8s/build.sh; crictl, the runc wrapper from build-tools.sh
+#   - kubelet, kubeadm, kubectl from e2e/k8s/build.sh; crictl, the runc wrapper from build-tools.sh;
+#     gVisor's runsc and containerd-shim-runsc-v1 from e2e/setup.d/12-gvisor.sh (runtime handler runsc)
 #   - the images kubeadm v1.34 runs, made here FROM scratch from static Go binaries, saved as
 #     /kind/images/preload.tar and imported into containerd when a node first boots
 # Idempotent. Usage: e2e/kind/build-node-image.sh [--print-image]   (prints the image name)
@@ -17,7 +18,7 @@ export DOCKER_BUILDKIT=0  # the classic builder: FROM scratch + COPY needs no bu
 inputs_hash() {
   (cd "$here" && find node build-node-image.sh build-tools.sh versions.sh pause runc-wrapper -type f | LC_ALL=C sort |
      while read -r f; do printf '%s %s\n' "$f" "$(stat -c %a "$f")"; cat "$f"; done
-   cat "$here/../k8s/build.sh") | sha256sum | cut -c1-12
+   cat "$here/../k8s/build.sh" "$here/../setup.d/12-gvisor.sh") | sha256sum | cut -c1-12
 }
 HASH=$(inputs_hash)
 IMAGE="$NODE_REPO:$K8S_VERSION-$HASH"
@@ -53,6 +54,12 @@ log "node files, kubelet/kubeadm/kubectl $K8S_VERSION, crictl, runc wrapper"
 cp -a "$here/node/." "$ROOT/"
 install -m 0755 "$K8S_BIN/kubelet" "$K8S_BIN/kubeadm" "$K8S_BIN/kubectl" "$ROOT/usr/bin/"
 install -m 0755 "$TOOLS/crictl" "$TOOLS/runc-wrapper" "$ROOT/usr/local/bin/"
+# gVisor: runsc and its containerd shim (RuntimeClass handler runsc), built by e2e/setup.d/12-gvisor.sh
+bash "$here/../setup.d/12-gvisor.sh" >&2
+GVISOR=$(bash "$here/../setup.d/12-gvisor.sh" --print-dir)
+install -m 0755 "$GVISOR/runsc" "$ROOT/usr/local/bin/"
+# containerd runs node/usr/local/bin/containerd-shim-runsc-v1, which adapts the real shim to this node
+install -D -m 0755 "$GVISOR/containerd-shim-runsc-v1" "$ROOT/usr/local/lib/gvisor/containerd-shim-runsc-v1"
 echo "$K8S_VERSION" >"$ROOT/kind/version"
 : >"$ROOT/etc/fstab"
 chroot "$ROOT" systemctl enable containerd.service kubelet.service kind-preload-images.service >/dev/null 2>&1

@@ -130,6 +130,22 @@ func rewrite(path string, edit func(map[string]any) bool) error {
 	return os.Rename(tmp, path)
 }
 
+// dropCgroupsPath removes linux.cgroupsPath when HYBRIDORCH_DROP_CGROUPS_PATH is set (the node's runsc
+// wrapper sets it). runsc runs with --ignore-cgroups on these nested cgroup v1 nodes, but still resolves a
+// pod container's (relative, systemd-style) cgroupsPath against its own cgroups and fails there ("finding
+// current cgroups: Rel: can't make ../system.slice/containerd.service relative to /kubelet.slice").
+func dropCgroupsPath(doc map[string]any) bool {
+	linux, ok := doc["linux"].(map[string]any)
+	if os.Getenv("HYBRIDORCH_DROP_CGROUPS_PATH") == "" || !ok {
+		return false
+	}
+	if _, ok := linux["cgroupsPath"]; !ok {
+		return false
+	}
+	delete(linux, "cgroupsPath")
+	return true
+}
+
 func adapt(args []string) error {
 	i := subcommand(args)
 	if i < 0 {
@@ -144,7 +160,8 @@ func adapt(args []string) error {
 		}
 		return rewrite(filepath.Join(bundle, "config.json"), func(doc map[string]any) bool {
 			proc, ok := doc["process"].(map[string]any)
-			return ok && fixProcess(proc)
+			changed := ok && fixProcess(proc)
+			return dropCgroupsPath(doc) || changed
 		})
 	case "exec":
 		if p, ok := flagValue(rest, "--process", "-p"); ok {
