@@ -190,6 +190,36 @@ def test_qemu_missing_is_one_line_error(state_dir: Path, stack_file, monkeypatch
     assert list(state_dir.rglob("*.pid")) == [] and live_qemus(state_dir) == []
 
 
+def test_a_containerdisk_nowhere_to_be_found_is_refused_before_anything_starts(state_dir: Path, stack_file,
+                                                                                docker_client) -> None:
+    # nothing boots in place of the disk the user named: `up` refuses in one line, and starts nothing at all
+    # (the container beside the VM included)
+    (port, web_port) = free_ports(2)
+    image = "hybridorch.local/e2e-no-such-disk:1"
+    path = stack_file(vm_stack("e2e-nodisk", f"""
+            - name: web
+              image: hybridorch.local/httpd:1
+              command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+              ports: [{{port: 8080, hostPort: {web_port}}}]
+            - name: db
+              runtime: vm
+              ports: [{{port: 80, hostPort: {port}}}]
+              vm:
+                disk: {{image: {image}}}
+    """))
+    result = hybridorch("up", path, check=False)
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"error: workload db: containerDisk {image} is not in the local Docker engine "
+                               "and no recipe builds it"), lines[0]
+    assert f"docker pull {image}" in lines[0]
+    assert live_qemus(state_dir) == [] and not (state_dir / "e2e-nodisk").exists()
+    assert docker_client.containers.list(all=True, filters={"label": "hybridorch.dev/stack=e2e-nodisk"}) == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", web_port), timeout=1).close()
+
+
 def test_port_in_use_is_refused_before_boot(state_dir: Path, stack_file) -> None:
     (port,) = free_ports(1)
     path = stack_file(vm_stack("e2e-portbusy", f"""

@@ -195,10 +195,9 @@ def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 
     render_target = "kubernetes" if target == "kubernetes" else "local"
     local = None
     if render_target == "local":
-        from .vm.disks import plan_disks
         from .vm.host import local_facts
         # the rendered domains point at this machine's guests and disks and use its KVM verdict
-        local = local_facts(disks=plan_disks(plan), stack_file=plan.stack.file)
+        local = local_facts()
     rendered = render_plan(plan, target=render_target, templates_dir=templates,
                            namespace_prefix=options.get("namespace_prefix", ""), local=local)
     return backend.up(plan, rendered, wait=wait, timeout=timeout)

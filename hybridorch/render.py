@@ -932,7 +932,7 @@ def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
             continue   # containers run from the plan directly (docker backend); nothing to write
         w = p.workload
         ctx = _vm_context(tpl, plan, p, namespace="")
-        has_disk = _disk_image(w) not in (None, DEFAULT_DISK_IMAGE) and _disk_image(w) not in facts.missing_disks
+        has_disk = _disk_image(w) not in (None, DEFAULT_DISK_IMAGE)
         forwards = workload_forwards(w)
         for i in range(max(w.replicas, 1)):
             d = domain_context(facts, ctx, stack=plan.stack.name, arch=w.arch, replica=i, has_disk=has_disk,

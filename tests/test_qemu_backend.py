@@ -72,10 +72,11 @@ def test_local_domain_uses_the_machines_facts_and_labels(tmp_path):
     assert "hostfwd=tcp:127.0.0.1:8091-:8091" in xml
 
 
-def test_missing_containerdisk_renders_the_busybox_stand_in(tmp_path):
-    xml = _local_render(tmp_path, {"missing_disks": frozenset({"hybridorch.local/ledger-disk:1"})}) \
-        .file("ledger-vm/domain.xml").content
-    assert f"<kernel>{tmp_path}/g/amd64/vmlinuz</kernel>" in xml and "disk.qcow2" not in xml
+def test_a_named_containerdisk_is_always_what_the_domain_boots(tmp_path):
+    # no machine fact turns the user's disk into the busybox guest: a missing disk is refused by `up` instead
+    xml = _local_render(tmp_path, {}).file("ledger-vm/domain.xml").content
+    assert f'<source file="{tmp_path}/st/shop/ledger-vm/disk.qcow2"/>' in xml
+    assert f"<kernel>{tmp_path}/g/amd64/vmlinuz</kernel>" not in xml   # the busybox guest's kernel
 
 
 def test_replicas_get_their_own_domain_and_only_replica_0_forwards():

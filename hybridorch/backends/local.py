@@ -10,6 +10,7 @@ import importlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .. import images
 from ..errors import BackendError
 from ..runtime import VM_RUNTIMES
 from ..vm.host import state_root
@@ -121,9 +122,16 @@ class LocalBackend(Backend):
         refs = [c.rootfs[len(prefix):] for p in vms for c in qemu.program_for(p.workload, p.runtime).containers
                 if c.rootfs.startswith(prefix)]
         wanted = disks.plan_disks(plan)
-        # containerDisks that exist or have a recipe (the others boot a stand-in the status names)
+        # a VM boots the disk its spec names or does not start: nothing may boot in its place
         missing = importlib.import_module("hybridorch.vm.host").missing_disks(wanted, plan.stack.file)
-        refs += [image for image in wanted if image not in missing]
+        for p in vms:
+            image = disks.disk_image(p.workload) if p.runtime in ("vm", "nested") else None
+            if image in missing:
+                raise BackendError(
+                    f"workload {p.name}: containerDisk {image} is not in the local Docker engine and no recipe "
+                    f"builds it (looked in {', '.join(map(str, images.image_dirs(plan.stack.file)))}): "
+                    f"`docker pull {image}`, or build an image holding /disk/*.qcow2 under that name")
+        refs += wanted
         if refs:
             self._side("containers").ensure_images(refs, plan.stack.file)  # type: ignore[attr-defined]
 

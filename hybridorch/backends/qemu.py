@@ -150,8 +150,7 @@ class QemuBackend(Backend):
             libvirt.check_daemon()
         if rendered is None or rendered.target != "local":
             from ..render import render_plan
-            rendered = render_plan(plan, "local", local=local_facts(disks=disks.plan_disks(plan),
-                                                                   stack_file=plan.stack.file))
+            rendered = render_plan(plan, "local", local=local_facts())
         try:
             desired = [self._desire(p, stack_dir, rendered) for p in wanted]
             # VMs of this stack whose workload left the plan (or moved to a container), and replicas beyond the
@@ -232,8 +231,7 @@ class QemuBackend(Backend):
         for d in stale:
             for f in d.forwards:
                 check_port_free(f.host_addr, f.host_port)
-        # the rendered domain decides: a disk boot, or the busybox guest (no disk named, or a stand-in for a
-        # containerDisk that is neither here nor buildable)
+        # the rendered domain decides: a disk boot, or the busybox guest (no disk named)
         disk = disks.disk_image(w) if "/disk.qcow2" in stale[0].xml else None
         base: disks.BaseDisk | None = disks.base_disk(disk, w.arch) if disk else None
         initrd: Path | None = None
@@ -287,7 +285,7 @@ class QemuBackend(Backend):
         state = {"stack": plan.stack.name, "workload": w.name, "replica": d.replica, "domain": vm.name,
                  "runtime": d.placement.runtime, "arch": w.arch, "accelerator": accel, "cpus": w.vcpus,
                  "memoryMib": w.resources.memory_bytes // 2**20,
-                 "guest": "disk" if "/disk.qcow2" in d.xml else "stand-in" if disks.disk_image(w) else "busybox",
+                 "guest": "disk" if "/disk.qcow2" in d.xml else "busybox",
                  "disk": disks.disk_image(w), "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in d.forwards],
                  "digest": d.digest, "started": time.time(), "owner": w.owner, "ttl": w.ttl,
                  "tenant": w.tenant, "sandbox": sandbox_reason(plan) if d.placement.runtime == "sandboxed" else ""}
@@ -351,10 +349,8 @@ class QemuBackend(Backend):
             state0 = loaded[0][3]
             accel = state0.get("accelerator")
             booted_disk = state0.get("guest") == "disk"
-            what_boots = {"disk": f"its own disk {state0.get('disk')}",
-                          "stand-in": f"the busybox guest as a STAND-IN: containerDisk {state0.get('disk')} is not "
-                                      "in the local Docker engine and has no recipe"}.get(
-                state0.get("guest", ""), "the busybox guest (no disk or image named)")
+            what_boots = (f"its own disk {state0.get('disk')}" if state0.get("guest") == "disk" else
+                          "the busybox guest (no disk or image named)")
             alive = [(i, name, vm) for i, name, vm, _ in loaded if vm.owns()]
             counts = f"{len(alive)}/{w.replicas} replicas running"
             dead = [(i, vm) for i, _, vm, _ in loaded if not vm.owns()]

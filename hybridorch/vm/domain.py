@@ -101,9 +101,6 @@ class LocalFacts:
     accelerators: Mapping[str, str] = field(default_factory=dict)   # arch -> kvm | tcg
     emulators: Mapping[str, str] = field(default_factory=dict)      # arch -> qemu-system path
     run_as: str | None = None                                        # DAC label "+uid:+gid"
-    # containerDisks neither in the local Docker engine nor buildable from a recipe: such a VM boots the busybox
-    # guest as a stand-in, and `status` says so
-    missing_disks: frozenset[str] = frozenset()
     # the gVisor/Kata runtime the local Docker engine has registered (None: none, or not asked); with the policy's
     # localSandbox it decides whether a sandboxed placement runs in its own VM (sandbox_in_vm)
     sandbox_runtime: str | None = None

@@ -137,7 +137,7 @@ def docker_sandbox_runtime() -> str | None:
     return sandbox_runtime_of(runtimes) if isinstance(runtimes, dict) else None
 
 
-def local_facts(probe: bool = True, disks: list[str] | None = None, stack_file: str | None = None) -> LocalFacts:
+def local_facts(probe: bool = True) -> LocalFacts:
     """The real facts the local rendering needs; `probe=False` never boots the KVM probe (render uses the
     cached verdict)."""
     emulators = {}
@@ -148,5 +148,4 @@ def local_facts(probe: bool = True, disks: list[str] | None = None, stack_file: 
     return LocalFacts(cache_dir=str(cache_root()), state_dir=str(state_root()), guests_dir=str(guests_root()),
                       accelerators={arch: accelerator_for(arch, probe) for arch in MACHINES},
                       emulators=emulators, run_as=f"+{os.getuid()}:+{os.getgid()}",
-                      missing_disks=missing_disks(disks or [], stack_file) if disks else frozenset(),
                       sandbox_runtime=docker_sandbox_runtime())
