@@ -2,7 +2,8 @@
 and load, server-side dry run, apply, prune, watch until ready) against plain `kubectl apply --server-side -k` of
 the same rendered manifests followed by `kubectl rollout status` of every Deployment (the baseline).
 
-Usage: python3 benchmarks/kind_apply.py [RUNS]   (the cluster: e2e/kind/cluster.sh up; KUBECONFIG is set to it)
+Usage: python3 benchmarks/kind_apply.py [RUNS]   (the cluster: e2e/cluster.sh up --provider kind; KUBECONFIG, when
+set, names another kind cluster)
 The images are loaded once before timing, so both sides start from the same node.
 """
 from __future__ import annotations
