@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from local_up import wait_ports  # benchmarks/ is on sys.path when a benchmark runs as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK = "bench-sandbox"
 IMAGE = "hybridorch.local/httpd:1"
@@ -28,20 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_http(port: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                if s.recv(12).startswith(b"HTTP/1."):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} never answered")
 
 
 def run(*cmd: str) -> None:
@@ -66,7 +54,7 @@ def time_up(path: Path, port: int) -> float:
     start = time.monotonic()
     try:
         run(sys.executable, "-m", "hybridorch", "up", str(path))
-        wait_http(port)
+        wait_ports([port], timeout=300)
         return time.monotonic() - start
     finally:
         run(sys.executable, "-m", "hybridorch", "down", str(path))
@@ -78,7 +66,7 @@ def time_by_hand(port: int) -> float:
         run("docker", "run", "-d", "--name", f"{STACK}-hand", "--read-only", "--tmpfs", "/tmp", "--cpus=0.25",
             "--memory=64m", "--cap-drop", "ALL", "-p", f"127.0.0.1:{port}:8082", IMAGE,
             "httpd", "-f", "-p", "8082", "-h", "/www")
-        wait_http(port)
+        wait_ports([port], timeout=300)
         return time.monotonic() - start
     finally:
         run("docker", "rm", "-f", f"{STACK}-hand")

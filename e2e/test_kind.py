@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from e2e.conftest import ROOT, hybridorch
+from e2e.conftest import ROOT, hybridorch, kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -49,15 +49,6 @@ def kind(kind_cluster: dict[str, str]) -> dict[str, str]:
     """The session's kind cluster (e2e/conftest.py: `kind create cluster` once per session, or reused when it runs;
     KubeVirt's CRDs installed, no controllers: the shop's VM is accepted, never booted); HOME/KUBECONFIG isolated."""
     return kind_cluster
-
-
-def kubectl(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([env["HYBRIDORCH_KUBECTL"], *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
-    return proc
 
 
 def shop_image() -> str:
