@@ -40,7 +40,7 @@ def plan_of(path: str) -> dict[str, Any]:
 
 def image_progress(line: str) -> bool:
     """apply's line about loading a local image into the kind node (or finding it there): progress, not error."""
-    return line.startswith("image ") and " node(s) of kind cluster " in line
+    return line.startswith("image ") and (" node(s) of kind cluster " in line or ": loaded into " in line)
 
 
 def one_line(stderr: str) -> str:

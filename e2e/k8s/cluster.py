@@ -230,6 +230,16 @@ def install_kubevirt_crds(kubeconfig: Path = KUBECONFIG) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=hybridorch-e2e", "-f", "-",
             stdin=json.dumps(crds), kubeconfig=kubeconfig)
     names = [f"crd/{c['metadata']['name']}" for c in crds["items"]]
+    # a CRD created a moment ago may have no status.conditions yet, which `kubectl wait` reports as an error
+    # instead of waiting: wait for the conditions to exist first
+    deadline = time.monotonic() + 60
+    for name in names:
+        while time.monotonic() < deadline:   # past it, the wait below reports why
+            found = kubectl("get", name, "-o", "jsonpath={.status.conditions[*].type}", kubeconfig=kubeconfig,
+                            check=False)
+            if "Established" in found.stdout.split():
+                break
+            time.sleep(0.2)
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, kubeconfig=kubeconfig)
 
 
