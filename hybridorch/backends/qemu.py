@@ -296,20 +296,17 @@ class QemuBackend(Backend):
                     booted_disk: bool = False) -> None:
         limit = float(w.ready.timeout) if w.ready else timeout
         label = label or w.name
-        deadline = time.monotonic() + limit
-        while True:
-            if self._is_ready(vm, w, booted_disk):
-                return
-            if not vm.running():
-                error = vm.qemu_error()
-                vm.stop()
-                raise BackendError(f"VM {label} exited during boot: "
-                                   f"{error or 'last console lines: ' + last_lines(vm.console())}")
-            if time.monotonic() >= deadline:
-                vm.stop()
-                raise BackendError(f"VM {label} was not ready within {limit:.0f}s (stopped it); last console "
-                                   f"lines: {last_lines(vm.console())}")
-            time.sleep(0.05)
+        if proc.wait_until(lambda: self._is_ready(vm, w, booted_disk), limit, poll=0.05,
+                           abort=lambda: not vm.running()):
+            return
+        if not vm.running():
+            error = vm.qemu_error()
+            vm.stop()
+            raise BackendError(f"VM {label} exited during boot: "
+                               f"{error or 'last console lines: ' + last_lines(vm.console())}")
+        vm.stop()
+        raise BackendError(f"VM {label} was not ready within {limit:.0f}s (stopped it); last console "
+                           f"lines: {last_lines(vm.console())}")
 
     def _is_ready(self, vm: GuestVM, w: Workload, booted_disk: bool = False) -> bool:
         """The busybox guest prints the ready marker; a booted disk's OS is ready only when its own service
