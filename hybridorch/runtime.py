@@ -116,6 +116,12 @@ def publishes_host_ports(replica: int) -> bool:
     return replica == 0
 
 
+def container_env(w: Workload, stack: str, replica: int) -> dict[str, str]:
+    """The environment a workload's container sees, in Docker or in its own sandbox VM: the spec's env and where
+    it runs."""
+    return {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name, "HYBRIDORCH_REPLICA": str(replica)}
+
+
 def runs_image_in_vm(w: Workload) -> bool:
     """Placed in a VM, the workload's container image runs inside it (the policy moved a container into a VM:
     own kernel, escape surface, ...) as the guest's only container. An image named by an explicit `runtime: vm`

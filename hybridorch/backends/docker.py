@@ -28,7 +28,7 @@ from .. import images, proc
 from ..vm import domain
 from ..errors import BackendError
 from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
-from ..runtime import CONTAINER_RUNTIMES, State, host_address, publishes_host_ports, readiness_port
+from ..runtime import CONTAINER_RUNTIMES, State, container_env, host_address, publishes_host_ports, readiness_port
 from .base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
@@ -326,8 +326,7 @@ class DockerBackend(Backend):
                                for x in w.ports) if publishes_host_ports(i) else ()
             create: dict[str, Any] = {
                 "image": w.image, "name": name, "hostname": name[:63], "labels": labels,
-                "environment": {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name,
-                                "HYBRIDORCH_REPLICA": str(i)},
+                "environment": container_env(w, stack, i),
                 "entrypoint": list(w.command) if w.command is not None else None,
                 "command": list(w.args) if w.args is not None else None,
                 "ports": {f"{x.port}/{x.protocol.lower()}": (addr, hp)

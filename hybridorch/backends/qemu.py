@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import proc
 from ..errors import BackendError
-from ..runtime import State, readiness_port
+from ..runtime import State, container_env, readiness_port
 from ..vm import console
 from ..vm.guestimage import load_guest
 from ..vm.initramfs import ContainerRun, GuestProgram, build_initrd
@@ -60,7 +60,7 @@ def program_for(w: Workload, runtime: str, stack: str = "", replica: int = 0) ->
     command (args go to the image's entrypoint: see materialize) and env, as Docker would."""
     if runtime == "sandboxed":
         assert w.image is not None   # the spec loader requires an image for container runtimes
-        env = {**w.env, "HYBRIDORCH_STACK": stack, "HYBRIDORCH_WORKLOAD": w.name, "HYBRIDORCH_REPLICA": str(replica)}
+        env = container_env(w, stack, replica)
         argv = tuple(w.command or ()) + tuple(w.args or ()) if w.command is not None else ()
         run = ContainerRun(w.name, argv, inner_rootfs(w.image), env, timeout=0, host_network=True)
         return GuestProgram(w.name, containers=(run,), env=dict(w.env))
