@@ -173,7 +173,8 @@ def render(path: str, target: str = "kubernetes", templates: str | None = None, 
     local = None
     if target == "local":
         from .vm.host import local_facts
-        local = local_facts(probe=False)   # what `up` would define here (the cached KVM verdict, real paths)
+        # what `up` would define here (the cached KVM verdict, real paths)
+        local = local_facts(probe=False, sandboxes=plan.has_runtime("sandboxed"))
     return render_plan(plan, target=target, templates_dir=templates, namespace_prefix=namespace_prefix, local=local)
 
 
@@ -197,7 +198,7 @@ def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 
     if render_target == "local":
         from .vm.host import local_facts
         # the rendered domains point at this machine's guests and disks and use its KVM verdict
-        local = local_facts()
+        local = local_facts(sandboxes=plan.has_runtime("sandboxed"))
     rendered = render_plan(plan, target=render_target, templates_dir=templates,
                            namespace_prefix=options.get("namespace_prefix", ""), local=local)
     return backend.up(plan, rendered, wait=wait, timeout=timeout)

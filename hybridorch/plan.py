@@ -23,6 +23,9 @@ class Plan:
                 return p
         raise KeyError(name)
 
+    def has_runtime(self, runtime: str) -> bool:
+        return any(p.runtime == runtime for p in self.placements)
+
     @property
     def warnings(self) -> list[str]:
         return [w for p in self.placements for w in p.warnings]

@@ -886,7 +886,7 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     policies = {t: [d for name in ("networkpolicy", "limitrange", "resourcequota")
                     for d in tpl.documents(f"kubernetes/{name}.yaml.j2", **contexts[t])] for t in tenants}
     cluster = []
-    if any(p.runtime == "sandboxed" for p in plan.placements):
+    if plan.has_runtime("sandboxed"):
         cluster = runtime_class_objects(plan.profile, tpl, plan.stack.name)
     workloads: dict[str, list[dict[str, Any]]] = {}
     image_dirs = images.image_dirs(plan.stack.file)

@@ -150,7 +150,7 @@ class QemuBackend(Backend):
             libvirt.check_daemon()
         if rendered is None or rendered.target != "local":
             from ..render import render_plan
-            rendered = render_plan(plan, "local", local=local_facts())
+            rendered = render_plan(plan, "local", local=local_facts(sandboxes=plan.has_runtime("sandboxed")))
         try:
             desired = [self._desire(p, stack_dir, rendered) for p in wanted]
             # VMs of this stack whose workload left the plan (or moved to a container), and replicas beyond the

@@ -137,9 +137,10 @@ def docker_sandbox_runtime() -> str | None:
     return sandbox_runtime_of(runtimes) if isinstance(runtimes, dict) else None
 
 
-def local_facts(probe: bool = True) -> LocalFacts:
+def local_facts(probe: bool = True, *, sandboxes: bool = False) -> LocalFacts:
     """The real facts the local rendering needs; `probe=False` never boots the KVM probe (render uses the
-    cached verdict)."""
+    cached verdict). Docker is asked for its gVisor/Kata runtime only with `sandboxes` (a plan with sandboxed
+    placements): nothing else depends on the answer."""
     emulators = {}
     for arch, m in MACHINES.items():
         wanted = os.environ.get("HYBRIDORCH_QEMU_BINARY") or m.binary
@@ -148,4 +149,4 @@ def local_facts(probe: bool = True) -> LocalFacts:
     return LocalFacts(cache_dir=str(cache_root()), state_dir=str(state_root()), guests_dir=str(guests_root()),
                       accelerators={arch: accelerator_for(arch, probe) for arch in MACHINES},
                       emulators=emulators, run_as=f"+{os.getuid()}:+{os.getgid()}",
-                      sandbox_runtime=docker_sandbox_runtime())
+                      sandbox_runtime=docker_sandbox_runtime() if sandboxes else None)
