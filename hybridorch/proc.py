@@ -67,8 +67,8 @@ def stream(cmd: Sequence[str], *, what: str, timeout: float | None = None, missi
                                      errors="replace", env=dict(env) if env is not None else None)
         except FileNotFoundError:
             raise _missing(args, what, missing, error) from None
-        except OSError as err:
-            raise error(f"{what}: cannot run {args[0]}: {err.strerror}") from None
+        except OSError as oserr:   # not the `err` file: that name is the stderr capture
+            raise error(f"{what}: cannot run {args[0]}: {oserr.strerror}") from None
         expired = threading.Event()
         timer = None
         if timeout is not None:
