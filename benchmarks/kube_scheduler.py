@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from hybridorch.packing import _capacity, pack  # noqa: E402
-from hybridorch.policy import PROFILES, Placement, place_workload  # noqa: E402
-from hybridorch.spec import HostPool, Resources, Workload  # noqa: E402
+from hybridorch.core.packing import _capacity, pack  # noqa: E402
+from hybridorch.core.policy import PROFILES, Placement, place_workload  # noqa: E402
+from hybridorch.core.spec import HostPool, Resources, Workload  # noqa: E402
 from packing import first_fit, workload_size  # noqa: E402  (shared with benchmarks/packing.py)
 
 POOL = HostPool("c32", cpu="32", memory="128Gi", count=100000)

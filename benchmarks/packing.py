@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hybridorch.packing import _capacity, items_of, pack  # noqa: E402
-from hybridorch.policy import PROFILES, Placement, Profile, place_workload  # noqa: E402
-from hybridorch.spec import HostPool, Resources, Workload  # noqa: E402
+from hybridorch.core.packing import _capacity, items_of, pack  # noqa: E402
+from hybridorch.core.policy import PROFILES, Placement, Profile, place_workload  # noqa: E402
+from hybridorch.core.spec import HostPool, Resources, Workload  # noqa: E402
 
 CLASSES = (HostPool("c64", cpu="64", memory="256Gi", count=10000),
            HostPool("c32", cpu="32", memory="128Gi", count=10000),

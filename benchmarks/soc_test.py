@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 from hybridorch.vm import console  # noqa: E402
 from hybridorch.vm.boot import run_guest  # noqa: E402
 from hybridorch.vm.initramfs import GuestProgram  # noqa: E402
-from hybridorch.soc import load_soc_plan, run_soc_tests  # noqa: E402
+from hybridorch.ops.soc import load_soc_plan, run_soc_tests  # noqa: E402
 
 
 def main() -> None:

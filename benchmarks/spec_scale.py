@@ -23,7 +23,7 @@ import yaml
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hybridorch.api import plan_stack  # noqa: E402
-from hybridorch.spec import load_stack  # noqa: E402
+from hybridorch.core.spec import load_stack  # noqa: E402
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

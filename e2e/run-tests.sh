@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-# the package first: the setup steps run parts of it (python3 -m hybridorch.guest fetch)
+# the package first: the setup steps run parts of it (python3 -m hybridorch.vm.guest fetch)
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore ".[test]"
 bash e2e/setup.sh
 echo "setup took $(( $(date +%s) - start ))s"

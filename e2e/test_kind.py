@@ -52,7 +52,7 @@ def kind(kind_cluster: dict[str, str]) -> dict[str, str]:
 
 
 def shop_image() -> str:
-    from hybridorch import images
+    from hybridorch.core import images
 
     return images.content_ref("hybridorch.local/httpd:1", images.image_dirs(str(SHOP)))
 

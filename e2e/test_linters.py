@@ -19,7 +19,7 @@ import yaml
 
 from e2e.conftest import ROOT, require
 from hybridorch.api import render
-from hybridorch.labels import LABEL_RUNTIME, LABEL_WORKLOAD
+from hybridorch.core.labels import LABEL_RUNTIME, LABEL_WORKLOAD
 
 # resolved at import: the fast tests' fixtures point HOME elsewhere while a test runs
 CACHE = Path.home() / ".cache" / "hybridorch"

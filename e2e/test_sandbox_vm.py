@@ -15,7 +15,7 @@ import yaml
 
 from conftest import ROOT, free_ports, hybridorch, require
 from hybridorch import proc
-from hybridorch.vm.domain import sandbox_runtime_of
+from hybridorch.render.domain import sandbox_runtime_of
 from hybridorch.vm.guestimage import guest_dir
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, require
 from hybridorch.errors import TestFailure
 from hybridorch.vm.guestimage import guest_dir
-from hybridorch.soc import check_report, format_report, run_soc_tests
+from hybridorch.ops.soc import check_report, format_report, run_soc_tests
 from test_qemu import live_qemus
 
 pytestmark = pytest.mark.e2e

@@ -1,3 +1,3 @@
-from .cli import main
+from hybridorch.cli import main
 
 main()

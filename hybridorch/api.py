@@ -6,20 +6,20 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import BackendError, PolicyError, Problem, SpecError
-from .packing import DEFAULT_SOLVER_BUDGET
-from .plan import Plan, build_plan
-from .policy import PROFILES, SANDBOX_CLASSES, Overhead, Profile, make_profile
-from .schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
-from .safeload import path_inside
-from .spec import API_VERSION, Stack, load_hosts, load_stack, namespace_prefix_problem, placement_problems
+from hybridorch.errors import BackendError, PolicyError, Problem, SpecError
+from hybridorch.core.packing import DEFAULT_SOLVER_BUDGET
+from hybridorch.core.plan import Plan, build_plan
+from hybridorch.core.policy import PROFILES, SANDBOX_CLASSES, Overhead, Profile, make_profile
+from hybridorch.core.schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
+from hybridorch.core.safeload import path_inside
+from hybridorch.core.spec import API_VERSION, Stack, load_hosts, load_stack, namespace_prefix_problem, placement_problems
 
 if TYPE_CHECKING:
-    from .audit import AuditReport
-    from .lifecycle import Managed
-    from .capacity import Assumptions, CapacityReport
-    from .backends.base import Removal, WorkloadStatus
-    from .render import Rendered
+    from hybridorch.ops.audit import AuditReport
+    from hybridorch.ops.lifecycle import Managed
+    from hybridorch.ops.capacity import Assumptions, CapacityReport
+    from hybridorch.backends.base import Removal, WorkloadStatus
+    from hybridorch.render.stack import Rendered
 
 _OVERHEAD = Obj({"cpu": Field(Quantity("cpu"), required=True), "memory": Field(Quantity("memory"), required=True)})
 
@@ -128,7 +128,7 @@ def capacity(path: str, policy: str | None = None, hosts: str | None = None,
              plot: str | None = None) -> "CapacityReport":
     """The consolidation report (servers, energy, CO2: one workload per server against the packed plan); with
     `plot`, also draw it into that .png or .svg file. Replicas that get no host are listed, not an error."""
-    from .capacity import Assumptions, capacity_report
+    from hybridorch.ops.capacity import Assumptions, capacity_report
 
     fmt = os.path.splitext(plot)[1].lower().lstrip(".") if plot else ""
     if plot and fmt not in ("png", "svg"):
@@ -136,7 +136,7 @@ def capacity(path: str, policy: str | None = None, hosts: str | None = None,
     report = capacity_report(plan_stack(path, policy, hosts, solver_budget, strict=False),
                              assumptions or Assumptions())
     if plot:
-        from .report import capacity_figure
+        from hybridorch.ops.report import capacity_figure
 
         data = capacity_figure(report, fmt)
         try:
@@ -166,20 +166,20 @@ def validate_files(paths: list[str], policy: str | None = None, hosts: str | Non
 def render(path: str, target: str = "kubernetes", templates: str | None = None, policy: str | None = None,
            namespace_prefix: str = "", hosts: str | None = None) -> "Rendered":
     """Plan a stack and render it (validated, nothing written): Kubernetes/KubeVirt objects or local VM files."""
-    from .render import render_plan
+    from hybridorch.render.stack import render_plan
 
     plan = plan_stack(path, policy, hosts, solver_budget=0)
     _check_namespace_prefix(plan, namespace_prefix)
     local = None
     if target == "local":
-        from .vm.host import local_facts
+        from hybridorch.vm.host import local_facts
         # what `up` would define here (the cached KVM verdict, real paths)
         local = local_facts(probe=False, sandboxes=plan.has_runtime("sandboxed"))
     return render_plan(plan, target=target, templates_dir=templates, namespace_prefix=namespace_prefix, local=local)
 
 
 def _backend_run(path: str, target: str, policy: str | None, options: dict[str, Any]) -> tuple[Plan, Any]:
-    from .backends.base import get_backend
+    from hybridorch.backends.base import get_backend
 
     hosts = options.pop("hosts", None)
     plan = plan_stack(path, policy, hosts, solver_budget=0)  # manifests do not depend on the packing
@@ -190,13 +190,13 @@ def _backend_run(path: str, target: str, policy: str | None, options: dict[str, 
 def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 300, policy: str | None = None,
        templates: str | None = None, **options: Any) -> list["WorkloadStatus"]:
     """Make every workload of the stack run on the target (idempotent)."""
-    from .render import render_plan
+    from hybridorch.render.stack import render_plan
 
     plan, backend = _backend_run(path, target, policy, options)
     render_target = "kubernetes" if target == "kubernetes" else "local"
     local = None
     if render_target == "local":
-        from .vm.host import local_facts
+        from hybridorch.vm.host import local_facts
         # the rendered domains point at this machine's guests and disks and use its KVM verdict
         local = local_facts(sandboxes=plan.has_runtime("sandboxed"))
     rendered = render_plan(plan, target=render_target, templates_dir=templates,
@@ -230,11 +230,11 @@ def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = No
           max_image_age: str | None = None, fmt: str = "table", fail_on: str = "high",
           now: float | None = None) -> "AuditReport":
     """Audit stack files, rendered manifests, libvirt domains and cloud-init (and with `live`, what runs) against
-    the rules in hybridorch.audit; report.check() raises AuditFailed when a finding reaches `fail_on`."""
-    from . import __version__
-    from .audit import AuditReport
-    from .audit_live import audit_files
-    from .spec import parse_duration
+    the rules in hybridorch.ops.audit; report.check() raises AuditFailed when a finding reaches `fail_on`."""
+    from hybridorch import __version__
+    from hybridorch.ops.audit import AuditReport
+    from hybridorch.ops.audit_live import audit_files
+    from hybridorch.core.spec import parse_duration
 
     age = None
     if max_image_age is not None:
@@ -250,7 +250,7 @@ def ps(target: str = "local", *, context: str | None = None,
        skipped: list[str] | None = None) -> list["Managed"]:
     """Everything hybridorch made on the target(s), across stacks (`hybridorch ps`); unreachable sides of
     target "all" are named in `skipped`."""
-    from .lifecycle import inventory
+    from hybridorch.ops.lifecycle import inventory
 
     return inventory(target, context=context, skipped=skipped)
 
@@ -258,13 +258,13 @@ def ps(target: str = "local", *, context: str | None = None,
 def gc(target: str = "local", *, dry_run: bool = False, context: str | None = None,
        skipped: list[str] | None = None) -> tuple[list["Managed"], list[str]]:
     """Remove what hybridorch made that is past its TTL, keeping data (`hybridorch gc`): (expired, removed)."""
-    from . import lifecycle
+    from hybridorch.ops import lifecycle
 
     return lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
 
 
 
-# --- snapshots (hybridorch.snapshots) -----------------------------------------------------------------------
+# --- snapshots (hybridorch.ops.snapshots) -----------------------------------------------------------------------
 
 def _snapshot_plan(path: str, workload: str, policy: str | None) -> tuple[Plan, Any]:
     """The plan and the workload, which must be a VM (a container has no disk state to snapshot)."""
@@ -280,8 +280,8 @@ def _snapshot_plan(path: str, workload: str, policy: str | None) -> tuple[Plan, 
 
 
 def _cluster(context: str | None, namespace_prefix: str) -> Any:
-    from .backends.kubernetes import KubernetesBackend
-    from .snapshots import check_crds
+    from hybridorch.backends.kubernetes import KubernetesBackend
+    from hybridorch.ops.snapshots import check_crds
 
     backend = KubernetesBackend(context=context, namespace_prefix=namespace_prefix)
     check_crds(backend)
@@ -294,7 +294,7 @@ def snapshot_create(path: str, workload: str, prefix: str | None = None, target:
     """Snapshot every replica of a VM workload as PREFIX-YYYYMMDD-HHMMSS; the snapshots made."""
     import time
 
-    from . import snapshots as snaps
+    from hybridorch.ops import snapshots as snaps
 
     if prefix is not None and (why := snaps.check_prefix(prefix)):
         raise SpecError([Problem("NAME", 0, "", why)])
@@ -310,7 +310,7 @@ def snapshot_create(path: str, workload: str, prefix: str | None = None, target:
 
 def snapshot_list(path: str, workload: str, target: str = "local", *, policy: str | None = None,
                   context: str | None = None, namespace_prefix: str = "") -> list[Any]:
-    from . import snapshots as snaps
+    from hybridorch.ops import snapshots as snaps
 
     plan, w = _snapshot_plan(path, workload, policy)
     if target == "local":
@@ -328,7 +328,7 @@ def snapshot_restore(path: str, workload: str, name: str | None = None, target: 
     restore undoes every patch applied since the snapshot)."""
     import time
 
-    from . import snapshots as snaps
+    from hybridorch.ops import snapshots as snaps
 
     plan, w = _snapshot_plan(path, workload, policy)
     now = time.time() if now is None else now
@@ -356,7 +356,7 @@ def snapshot_prune(path: str, workload: str, name: str | None = None, target: st
     snapshot `name`; the snapshots removed (or, with `dry_run`, that would be)."""
     import time
 
-    from . import snapshots as snaps
+    from hybridorch.ops import snapshots as snaps
 
     plan, w = _snapshot_plan(path, workload, policy)
     now = time.time() if now is None else now

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import HybridorchError, SpecError
+from hybridorch import __version__
+from hybridorch.errors import HybridorchError, SpecError
 
 
 class HybridorchGroup(click.Group):
@@ -58,7 +58,7 @@ stack_file = click.argument("file", type=click.Path())
 @policy_option
 def validate(files: tuple[str, ...], policy: str | None) -> None:
     """Check stack files: fields, types, quantities, names and placement contradictions."""
-    from .api import validate_files
+    from hybridorch.api import validate_files
 
     plans = validate_files(list(files), policy, _hosts())
     for plan in plans:
@@ -78,7 +78,7 @@ solver_budget_option = click.option(
 @solver_budget_option
 def plan(file: str, policy: str | None, output: str, solver_budget: float) -> None:
     """Decide and explain the runtime of every workload, and pack them onto hosts."""
-    from .api import plan_stack
+    from hybridorch.api import plan_stack
 
     result = plan_stack(file, policy, _hosts(), solver_budget)
     if output == "json":
@@ -88,7 +88,7 @@ def plan(file: str, policy: str | None, output: str, solver_budget: float) -> No
 
         click.echo(yaml.safe_dump(result.to_dict(), sort_keys=False), nl=False)
     else:
-        from .report import plan_table
+        from hybridorch.ops.report import plan_table
 
         click.echo(plan_table(result))
     for warning in result.warnings:
@@ -113,8 +113,8 @@ def capacity(file: str, hosts_file: str | None, policy: str | None, output: str,
              pue: float | None, grid_intensity: float | None, idle_watts: int | None, peak_watts: int | None,
              solver_budget: float) -> None:
     """Servers, energy and CO2: one workload per server against the packed plan, and what did not fit."""
-    from . import api
-    from .capacity import Assumptions
+    from hybridorch import api
+    from hybridorch.ops.capacity import Assumptions
 
     given = {"pue": pue, "grid_g_per_kwh": grid_intensity, "idle_watts": idle_watts, "peak_watts": peak_watts}
     assumptions = Assumptions(**{k: v for k, v in given.items() if v is not None})
@@ -122,7 +122,7 @@ def capacity(file: str, hosts_file: str | None, policy: str | None, output: str,
     if output == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        from .report import capacity_table
+        from hybridorch.ops.report import capacity_table
 
         click.echo(capacity_table(report))
     if plot:
@@ -141,7 +141,7 @@ def capacity(file: str, hosts_file: str | None, policy: str | None, output: str,
 def render(file: str, target: str, out: str, templates: str | None, namespace_prefix: str,
            policy: str | None) -> None:
     """Render the plan to Kubernetes/KubeVirt manifests or local VM definitions, validated before writing."""
-    from . import api
+    from hybridorch import api
 
     rendered = api.render(file, target=target, templates=templates, policy=policy,
                           namespace_prefix=namespace_prefix, hosts=_hosts())
@@ -181,7 +181,7 @@ def _print_status(statuses: list, output: str) -> None:
     if output == "json":
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
         return
-    from .report import status_table
+    from hybridorch.ops.report import status_table
 
     click.echo(status_table(statuses))
 
@@ -198,7 +198,7 @@ def _print_status(statuses: list, output: str) -> None:
 def up(file: str, target: str, context: str | None, wait: bool, timeout: float, templates: str | None,
        policy: str | None, load: bool) -> None:
     """Run the stack: containers in Docker and VMs in QEMU (local), or apply it to a cluster (kubernetes)."""
-    from . import api
+    from hybridorch import api
 
     extra = {"load": load, "progress": _progress} if target == "kubernetes" else {}
     _print_status(api.up(file, target, wait=wait, timeout=timeout, policy=policy, templates=templates,
@@ -218,7 +218,7 @@ def apply(file: str, context: str | None, namespace_prefix: str, wait: bool, tim
           templates: str | None, policy: str | None, load: bool) -> None:
     """Render, load local images into kind nodes, dry-run on the server, then kubectl apply --server-side, prune
     what left the stack and watch until it is ready (fails fast with a pod's own reason)."""
-    from . import api
+    from hybridorch import api
 
     _print_status(api.up(file, "kubernetes", wait=wait, timeout=timeout, policy=policy, templates=templates,
                          load=load, progress=_progress, **_backend_options(context, namespace_prefix)), "table")
@@ -232,7 +232,7 @@ def apply(file: str, context: str | None, namespace_prefix: str, wait: bool, tim
 @policy_option
 def status(file: str, target: str, context: str | None, output: str, policy: str | None) -> None:
     """Name, runtime, state, ports, accelerator (kvm/tcg) and uptime of every workload."""
-    from . import api
+    from hybridorch import api
 
     _print_status(api.status(file, target, policy=policy, **_backend_options(context)), output)
 
@@ -246,7 +246,7 @@ def status(file: str, target: str, context: str | None, output: str, policy: str
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
 def logs(file: str, workload: str, target: str, context: str | None, tail: int | None, follow: bool) -> None:
     """Container logs, or a VM's serial console."""
-    from . import api
+    from hybridorch import api
 
     for line in api.logs(file, workload, target, tail=tail, follow=follow, **_backend_options(context)):
         click.echo(line)
@@ -277,7 +277,7 @@ def _print_removal(result: Any, verb: str, again: str) -> None:
 def down(file: str, target: str, context: str | None, delete_data: bool, policy: str | None) -> None:
     """Remove every container, network, VM and file the tool created for the stack, and nothing else.
     Data (volumes, VM disks) is kept unless --delete-data."""
-    from . import api
+    from hybridorch import api
 
     result = api.down(file, target, delete_data=delete_data, policy=policy, **_backend_options(context))
     _print_removal(result, "removed", f"hybridorch down {file}" + (f" --target {target}" if target != "local" else ""))
@@ -292,7 +292,7 @@ def down(file: str, target: str, context: str | None, delete_data: bool, policy:
 def delete(file: str, context: str | None, namespace_prefix: str, delete_data: bool, policy: str | None) -> None:
     """Delete the stack's objects from the cluster (only objects carrying its labels). A namespace holding
     objects hybridorch did not make is kept; claims and DataVolumes are kept unless --delete-data."""
-    from . import api
+    from hybridorch import api
 
     result = api.down(file, "kubernetes", delete_data=delete_data, policy=policy,
                       **_backend_options(context, namespace_prefix))
@@ -319,7 +319,7 @@ def audit(files: tuple[str, ...], live: bool, target: str, context: str | None, 
           out: str | None, fail_on: str, max_image_age: str | None, templates: str | None,
           policy: str | None) -> None:
     """Check stacks, rendered manifests, libvirt domains and cloud-init for virtualization risks (rules HYB001...)."""
-    from . import api
+    from hybridorch import api
 
     report = api.audit(list(files), policy=policy, hosts=_hosts(), templates=templates, live=live, target=target,
                        context=context, namespace_prefix=namespace_prefix, max_image_age=max_image_age,
@@ -345,7 +345,8 @@ def ps(target: str, context: str | None, output: str) -> None:
     """Everything hybridorch made, across stacks: stack, workload, runtime, age, owner and TTL."""
     import time
 
-    from . import api, lifecycle
+    from hybridorch import api
+    from hybridorch.ops import lifecycle
 
     skipped: list[str] = []
     items, now = api.ps(target, context=context, skipped=skipped), time.time()
@@ -363,7 +364,7 @@ def ps(target: str, context: str | None, output: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what is past its TTL.")
 def gc(target: str, context: str | None, dry_run: bool) -> None:
     """Remove what hybridorch made that is past its TTL (only hybridorch's objects; data is kept)."""
-    from . import api
+    from hybridorch import api
 
     skipped: list[str] = []
     expired, removed = api.gc(target, dry_run=dry_run, context=context, skipped=skipped)
@@ -396,8 +397,8 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
     workload's snapshots: {retain, maxAge}, or exactly NAME)."""
     import time
 
-    from . import api
-    from .audit import human_age
+    from hybridorch import api
+    from hybridorch.ops.audit import human_age
 
     where = {"target": target, "policy": policy, "context": context, "namespace_prefix": namespace_prefix}
     warnings: list[str] = []
@@ -439,7 +440,7 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
               help="Plans run in parallel, each in its own VM.")
 def soc_test(plans: tuple[str, ...], junit: str | None, jobs: int) -> None:
     """Boot an emulated board per `kind: SocTest` plan, run its containers inside with runc, report the results."""
-    from . import soc
+    from hybridorch.ops import soc
 
     report = soc.run_soc_tests(list(plans), junit, jobs)
     click.echo(soc.format_report(report))
@@ -449,7 +450,7 @@ def soc_test(plans: tuple[str, ...], junit: str | None, jobs: int) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of the stack file (for editor autocompletion)."""
-    from .spec import stack_json_schema
+    from hybridorch.core.spec import stack_json_schema
 
     click.echo(json.dumps(stack_json_schema(), indent=2))
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-from .errors import BackendError, HybridorchError
+from hybridorch.errors import BackendError, HybridorchError
 
 # what a caller may raise instead of BackendError (e.g. a SpecError for a bad input file): message -> error
 ErrorFactory = Callable[[str], HybridorchError]

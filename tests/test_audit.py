@@ -16,16 +16,16 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from hybridorch import audit
+from hybridorch.ops import audit
 from hybridorch.api import audit as run_audit
 from hybridorch.api import load_policy, render
-from hybridorch.audit import RULES, Context, at_or_above, check_ttl
+from hybridorch.ops.audit import RULES, Context, at_or_above, check_ttl
 from hybridorch.cli import cli
 from hybridorch.errors import SpecError
-from hybridorch.labels import LABEL_OWNER, LABEL_TTL
-from hybridorch.policy import PROFILES
-from hybridorch.render import builtin_templates
-from hybridorch.spec import load_stack, parse_duration
+from hybridorch.core.labels import LABEL_OWNER, LABEL_TTL
+from hybridorch.core.policy import PROFILES
+from hybridorch.render.stack import builtin_templates
+from hybridorch.core.spec import load_stack, parse_duration
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -334,7 +334,7 @@ def test_policy_file_sets_the_vm_cpu_ceiling(write_stack: Callable[..., str]):
 # --- ps and gc: what is past its ttl (the runtimes themselves are exercised in e2e/test_audit_live.py) -------
 
 def test_managed_items_expire_after_their_ttl_only():
-    from hybridorch.lifecycle import Managed, ps_table
+    from hybridorch.ops.lifecycle import Managed, ps_table
 
     now = 1_000_000.0
     old = Managed("local", "container", "s-a-0", "", "s", "a", "container", "me", "1h", now - 7200)

@@ -7,12 +7,12 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from hybridorch.capacity import HOURS_PER_YEAR, Assumptions, capacity_report
+from hybridorch.ops.capacity import HOURS_PER_YEAR, Assumptions, capacity_report
 from hybridorch.cli import cli
 from hybridorch.errors import PolicyError
-from hybridorch.plan import build_plan
-from hybridorch.policy import PROFILES
-from hybridorch.spec import HostPool, Resources, Stack, Workload
+from hybridorch.core.plan import build_plan
+from hybridorch.core.policy import PROFILES
+from hybridorch.core.spec import HostPool, Resources, Stack, Workload
 
 STACK = """
 apiVersion: hybridorch.dev/v1alpha1

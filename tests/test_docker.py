@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import require
 
-from hybridorch import images
+from hybridorch.core import images
 from hybridorch.api import plan_stack
 from hybridorch.backends import docker as docker_backend
 from hybridorch.backends.local import LocalBackend

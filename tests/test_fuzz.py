@@ -17,8 +17,8 @@ from hypothesis_jsonschema import from_schema
 
 from hybridorch.cli import cli
 from hybridorch.errors import SpecError
-from hybridorch.soc import load_soc_plan
-from hybridorch.spec import stack_json_schema
+from hybridorch.ops.soc import load_soc_plan
+from hybridorch.core.spec import stack_json_schema
 from tests.conftest import ROOT
 
 ERROR_LINE = re.compile(r"^[^:]+(:\d+)?: .+")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hybridorch.errors import BackendError
-from hybridorch import guest
+from hybridorch.vm import guest
 from hybridorch.vm import console
 from hybridorch.vm.console import READY_MARKER
 from hybridorch.vm.guestimage import check_arch, load_guest, modinfo_depends, module_closure
@@ -141,7 +141,7 @@ def test_busybox_rootfs_has_a_shell() -> None:
 
 def test_missing_guest_names_the_fetch_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYBRIDORCH_GUEST_DIR", str(tmp_path))
-    with pytest.raises(BackendError, match=r"python3 -m hybridorch.guest fetch arm64"):
+    with pytest.raises(BackendError, match=r"python3 -m hybridorch.vm.guest fetch arm64"):
         load_guest("arm64")
 
 
@@ -178,7 +178,7 @@ def test_init_script_speaks_only_the_console_protocol() -> None:
 def test_guest_command_line_usage_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert guest.main([]) == 2
-    assert "usage: python3 -m hybridorch.guest fetch|show" in capsys.readouterr().err
+    assert "usage: python3 -m hybridorch.vm.guest fetch|show" in capsys.readouterr().err
     monkeypatch.setenv("HYBRIDORCH_GUEST_DIR", str(tmp_path))
     assert guest.main(["show", "arm64"]) == 4
-    assert "python3 -m hybridorch.guest fetch arm64" in capsys.readouterr().err
+    assert "python3 -m hybridorch.vm.guest fetch arm64" in capsys.readouterr().err

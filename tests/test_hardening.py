@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from hybridorch.cli import cli
-from hybridorch.safeload import MAX_INPUT_BYTES
+from hybridorch.core.safeload import MAX_INPUT_BYTES
 
 ERROR_LINE = re.compile(r"^[^:]+(:\d+)?: .+")
 HEAD = "apiVersion: hybridorch.dev/v1alpha1\nkind: Stack\nmetadata: {name: demo}\nspec:\n"

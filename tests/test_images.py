@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridorch import images
+from hybridorch.core import images
 from hybridorch.errors import BackendError
 from tests.conftest import ROOT
 

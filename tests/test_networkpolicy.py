@@ -13,7 +13,7 @@ import pytest
 
 from hybridorch.api import render
 from hybridorch.errors import SpecError
-from hybridorch.labels import LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD
+from hybridorch.core.labels import LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD
 
 STACK = """
 apiVersion: hybridorch.dev/v1alpha1

@@ -6,9 +6,9 @@ import random
 import pytest
 
 from hybridorch.errors import PolicyError
-from hybridorch.packing import _fill_hosts, _instance, _sort_keys, _violations, items_of, lower_bound, pack, violations
-from hybridorch.policy import PROFILES, make_profile, place_workload
-from hybridorch.spec import HostPool, Resources, Workload
+from hybridorch.core.packing import _fill_hosts, _instance, _sort_keys, _violations, items_of, lower_bound, pack, violations
+from hybridorch.core.policy import PROFILES, make_profile, place_workload
+from hybridorch.core.spec import HostPool, Resources, Workload
 
 POOL = (HostPool("p", cpu="4", memory="8Gi", count=10),)
 

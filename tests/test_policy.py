@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from hybridorch.errors import PolicyError
-from hybridorch.policy import PROFILES, make_profile, place_workload
-from hybridorch.spec import HostPool, InnerContainer, Workload
+from hybridorch.core.policy import PROFILES, make_profile, place_workload
+from hybridorch.core.spec import HostPool, InnerContainer, Workload
 
 LINUX = (HostPool("linux"),)
 MIXED = (HostPool("linux"), HostPool("arm", arch="arm64"), HostPool("win", os="windows"))
@@ -82,7 +82,7 @@ def test_container_reports_the_vm_overhead_it_avoided():
 
 
 def test_emulated_vm_runs_on_native_hosts_and_costs_more_cpu():
-    p = place_workload(W(arch="arm64", resources=__import__("hybridorch.spec").spec.Resources("1", "1Gi")),
+    p = place_workload(W(arch="arm64", resources=__import__("hybridorch.core.spec").core.spec.Resources("1", "1Gi")),
                        PROFILES["balanced"], LINUX)
     assert (p.emulated, p.host_arch, p.needs_virtualization) == (True, "amd64", False)
     assert p.cpu_millis == 1000 * 4 + 200

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from hybridorch.backends.qemu import Forward, _forwards, ready_forward, replica_dir, replica_forwards, vm_label
-from hybridorch.schema import DNS_LABEL
-from hybridorch.spec import Port, Readiness, Workload
+from hybridorch.core.schema import DNS_LABEL
+from hybridorch.core.spec import Port, Readiness, Workload
 
 WEB = Workload(name="web", image="x", runtime="vm", replicas=3,
                ports=(Port(80, host_port=8080), Port(443, host_port=8443, public=True)))
@@ -45,8 +45,8 @@ def test_ready_forward(ready: Readiness | None, replica: int, expected: Forward 
 
 def _local_render(tmp_path, facts_kw):
     from hybridorch import api
-    from hybridorch.render import render_plan
-    from hybridorch.vm.domain import LocalFacts
+    from hybridorch.render.stack import render_plan
+    from hybridorch.render.domain import LocalFacts
     from tests.conftest import ROOT
 
     plan = api.plan_stack(str(ROOT / "examples" / "shop.yaml"))
@@ -80,7 +80,7 @@ def test_a_named_containerdisk_is_always_what_the_domain_boots(tmp_path):
 
 
 def test_replicas_get_their_own_domain_and_only_replica_0_forwards():
-    from hybridorch.vm.domain import LocalFacts, domain_context
+    from hybridorch.render.domain import LocalFacts, domain_context
 
     vm = {"name": "web", "guest_arch": "x86_64", "accelerated": False, "bus": "virtio", "memory_mib": 64,
           "labels": {"hybridorch.dev/stack": "s"}, "cores": 1, "machine": "q35", "windows": False,
@@ -104,13 +104,13 @@ def test_replicas_get_their_own_domain_and_only_replica_0_forwards():
     ("runtime", None, False),        # forced runtime without one: the local backend refuses (never runc)
 ])
 def test_where_a_local_sandbox_runs(choice: str, runtime: str | None, in_vm: bool) -> None:
-    from hybridorch.vm.domain import sandbox_in_vm
+    from hybridorch.render.domain import sandbox_in_vm
 
     assert sandbox_in_vm(choice, runtime) is in_vm
 
 
 def test_the_best_registered_sandbox_runtime_wins_and_runc_is_none():
-    from hybridorch.vm.domain import sandbox_runtime_of
+    from hybridorch.render.domain import sandbox_runtime_of
 
     assert sandbox_runtime_of(["runc", "hybridorch-runc", "io.containerd.runc.v2"]) is None
     assert sandbox_runtime_of(["kata", "runc", "runsc"]) == "runsc"
@@ -128,8 +128,8 @@ def _shop_plan(local_sandbox: str = "auto"):
 
 
 def _render(tmp_path, plan, **facts_kw):
-    from hybridorch.render import render_plan
-    from hybridorch.vm.domain import LocalFacts
+    from hybridorch.render.stack import render_plan
+    from hybridorch.render.domain import LocalFacts
 
     facts = LocalFacts(cache_dir=str(tmp_path), state_dir=str(tmp_path / "st"), guests_dir=str(tmp_path / "g"),
                        run_as="+0:+0", **facts_kw)
@@ -170,13 +170,13 @@ def test_a_sandbox_with_docker_runtime_renders_no_vm_unless_the_policy_says_vm(t
     forced = _render(tmp_path, _shop_plan("vm"), sandbox_runtime="runsc")
     assert "restrict=on" in forced.file("recommender-plugin/domain.xml").content
     # the machine-independent rendering (render without this machine's facts) assumes Docker has gVisor
-    from hybridorch.vm.domain import LocalFacts
+    from hybridorch.render.domain import LocalFacts
 
     assert LocalFacts.placeholder("/c").sandbox_runtime == "runsc"
 
 
 def test_the_sandbox_vm_memory_is_the_limit_plus_the_guest_and_its_vcpus_share_the_cpu_limit():
-    from hybridorch.vm.domain import MIN_INITRAMFS_MIB, SANDBOX_GUEST_MIB, sandbox_memory_mib, vcpu_quota_us
+    from hybridorch.render.domain import MIN_INITRAMFS_MIB, SANDBOX_GUEST_MIB, sandbox_memory_mib, vcpu_quota_us
 
     assert vcpu_quota_us(250, 1) == 25_000 and vcpu_quota_us(1500, 2) == 75_000
     assert vcpu_quota_us(5, 1) == 1000   # libvirt's floor

@@ -15,14 +15,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hybridorch import validate
+from hybridorch.render import validate
 from hybridorch.api import plan_stack, render
 from tests.conftest import require
 from hybridorch.cli import cli
 from hybridorch.errors import RenderError
-from hybridorch.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD
-from hybridorch.policy import PROFILES
-from hybridorch.render import (RUNTIME_CLASS, Rendered, RenderedFile, dump_yaml, render_plan, runtime_class_objects, unit_arg,
+from hybridorch.core.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD
+from hybridorch.core.policy import PROFILES
+from hybridorch.render.stack import (RUNTIME_CLASS, Rendered, RenderedFile, dump_yaml, render_plan, runtime_class_objects, unit_arg,
                                yaml_value)
 from tests.conftest import ROOT
 
@@ -156,7 +156,7 @@ def test_secure_defaults_linters_ask_for():
     assert [d["kind"] for d in api] == ["Deployment", "Service"]   # one replica: no budget, no spread
     assert "topologySpreadConstraints" not in api[0]["spec"]["template"]["spec"]
     # a locally built image by its content-derived tag, the one the Docker backend also builds
-    from hybridorch import images
+    from hybridorch.core import images
     assert c["image"] == images.content_ref("hybridorch.local/httpd:1", images.image_dirs(example("shop")))
     assert c["image"].startswith("hybridorch.local/httpd:1-") and c["imagePullPolicy"] == "IfNotPresent"
     limits = next(d for d in rendered.documents if d["kind"] == "LimitRange")["spec"]["limits"][0]
@@ -466,7 +466,7 @@ def test_endless_loop_stops_at_the_deadline_and_leaves_no_thread_or_alarm(tmp_pa
     import signal
     import threading
 
-    from hybridorch import render as render_module
+    from hybridorch.render import stack as render_module
 
     monkeypatch.setattr(render_module, "MAX_SECONDS", 1.0)
     # nested loops over a plain list call no sandbox hook at all: only the alarm can stop them

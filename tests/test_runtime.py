@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridorch import runtime
-from hybridorch.runtime import ARCHES, Runtime, State
-from hybridorch.spec import Workload, load_stack
+from hybridorch.core import runtime
+from hybridorch.core.runtime import ARCHES, Runtime, State
+from hybridorch.core.spec import Workload, load_stack
 
 HEADER = "apiVersion: hybridorch.dev/v1alpha1\nkind: Stack\nmetadata: {name: facts}\nspec:\n  workloads:\n"
 

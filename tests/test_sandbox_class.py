@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from hybridorch.api import load_policy, plan_stack
 from hybridorch.cli import cli
 from hybridorch.errors import SpecError
-from hybridorch.policy import PROFILES
-from hybridorch.render import RUNTIME_CLASSES, render_plan
+from hybridorch.core.policy import PROFILES
+from hybridorch.render.stack import RUNTIME_CLASSES, render_plan
 from tests.conftest import ROOT
 
 SHOP = str(ROOT / "examples" / "shop.yaml")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hybridorch import snapshots as snaps
+from hybridorch.ops import snapshots as snaps
 from hybridorch.cli import cli
-from hybridorch.labels import LABEL_STACK, LABEL_WORKLOAD
-from hybridorch.policy import PROFILES
-from hybridorch.spec import Snapshots, Workload, parse_duration
+from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD
+from hybridorch.core.policy import PROFILES
+from hybridorch.core.spec import Snapshots, Workload, parse_duration
 
 DAY = 86400
 NOW = calendar.timegm((2026, 11, 28, 18, 0, 0))

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from hybridorch.errors import SpecError, TestFailure
-from hybridorch.soc import (PlanResult, SocReport, TestResult, check_report, format_report, junit_xml,
+from hybridorch.ops.soc import (PlanResult, SocReport, TestResult, check_report, format_report, junit_xml,
                             load_soc_plan, parse_results, program_for_plan, write_junit)
 
 PLAN = """\

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hybridorch.errors import SpecError
-from hybridorch.spec import Stack, load_stack, stack_json_schema
+from hybridorch.core.spec import Stack, load_stack, stack_json_schema
 from tests.conftest import ROOT
 
 HEADER = """\

@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 command -v dpkg-deb >/dev/null
 cd "$root"
-python3 -m hybridorch.guest fetch amd64 arm64
+python3 -m hybridorch.vm.guest fetch amd64 arm64

@@ -10,11 +10,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..errors import BackendError
+from hybridorch.errors import BackendError
 
 if TYPE_CHECKING:
-    from ..plan import Plan
-    from ..render import Rendered
+    from hybridorch.core.plan import Plan
+    from hybridorch.render.stack import Rendered
 
 # target name -> "module:Class"; adding a backend is a new module plus one line here
 REGISTRY: dict[str, str] = {

@@ -24,17 +24,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .. import images, proc
-from ..vm import domain
-from ..errors import BackendError
-from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
-from ..runtime import CONTAINER_RUNTIMES, State, container_env, host_address, publishes_host_ports, readiness_port
-from .base import Backend, Kept, Removal, WorkloadStatus
+from hybridorch.core import images
+from hybridorch import proc
+from hybridorch.render import domain
+from hybridorch.errors import BackendError
+from hybridorch.core.labels import LABEL_MANAGED, LABEL_STACK, LABEL_TENANT, LABEL_WORKLOAD, MANAGED_BY, object_labels, selector_terms
+from hybridorch.core.runtime import CONTAINER_RUNTIMES, State, container_env, host_address, publishes_host_ports, readiness_port
+from hybridorch.backends.base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
-    from ..plan import Plan
-    from ..policy import Placement
-    from ..render import Rendered
+    from hybridorch.core.plan import Plan
+    from hybridorch.core.policy import Placement
+    from hybridorch.render.stack import Rendered
 
 LABEL_SPEC_HASH = "hybridorch.dev/spec-hash"
 LABEL_REPLICA = "hybridorch.dev/replica"

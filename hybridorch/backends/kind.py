@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .. import proc
-from ..errors import BackendError
+from hybridorch import proc
+from hybridorch.errors import BackendError
 
 KIND_LABEL = "io.x-k8s.kind.cluster"
 CONTAINERD_NAMESPACE = "k8s.io"   # the namespace the CRI plugin (and so kubelet) looks images up in

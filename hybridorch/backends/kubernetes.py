@@ -18,15 +18,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .. import images, proc
-from ..errors import BackendError
-from ..labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
-from ..runtime import State, cache_root
-from .base import Backend, Kept, Removal, WorkloadStatus
+from hybridorch.core import images
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.core.labels import LABEL_MANAGED, LABEL_STACK, LABEL_WORKLOAD, MANAGED_BY, selector
+from hybridorch.core.runtime import State, cache_root
+from hybridorch.backends.base import Backend, Kept, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
-    from ..plan import Plan
-    from ..render import Rendered
+    from hybridorch.core.plan import Plan
+    from hybridorch.render.stack import Rendered
 
 FIELD_MANAGER = "hybridorch"
 KUBECTL_MISSING = "install kubectl or set HYBRIDORCH_KUBECTL"
@@ -374,7 +375,7 @@ class KubernetesBackend(Backend):
         """The stack's Deployments, StatefulSets and VirtualMachines, read through the kubernetes client."""
         from kubernetes import client
 
-        from .kubewatch import explain_api_error, list_json
+        from hybridorch.backends.kubewatch import explain_api_error, list_json
 
         apps = client.AppsV1Api(self.api_client())
         out: list[dict[str, Any]] = []
@@ -426,7 +427,7 @@ class KubernetesBackend(Backend):
         accepted, or ready where KubeVirt runs); one progress line per workload as its state changes. A pod that
         cannot get ready by waiting (image pull, crash loop, bad config, unschedulable) or a controller that
         cannot make pods fails at once with the pod's own reason and its last log lines."""
-        from .kubewatch import StackWatch, event_failure, explain_api_error, pod_failure
+        from hybridorch.backends.kubewatch import StackWatch, event_failure, explain_api_error, pod_failure
 
         stack = plan.stack.name
         namespaces = sorted({f"{self.namespace_prefix}{p.workload.tenant}" for p in plan.placements})
@@ -490,7 +491,7 @@ class KubernetesBackend(Backend):
 
     def api_client(self) -> Any:
         if self._api is None:
-            from .kubewatch import api_client
+            from hybridorch.backends.kubewatch import api_client
 
             self._api = api_client(self.kubeconfig, self.context)
         return self._api
@@ -499,7 +500,7 @@ class KubernetesBackend(Backend):
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        from .kubewatch import explain_api_error, list_json
+        from hybridorch.backends.kubewatch import explain_api_error, list_json
 
         try:
             data = list_json(client.CustomObjectsApi(self.api_client()).list_cluster_custom_object, group="kubevirt.io",
@@ -528,7 +529,7 @@ class KubernetesBackend(Backend):
         if not local:
             return []
         nodes = self.get_json("nodes")
-        from .kind import kind_cluster_name, load_images
+        from hybridorch.backends.kind import kind_cluster_name, load_images
 
         cluster = kind_cluster_name(self.current_context(), [(n.get("spec") or {}).get("providerID", "")
                                                              for n in nodes])
@@ -549,7 +550,7 @@ class KubernetesBackend(Backend):
 
     def _build_images(self, plan: Plan, refs: list[str]) -> None:
         """Build missing content-tagged images from their recipes, through the Docker backend's builder."""
-        from .base import get_backend
+        from hybridorch.backends.base import get_backend
 
         dirs = images.image_dirs(plan.stack.file)
         sources = {images.content_ref(p.workload.image, dirs): p.workload.image for p in plan.placements

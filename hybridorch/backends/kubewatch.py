@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .. import proc
-from ..errors import BackendError
-from ..labels import LABEL_WORKLOAD
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.core.labels import LABEL_WORKLOAD
 
 # container states kubelet will not get out of by itself (or only by retrying the same failure): fail fast
 FAILING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",

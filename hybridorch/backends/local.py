@@ -10,20 +10,20 @@ import importlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .. import images
-from ..errors import BackendError
-from ..runtime import VM_RUNTIMES
-from ..vm.host import state_root
-from .base import Backend, Removal, WorkloadStatus
+from hybridorch.core import images
+from hybridorch.errors import BackendError
+from hybridorch.core.runtime import VM_RUNTIMES
+from hybridorch.vm.host import state_root
+from hybridorch.backends.base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
-    from ..plan import Plan
-    from ..render import Rendered
+    from hybridorch.core.plan import Plan
+    from hybridorch.render.stack import Rendered
 
 
 def sandbox_runtime() -> str | None:
     """The gVisor/Kata runtime of the local Docker engine (the reading the local rendering used too)."""
-    from ..vm.host import docker_sandbox_runtime
+    from hybridorch.vm.host import docker_sandbox_runtime
 
     return docker_sandbox_runtime()
 
@@ -69,7 +69,7 @@ class LocalBackend(Backend):
         (auto) when Docker has no gVisor/Kata runtime. With `up`, localSandbox: runtime and no such runtime is an
         error before anything starts: a sandboxed workload never runs as a plain container. Outside `up`, a
         sandboxed workload whose VM exists is looked for there (the engine's runtimes may have changed since)."""
-        from ..vm.domain import sandbox_in_vm
+        from hybridorch.render.domain import sandbox_in_vm
 
         sandboxed = [p.name for p in plan.placements if p.runtime == "sandboxed"]
         if not sandboxed:

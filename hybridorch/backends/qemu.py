@@ -21,25 +21,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .. import proc
-from ..errors import BackendError
-from ..runtime import State, container_env, readiness_port
-from ..vm import console
-from ..vm.guestimage import load_guest
-from ..vm.initramfs import ContainerRun, GuestProgram, build_initrd
-from ..labels import LABEL_STACK, LABEL_WORKLOAD
-from ..vm import disks, libvirt
-from ..vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest, service_answers
-from ..vm.domain import (LABEL_REPLICA, MACHINES, Forward, replica_dir, replica_forwards, workload_forwards)
-from ..vm.host import accelerator_for, local_facts, qemu_binary, state_root
-from ..vm.image_export import DOCKER_PREFIX, inner_rootfs, materialize
-from .base import Backend, Removal, WorkloadStatus
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.core.runtime import State, container_env, readiness_port
+from hybridorch.vm import console
+from hybridorch.vm.guestimage import load_guest
+from hybridorch.vm.initramfs import ContainerRun, GuestProgram, build_initrd
+from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD
+from hybridorch.vm import disks, libvirt
+from hybridorch.vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest, service_answers
+from hybridorch.render.domain import (LABEL_REPLICA, MACHINES, Forward, replica_dir, replica_forwards, workload_forwards)
+from hybridorch.vm.host import accelerator_for, local_facts, qemu_binary, state_root
+from hybridorch.vm.image_export import DOCKER_PREFIX, inner_rootfs, materialize
+from hybridorch.backends.base import Backend, Removal, WorkloadStatus
 
 if TYPE_CHECKING:
-    from ..plan import Plan
-    from ..policy import Placement
-    from ..render import Rendered
-    from ..spec import Workload
+    from hybridorch.core.plan import Plan
+    from hybridorch.core.policy import Placement
+    from hybridorch.render.stack import Rendered
+    from hybridorch.core.spec import Workload
 
 __all__ = ["QemuBackend", "run_guest", "state_root", "qemu_binary", "MACHINES", "Forward",
            "program_for", "materialize", "accelerator_for"]
@@ -149,7 +149,7 @@ class QemuBackend(Backend):
         if wanted:
             libvirt.check_daemon()
         if rendered is None or rendered.target != "local":
-            from ..render import render_plan
+            from hybridorch.render.stack import render_plan
             rendered = render_plan(plan, "local", local=local_facts(sandboxes=plan.has_runtime("sandboxed")))
         try:
             desired = [self._desire(p, stack_dir, rendered) for p in wanted]

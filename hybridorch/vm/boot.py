@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import proc
-from ..errors import BackendError
-from . import console, libvirt
-from .guestimage import load_guest
-from .initramfs import GuestProgram, build_initrd
-from .domain import MACHINES, Forward, LocalFacts
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.vm import console, libvirt
+from hybridorch.vm.guestimage import load_guest
+from hybridorch.vm.initramfs import GuestProgram, build_initrd
+from hybridorch.render.domain import MACHINES, Forward, LocalFacts
 
 
 def _alive(pid: int) -> bool:
@@ -151,8 +151,8 @@ def service_answers(port: int, addr: str = "127.0.0.1", wait: float = 1.0) -> bo
 def guest_domain_xml(facts: LocalFacts, *, name: str, arch: str, accel: str, cpus: int, memory_mib: int,
                      initrd: Path, console_log: Path, machine: str | None = None,
                      labels: dict[str, str] | None = None) -> str:
-    from ..render import Templates
-    from .. import validate
+    from hybridorch.render.stack import Templates
+    from hybridorch.render import validate
 
     m = MACHINES[arch]
     d: dict[str, Any] = {
@@ -173,7 +173,7 @@ def guest_domain_xml(facts: LocalFacts, *, name: str, arch: str, accel: str, cpu
 
 
 def probe_kvm(timeout: float) -> tuple[bool, str]:
-    from .host import cache_root, local_facts
+    from hybridorch.vm.host import cache_root, local_facts
 
     work = cache_root() / "kvm-probe"
     work.mkdir(parents=True, exist_ok=True)
@@ -222,8 +222,8 @@ def run_guest(arch: str, program: GuestProgram, *, workdir: Path, cpus: int = 1,
               cancel: threading.Event | None = None) -> GuestRun:
     """Boot a transient domain that runs `program` and powers off; the console is read as it grows (so results
     have host-side timestamps). The domain is always gone when this returns, Ctrl-C included."""
-    from .host import accelerator_for, local_facts, qemu_binary
-    from .image_export import materialize   # docker:IMAGE roots of a soc-test's containers
+    from hybridorch.vm.host import accelerator_for, local_facts, qemu_binary
+    from hybridorch.vm.image_export import materialize  # docker:IMAGE roots of a soc-test's containers
 
     guest = load_guest(arch)
     qemu_binary(arch)

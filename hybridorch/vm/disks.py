@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Mapping
 
-from .. import proc
-from ..errors import BackendError
-from ..runtime import cache_root
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.core.runtime import cache_root
 
 if TYPE_CHECKING:
-    from ..plan import Plan
-    from ..spec import Workload
+    from hybridorch.core.plan import Plan
+    from hybridorch.core.spec import Workload
 
 
 def plan_disks(plan: "Plan") -> list[str]:
@@ -28,7 +28,7 @@ def plan_disks(plan: "Plan") -> list[str]:
 
 def disk_image(w: Workload) -> str | None:
     """The containerDisk a workload names, or None for the busybox guest (the same rule as rendering)."""
-    from ..render import DEFAULT_DISK_IMAGE, _disk_image
+    from hybridorch.render.stack import DEFAULT_DISK_IMAGE, _disk_image
 
     if w.vm.disk_pvc:
         raise BackendError(f"workload {w.name}: vm.disk.pvc names a cluster volume, which the local target does "
@@ -159,8 +159,8 @@ def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[by
     """The initramfs of a disk boot: static busybox, ROOT_DISK_MODULES with their dependencies (from each
     module's .modinfo; modules the kernel has built in are skipped) and _ROOT_INIT. `modules` maps module
     names to their files in the kernel package. Returns the modules in load order."""
-    from .guestimage import modinfo_depends, module_closure, read_module
-    from .initramfs import CpioWriter
+    from hybridorch.vm.guestimage import modinfo_depends, module_closure, read_module
+    from hybridorch.vm.initramfs import CpioWriter
 
     deps: dict[str, list[str]] = {}
     todo = list(ROOT_DISK_MODULES)
@@ -189,8 +189,8 @@ def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[by
 def build_kernel_boot(out: Path, arch: str = "amd64", kernel_package: str = "linux-image-amd64") -> str:
     """Debian's kernel (apt-get download + dpkg-deb -x with private apt lists, never installed) as
     out/vmlinuz, and out/initrd.img that mounts an ext4 virtio root; returns the kernel version."""
-    from .guestimage import Apt, check_arch, extract_deb, module_name
-    from ..images import static_busybox
+    from hybridorch.vm.guestimage import Apt, check_arch, extract_deb, module_name
+    from hybridorch.core.images import static_busybox
 
     check_arch(arch)
     apt = Apt(arch, cache_root() / "apt" / arch)
@@ -216,7 +216,7 @@ def build_kernel_boot(out: Path, arch: str = "amd64", kernel_package: str = "lin
 
 def main(argv: list[str] | None = None) -> int:
     """`python3 -m hybridorch.vm.disks kernel-boot OUTDIR [ARCH]`: what a recipe's `prepare` script calls."""
-    from ..errors import HybridorchError
+    from hybridorch.errors import HybridorchError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (2, 3) or args[0] != "kernel-boot":

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from .. import proc
-from ..errors import BackendError
-from ..runtime import LOCAL_ARCHES, Arch, cache_root, local_arch
-from .initramfs import write_base_initramfs
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.core.runtime import LOCAL_ARCHES, Arch, cache_root, local_arch
+from hybridorch.vm.initramfs import write_base_initramfs
 
 DEBIAN_ARCHES = LOCAL_ARCHES
 
@@ -70,12 +70,12 @@ def load_guest(arch: str) -> Guest:
     try:
         meta = json.loads((root / "guest.json").read_text())
     except (OSError, ValueError):
-        raise BackendError(f"no {arch} guest in {root}: fetch it with `python3 -m hybridorch.guest fetch {arch}`"
+        raise BackendError(f"no {arch} guest in {root}: fetch it with `python3 -m hybridorch.vm.guest fetch {arch}`"
                            " (or run e2e/setup.sh)") from None
     guest = Guest(arch, root, meta["kernelVersion"], meta["packages"], tuple(meta["modules"]))
     if not guest.kernel.exists() or not guest.base_initramfs.exists():
         raise BackendError(f"the {arch} guest in {root} is incomplete: re-fetch it with "
-                           f"`python3 -m hybridorch.guest fetch {arch}`")
+                           f"`python3 -m hybridorch.vm.guest fetch {arch}`")
     return guest
 
 

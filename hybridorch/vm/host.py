@@ -9,9 +9,9 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import BackendError
-from ..runtime import HOST_ARCHES, cache_root
-from .domain import MACHINES, LocalFacts, sandbox_runtime_of
+from hybridorch.errors import BackendError
+from hybridorch.core.runtime import HOST_ARCHES, cache_root
+from hybridorch.render.domain import MACHINES, LocalFacts, sandbox_runtime_of
 
 HOST_ARCH = HOST_ARCHES.get(platform.machine(), "")
 KVM_PROBE_TIMEOUT = 6.0   # a KVM guest boots to /init in well under a second; TCG takes ~2.5 s
@@ -95,7 +95,7 @@ def kvm_usable(probe: bool = True) -> bool:
         return False
     ok, why = False, "/dev/kvm missing or KVM_GET_API_VERSION failed"
     if _kvm_api_ok():
-        from .boot import probe_kvm
+        from hybridorch.vm.boot import probe_kvm
         ok, why = probe_kvm(KVM_PROBE_TIMEOUT)
     verdicts[kernel] = {"kvm": ok, "why": why, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = cache_root() / "kvm-probe.json"
@@ -110,8 +110,8 @@ def accelerator_for(arch: str, probe: bool = True) -> str:
 
 def missing_disks(images: list[str], stack_file: str | None) -> frozenset[str]:
     """The containerDisks among `images` that are neither in the local Docker engine nor have a recipe."""
-    from .. import images as recipes
-    from .. import proc
+    from hybridorch.core import images as recipes
+    from hybridorch import proc
 
     out = set()
     for image in images:
@@ -126,7 +126,7 @@ def missing_disks(images: list[str], stack_file: str | None) -> frozenset[str]:
 def docker_sandbox_runtime() -> str | None:
     """The gVisor/Kata runtime the local Docker engine has registered; None when it has none or does not answer
     (then a sandboxed placement runs in its own VM, which needs no Docker runtime)."""
-    from .. import proc
+    from hybridorch import proc
 
     try:
         out = proc.run(["docker", "info", "--format", "{{json .Runtimes}}"], what="docker info", check=False,

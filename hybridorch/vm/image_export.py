@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
-from .. import proc
-from ..errors import BackendError
-from .initramfs import GuestProgram
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.vm.initramfs import GuestProgram
 
 DOCKER_PREFIX = "docker:"   # a ContainerRun rootfs naming a local Docker image, exported by `materialize`
 _NO_DOCKER = "apt-get install docker.io (or use `image: busybox` / `rootfs: DIR`)"

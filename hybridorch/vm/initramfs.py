@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Iterable, Mapping
 
-from ..errors import BackendError
-from ..runtime import ARCHES
-from . import console
+from hybridorch.errors import BackendError
+from hybridorch.core.runtime import ARCHES
+from hybridorch.vm import console
 
 if TYPE_CHECKING:
-    from .guestimage import Guest
+    from hybridorch.vm.guestimage import Guest
 
 
 class CpioWriter:

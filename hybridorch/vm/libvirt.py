@@ -12,9 +12,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import proc
-from ..errors import BackendError
-from .domain import XMLNS_LABELS
+from hybridorch import proc
+from hybridorch.errors import BackendError
+from hybridorch.render.domain import XMLNS_LABELS
 
 START_HINT = "start it with e2e/setup.d/15-libvirt.sh (virtlogd -d; libvirtd -d)"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from .errors import PolicyError
-from .spec import RUNTIMES, HostPool, Workload
+from hybridorch.errors import PolicyError
+from hybridorch.core.spec import RUNTIMES, HostPool, Workload
 
 STRENGTH = {"container": 0, "sandboxed": 1, "vm": 2, "nested": 2}
 ALL = frozenset(RUNTIMES)

@@ -31,14 +31,15 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import _PassArg
 
-from . import images, validate
-from .errors import HybridorchError, RenderError
-from .labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_WORKLOAD, MANAGED_BY, object_labels
-from .plan import Plan
-from .policy import Placement, Profile
-from .runtime import ARCHES, cache_root, readiness_port, runs_image_in_vm
-from .spec import InnerContainer, Workload, memory_bytes
-from .vm.domain import LocalFacts, domain_context, replica_forwards, sandbox_in_vm, vm_dir, workload_forwards
+from hybridorch.core import images
+from hybridorch.render import validate
+from hybridorch.errors import HybridorchError, RenderError
+from hybridorch.core.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_WORKLOAD, MANAGED_BY, object_labels
+from hybridorch.core.plan import Plan
+from hybridorch.core.policy import Placement, Profile
+from hybridorch.core.runtime import ARCHES, cache_root, readiness_port, runs_image_in_vm
+from hybridorch.core.spec import InnerContainer, Workload, memory_bytes
+from hybridorch.render.domain import LocalFacts, domain_context, replica_forwards, sandbox_in_vm, vm_dir, workload_forwards
 
 TARGETS = ("kubernetes", "local")
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
@@ -414,7 +415,7 @@ def builtin_templates() -> Path:
     installed = Path(hybridorch.__file__).parent / "templates"
     if installed.is_dir():
         return installed
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(__file__).resolve().parents[2] / "templates"
 
 
 class Templates:

@@ -18,15 +18,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BackendError
+from hybridorch.errors import BackendError
 
 LOCAL_REGISTRY = "hybridorch.local"
 # Debian's busybox-static installs here; the dynamically linked `busybox` package uses the same path
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 # built-in recipes: examples/images in a checkout, shipped as package hybridorch.recipes in the wheel
-_INSTALLED_IMAGES = Path(__file__).resolve().parent / "recipes"
+_INSTALLED_IMAGES = Path(__file__).resolve().parents[1] / "recipes"
 _REPO_IMAGES = _INSTALLED_IMAGES if _INSTALLED_IMAGES.is_dir() else \
-    Path(__file__).resolve().parent.parent / "examples" / "images"
+    Path(__file__).resolve().parents[2] / "examples" / "images"
 _FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 PREPARE = "prepare"
 PREPARE_TIMEOUT = 900.0   # a Debian root from the apt mirror, mkfs and qemu-img: ~1 min on 2 cores
@@ -67,8 +67,8 @@ class Recipe:
 def prepared(recipe: Recipe) -> Path:
     """The output directory of the recipe's `prepare OUTDIR`, run once per recipe content (the content_ref
     hash) and cached under ~/.cache/hybridorch/prepared: a disk image takes minutes, a rebuild must not."""
-    from . import proc
-    from .runtime import cache_root
+    from hybridorch import proc
+    from hybridorch.core.runtime import cache_root
 
     name = recipe.ref[len(LOCAL_REGISTRY) + 1:].split(":", 1)[0].replace("/", "_")
     out = cache_root() / "prepared" / f"{name}-{recipe.content_ref.rsplit('-', 1)[-1]}"
@@ -78,7 +78,7 @@ def prepared(recipe: Recipe) -> Path:
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     # the script may call back into this package (python3 -m hybridorch...), installed or not
-    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent),
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
                                        os.environ.get("PYTHONPATH", "")) if p)
     try:
         proc.run(["env", f"HYBRIDORCH_PYTHON={sys.executable}", f"PYTHONPATH={path}", str(recipe.prepare),

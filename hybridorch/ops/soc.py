@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BackendError, HybridorchError, Problem, SpecError, TestFailure
-from .runtime import ARCHES
-from .vm import console
-from .vm.initramfs import ContainerRun, GuestProgram
-from .schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
-from .safeload import path_inside
-from .spec import API_VERSION, image_problem
+from hybridorch.errors import BackendError, HybridorchError, Problem, SpecError, TestFailure
+from hybridorch.core.runtime import ARCHES
+from hybridorch.vm import console
+from hybridorch.vm.initramfs import ContainerRun, GuestProgram
+from hybridorch.core.schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
+from hybridorch.core.safeload import path_inside
+from hybridorch.core.spec import API_VERSION, image_problem
 
 SOC_ARCHES = tuple(a for a, info in ARCHES.items() if info.local)
 
@@ -247,7 +247,7 @@ def parse_results(plan: SocPlan, lines: list[str]) -> list[TestResult]:
 def run_plan(plan: SocPlan, workroot: Path, cancel: threading.Event | None = None) -> PlanResult:
     """Boot one isolated guest for the plan and collect every test's result; a VM-level failure is the plan's
     error (the other plans still run)."""
-    from .vm.boot import run_guest  # the VM engine, the same one the local backend boots through
+    from hybridorch.vm.boot import run_guest  # the VM engine, the same one the local backend boots through
 
     workdir = Path(tempfile.mkdtemp(prefix=f"{plan.name}-", dir=workroot))
     started = time.monotonic()
@@ -292,8 +292,8 @@ def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int = 1) -> 
     for p in plans:
         if names.count(p.name) > 1:
             raise SpecError([Problem(p.file, 0, "metadata.name", f"plan name {p.name!r} is used by several files")])
-    from .vm.guestimage import load_guest
-    from .vm.host import qemu_binary, state_root
+    from hybridorch.vm.guestimage import load_guest
+    from hybridorch.vm.host import qemu_binary, state_root
 
     for arch in dict.fromkeys(p.arch for p in plans):  # fail fast, before any VM starts
         qemu_binary(arch)

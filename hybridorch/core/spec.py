@@ -11,12 +11,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import Problem, SpecError
-from .labels import lifecycle_labels
-from .runtime import ARCHES as ARCH_TABLE
-from .runtime import RUNTIMES
-from .safeload import compose_yaml
-from .schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
+from hybridorch.errors import Problem, SpecError
+from hybridorch.core.labels import lifecycle_labels
+from hybridorch.core.runtime import ARCHES as ARCH_TABLE
+from hybridorch.core.runtime import RUNTIMES
+from hybridorch.core.safeload import compose_yaml
+from hybridorch.core.schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
                      parse_quantity, show)
 
 API_VERSION = "hybridorch.dev/v1alpha1"

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import human_age, parse_time
-from .errors import BackendError
-from .labels import (LABEL_MANAGED, LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD,
+from hybridorch.ops.audit import human_age, parse_time
+from hybridorch.errors import BackendError
+from hybridorch.core.labels import (LABEL_MANAGED, LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD,
                      MANAGED_BY)
-from .spec import parse_duration
+from hybridorch.core.spec import parse_duration
 
 TARGETS = ("local", "kubernetes", "all")
 K8S_WORKLOADS = ("deployments.apps", "statefulsets.apps", "virtualmachines.kubevirt.io")
@@ -76,8 +76,8 @@ def inventory(target: str = "local", *, context: str | None = None,
 
 
 def _local() -> list[Managed]:
-    from .backends.docker import DockerBackend
-    from .vm.host import running_vm_states
+    from hybridorch.backends.docker import DockerBackend
+    from hybridorch.vm.host import running_vm_states
 
     client = DockerBackend().client
     out = []
@@ -102,7 +102,7 @@ def _local() -> list[Managed]:
 
 
 def _kubernetes(context: str | None) -> list[Managed]:
-    from .backends.kubernetes import KubernetesBackend
+    from hybridorch.backends.kubernetes import KubernetesBackend
 
     backend = KubernetesBackend(context=context)
     served = set(backend.kubectl("api-resources", "-o", "name").stdout.split())
@@ -153,8 +153,8 @@ def gc(target: str = "local", *, dry_run: bool = False, context: str | None = No
 
 def _remove_vms(items: list[Managed]) -> list[str]:
     """Expired local VMs, one replica at a time through the QEMU backend (domain and state dir, as `down`)."""
-    from .backends.qemu import QemuBackend
-    from .vm.host import state_root
+    from hybridorch.backends.qemu import QemuBackend
+    from hybridorch.vm.host import state_root
 
     return [f"vm {m.stack}/{m.name}" for m in items
             if m.kind == "vm" and QemuBackend.remove_vm(state_root() / m.stack / m.name)]
@@ -162,7 +162,7 @@ def _remove_vms(items: list[Managed]) -> list[str]:
 
 def _remove_containers(items: list[Managed]) -> list[str]:
     """Containers; named volumes are separate objects and stay, as with `down`."""
-    from .backends.docker import DockerBackend
+    from hybridorch.backends.docker import DockerBackend
 
     client = DockerBackend().client
     removed = []
@@ -184,7 +184,7 @@ def _remove_containers(items: list[Managed]) -> list[str]:
 def _remove_cluster_workloads(items: list[Managed], context: str | None) -> list[str]:
     """The expired workload objects and their Services, through the backend's own removal, which cuts claims
     and DataVolumes loose from their owners first so the data stays."""
-    from .backends.kubernetes import KubernetesBackend, ObjectRef
+    from hybridorch.backends.kubernetes import KubernetesBackend, ObjectRef
 
     backend = KubernetesBackend(context=context)
     removed: list[str] = []

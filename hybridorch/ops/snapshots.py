@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendError
-from .labels import LABEL_STACK, LABEL_WORKLOAD, object_labels
+from hybridorch.errors import BackendError
+from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD, object_labels
 
 if TYPE_CHECKING:
-    from .backends.kubernetes import KubernetesBackend
-    from .plan import Plan
-    from .policy import Profile
-    from .spec import Workload
+    from hybridorch.backends.kubernetes import KubernetesBackend
+    from hybridorch.core.plan import Plan
+    from hybridorch.core.policy import Profile
+    from hybridorch.core.spec import Workload
 
 DEFAULT_RETAIN = 3          # a workload without `snapshots:` keeps its 3 newest (maxAge: the policy's maxSnapshotAge)
 SNAPSHOT_API = "snapshot.kubevirt.io/v1beta1"
@@ -56,7 +56,7 @@ class Retention:
 def retention_for(w: "Workload", profile: "Profile") -> Retention:
     """The workload's `snapshots: {retain, maxAge}`; absent fields fall back to DEFAULT_RETAIN and the policy's
     maxSnapshotAge (the age the audit accepts, so `prune` leaves nothing for HYB015 to report)."""
-    from .spec import parse_duration
+    from hybridorch.core.spec import parse_duration
 
     retain = w.snapshots.retain if w.snapshots else DEFAULT_RETAIN
     max_age = (w.snapshots.max_age if w.snapshots and w.snapshots.max_age else None) or profile.max_snapshot_age
@@ -87,7 +87,7 @@ def select_prune(snaps: list[Snapshot], retention: Retention, now: float) -> lis
 
 
 def rollback_warning(snap: Snapshot, now: float) -> str:
-    from .audit import human_age
+    from hybridorch.ops.audit import human_age
 
     return (f"warning: {snap.vm} is rolled back to {snap.name}, taken {human_age(max(now - snap.created, 0))} ago: "
             "patches, updates and data written since then are gone (apply the guest's updates again)")
@@ -117,9 +117,9 @@ def _records(overlay: Path) -> Path:
 
 def local_vms(stack: str, workload: str) -> list[tuple[str, Path]]:
     """(domain, overlay) of every replica of the workload that has a disk of its own."""
-    from .vm import libvirt
-    from .vm.domain import LABEL_REPLICA, replica_dir
-    from .vm.host import state_root
+    from hybridorch.vm import libvirt
+    from hybridorch.render.domain import LABEL_REPLICA, replica_dir
+    from hybridorch.vm.host import state_root
 
     libvirt.check_daemon()
     doms = libvirt.domains(**{LABEL_STACK: stack, LABEL_WORKLOAD: workload})
@@ -136,7 +136,7 @@ def local_vms(stack: str, workload: str) -> list[tuple[str, Path]]:
 
 
 def _overlay_snapshots(domain: str, overlay: Path) -> list[Snapshot]:
-    from . import proc
+    from hybridorch import proc
 
     info = proc.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], what=f"snapshots of {domain}",
                     missing="apt-get install qemu-utils").stdout
@@ -155,7 +155,7 @@ def local_list(stack: str, workload: str) -> list[Snapshot]:
 
 
 def local_create(stack: str, workload: str, name: str) -> list[Snapshot]:
-    from .vm import libvirt
+    from hybridorch.vm import libvirt
 
     vms = local_vms(stack, workload)
     for dom, overlay in vms:
@@ -180,7 +180,7 @@ def _record(dom: str, overlay: Path, name: str) -> Path:
 def local_restore(stack: str, workload: str, name: str | None) -> list[Snapshot]:
     """Roll every replica back to `name` (default: the newest snapshot); a replica reverted to a snapshot taken
     while it was shut off is started again."""
-    from .vm import libvirt
+    from hybridorch.vm import libvirt
 
     plan = []
     for dom, overlay in local_vms(stack, workload):
@@ -201,7 +201,7 @@ def local_restore(stack: str, workload: str, name: str | None) -> list[Snapshot]
 
 
 def local_delete(stack: str, workload: str, doomed: list[Snapshot]) -> None:
-    from .vm import libvirt
+    from hybridorch.vm import libvirt
 
     overlays = dict(local_vms(stack, workload))
     for s in doomed:
@@ -230,7 +230,7 @@ def apply_objects(backend: "KubernetesBackend", docs: list[dict[str, Any]]) -> N
 
 
 def cluster_list(backend: "KubernetesBackend", stack: str, workload: str, namespace: str) -> list[Snapshot]:
-    from .audit import parse_time
+    from hybridorch.ops.audit import parse_time
 
     items = backend.get_json(SNAPSHOT_RESOURCE, "-n", namespace, "-l",
                              f"{LABEL_STACK}={stack},{LABEL_WORKLOAD}={workload}")

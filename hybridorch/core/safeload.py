@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from .errors import Problem, SpecError
+from hybridorch.errors import Problem, SpecError
 
 # large enough for a stack of 100,000 workloads (about 16 MiB written out), small enough to refuse a disk image
 MAX_INPUT_BYTES = 32 * 2**20

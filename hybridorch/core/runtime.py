@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
-    from .spec import Workload
+    from hybridorch.core.spec import Workload
 
 
 class Runtime(StrEnum):

@@ -18,8 +18,8 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from . import proc
-from .errors import RenderError
+from hybridorch import proc
+from hybridorch.errors import RenderError
 
 KUBERNETES_VERSION = "1.34"
 SCHEMA_FILES = (f"kubernetes-{KUBERNETES_VERSION}-schema.json", "kubevirt-schema.json")

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import Problem, SpecError
-from .safeload import MAX_INPUT_BYTES, compose_yaml, no_gc, read_input
+from hybridorch.errors import Problem, SpecError
+from hybridorch.core.safeload import MAX_INPUT_BYTES, compose_yaml, no_gc, read_input
 
 # --- reading -------------------------------------------------------------------------------------
 

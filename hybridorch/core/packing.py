@@ -12,9 +12,9 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import PolicyError
-from .policy import Placement, Profile
-from .spec import HostPool
+from hybridorch.errors import PolicyError
+from hybridorch.core.policy import Placement, Profile
+from hybridorch.core.spec import HostPool
 
 DEFAULT_SOLVER_BUDGET = 2.0   # seconds (CP-SAT deterministic time, and the improvement's work allowance)
 EXACT_MAX_VARIABLES = 30_000  # larger models are improved heuristically instead of solved exactly

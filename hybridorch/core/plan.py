@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PolicyError, Problem, SpecError
-from .packing import DEFAULT_SOLVER_BUDGET, Packing, pack
-from .policy import Placement, Profile, place_workload
-from .spec import Stack, problem
+from hybridorch.errors import PolicyError, Problem, SpecError
+from hybridorch.core.packing import DEFAULT_SOLVER_BUDGET, Packing, pack
+from hybridorch.core.policy import Placement, Profile, place_workload
+from hybridorch.core.spec import Stack, problem
 
 
 @dataclass(frozen=True)

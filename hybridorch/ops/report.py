@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import HybridorchError
-from .packing import Packing
-from .plan import Plan
+from hybridorch.errors import HybridorchError
+from hybridorch.core.packing import Packing
+from hybridorch.core.plan import Plan
 
 if TYPE_CHECKING:
-    from .capacity import CapacityReport
+    from hybridorch.ops.capacity import CapacityReport
 
 
 def _table(rows: list[list[str]]) -> list[str]:

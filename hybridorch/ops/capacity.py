@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PolicyError
-from .packing import Unplaced
-from .plan import Plan
-from .spec import HostPool
+from hybridorch.errors import PolicyError
+from hybridorch.core.packing import Unplaced
+from hybridorch.core.plan import Plan
+from hybridorch.core.spec import HostPool
 
 HOURS_PER_YEAR = 8760
 

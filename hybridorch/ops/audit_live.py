@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import yaml
 
-from . import audit
-from .audit import Context, Finding
-from .errors import BackendError, Problem, SpecError
-from .labels import LABEL_STACK, LABEL_WORKLOAD
-from .plan import Plan
-from .policy import PROFILES, Profile
-from .spec import Workload
+from hybridorch.ops import audit
+from hybridorch.ops.audit import Context, Finding
+from hybridorch.errors import BackendError, Problem, SpecError
+from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD
+from hybridorch.core.plan import Plan
+from hybridorch.core.policy import PROFILES, Profile
+from hybridorch.core.spec import Workload
 
 LIVE_TARGETS = ("local", "kubernetes")
 SNAPSHOT_RESOURCE = "virtualmachinesnapshots.snapshot.kubevirt.io"
@@ -31,7 +31,7 @@ def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | Non
                 now: float | None = None) -> list[Finding]:
     """Every finding on every file: stack files (plan, both renderings, cached guests, and what runs with
     `live`), Kubernetes manifests, libvirt domain XML and cloud-init user data given directly."""
-    from .api import plan_stack, resolve_policy
+    from hybridorch.api import plan_stack, resolve_policy
 
     now = time.time() if now is None else now
     default_profile = _policy(policy, resolve_policy)
@@ -66,10 +66,10 @@ def _policy(policy: str | None, resolve: Callable[..., Profile]) -> Profile:
         return PROFILES["balanced"]
     if policy in PROFILES:
         return PROFILES[policy]
-    from .api import load_policy
+    from hybridorch.api import load_policy
 
     if not os.path.exists(policy):
-        from .errors import PolicyError
+        from hybridorch.errors import PolicyError
 
         raise PolicyError(f"policy {policy!r} is neither {', '.join(PROFILES)} nor an existing file")
     return load_policy(policy)
@@ -137,7 +137,7 @@ def _stack_locate(plan: Plan) -> Callable[[str, str], tuple[str, int]]:
 def audit_plan(plan: Plan, *, templates: str | None = None, max_image_age: int | None = None,
                now: float | None = None) -> list[Finding]:
     """The plan, its Kubernetes rendering, its local rendering (domains and cloud-init) and the cached guests."""
-    from .render import render_plan
+    from hybridorch.render.stack import render_plan
 
     ctx = _stack_context(plan, time.time() if now is None else now, max_image_age)
     locate = _stack_locate(plan)
@@ -177,8 +177,8 @@ def _guest_images(plan: Plan, ctx: Context, locate: Callable[[str, str], tuple[s
     """Local guests (kernel + initramfs fetched from Debian) age like any image: their guest.json says when."""
     if ctx.max_image_age is None:
         return []
-    from .runtime import LOCAL_ARCHES, VM_RUNTIMES
-    from .vm.guestimage import guest_dir
+    from hybridorch.core.runtime import LOCAL_ARCHES, VM_RUNTIMES
+    from hybridorch.vm.guestimage import guest_dir
 
     out: list[Finding] = []
     for p in plan.placements:
@@ -207,7 +207,7 @@ def audit_running(plan: Plan, target: str, *, context: str | None = None, namesp
 
 
 def _running_containers(plan: Plan, ctx: Context) -> list[Finding]:
-    from .backends.docker import DockerBackend, stack_filter
+    from hybridorch.backends.docker import DockerBackend, stack_filter
 
     client = DockerBackend().client   # a BackendError naming the engine when it is unreachable
     locate = _stack_locate(plan)
@@ -231,7 +231,7 @@ def _running_containers(plan: Plan, ctx: Context) -> list[Finding]:
 
 def _running_vms(plan: Plan, ctx: Context) -> list[Finding]:
     """QEMU VMs of the stack: the state records the qemu backend keeps beside each running VM."""
-    from .vm.host import running_vm_states
+    from hybridorch.vm.host import running_vm_states
 
     locate = _stack_locate(plan)
     workloads = {w.name: w for w in plan.stack.workloads}
@@ -247,7 +247,7 @@ def _running_vms(plan: Plan, ctx: Context) -> list[Finding]:
 
 
 def _running_kubernetes(plan: Plan, ctx: Context, context: str | None, namespace_prefix: str) -> list[Finding]:
-    from .backends.kubernetes import KubernetesBackend
+    from hybridorch.backends.kubernetes import KubernetesBackend
 
     backend = KubernetesBackend(context=context, namespace_prefix=namespace_prefix)
     objects = backend.owned_objects(plan.stack.name)

@@ -14,11 +14,11 @@ from xml.parsers import expat
 
 import yaml
 
-from .errors import AuditFailed
-from .labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD
-from .plan import Plan
-from .policy import Profile
-from .spec import Stack, Workload, cpu_millis, parse_duration
+from hybridorch.errors import AuditFailed
+from hybridorch.core.labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD
+from hybridorch.core.plan import Plan
+from hybridorch.core.policy import Profile
+from hybridorch.core.spec import Stack, Workload, cpu_millis, parse_duration
 
 SEVERITIES = ("low", "medium", "high")
 SARIF_LEVEL = {"low": "note", "medium": "warning", "high": "error"}
@@ -97,7 +97,7 @@ RULES: tuple[Rule, ...] = (
          "Set snapshots.maxAge at or below the policy's maxSnapshotAge and delete older snapshots."),
     Rule("HYB016", "stale-guest-image", "medium", "A guest or container image is older than the allowed age.",
          "An image built long ago carries every vulnerability fixed since (unpatched guests).",
-         "Rebuild or re-fetch the image (`python3 -m hybridorch.guest fetch ARCH`, docker build) regularly."),
+         "Rebuild or re-fetch the image (`python3 -m hybridorch.vm.guest fetch ARCH`, docker build) regularly."),
 )
 RULE_BY_ID = {r.id: r for r in RULES}
 

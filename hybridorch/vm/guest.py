@@ -1,19 +1,19 @@
-"""`python3 -m hybridorch.guest fetch|show ARCH...`: the setup command that fetches the local busybox guests
+"""`python3 -m hybridorch.vm.guest fetch|show ARCH...`: the setup command that fetches the local busybox guests
 into the cache (e2e/setup.d/20-guests.sh runs it). The guest itself lives in hybridorch/vm/: guestimage.py
 (fetch, cache), initramfs.py (cpio, /init, OCI bundles), console.py (the @@HYB protocol)."""
 from __future__ import annotations
 
 import sys
 
-from .errors import BackendError, HybridorchError
-from .runtime import LOCAL_ARCHES
-from .vm.guestimage import fetch_guest, load_guest
+from hybridorch.errors import BackendError, HybridorchError
+from hybridorch.core.runtime import LOCAL_ARCHES
+from hybridorch.vm.guestimage import fetch_guest, load_guest
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] not in ("fetch", "show"):
-        print(f"usage: python3 -m hybridorch.guest fetch|show ARCH...  (arches: {' '.join(LOCAL_ARCHES)})",
+        print(f"usage: python3 -m hybridorch.vm.guest fetch|show ARCH...  (arches: {' '.join(LOCAL_ARCHES)})",
               file=sys.stderr)
         return 2
     force = "--force" in args

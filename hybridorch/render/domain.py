@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from ..runtime import ARCHES, Arch, host_address, publishes_host_ports
+from hybridorch.core.runtime import ARCHES, Arch, host_address, publishes_host_ports
 
 if TYPE_CHECKING:
-    from ..spec import Workload
+    from hybridorch.core.spec import Workload
 
 LABEL_REPLICA = "hybridorch.dev/replica"
 XMLNS_LABELS = "https://hybridorch.dev/xmlns/labels/1"
@@ -168,7 +168,7 @@ def domain_context(facts: LocalFacts, vm: Mapping[str, Any], *, stack: str, arch
 
 
 def _millis(cpu: str) -> int:
-    from ..schema import parse_quantity   # pure: the spec's own quantity parser
+    from hybridorch.core.schema import parse_quantity  # pure: the spec's own quantity parser
 
     value = parse_quantity(cpu)
     return int(value * 1000) if value is not None else 0
