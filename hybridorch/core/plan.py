@@ -1,13 +1,14 @@
 """The plan: every workload's placement plus the host packing, built purely from a Stack and a Profile."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hybridorch.errors import PolicyError, Problem, SpecError
 from hybridorch.core.packing import DEFAULT_SOLVER_BUDGET, Packing, pack
 from hybridorch.core.policy import Placement, Profile, place_workload
-from hybridorch.core.spec import Stack, problem
+from hybridorch.core.policyfile import resolve_policy
+from hybridorch.core.spec import Stack, load_hosts, load_stack, placement_problems, problem
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,19 @@ def build_plan(stack: Stack, profile: Profile, solver_budget: float = DEFAULT_SO
     except PolicyError as err:
         raise SpecError([Problem(stack.file, 0, "spec.hosts", str(err))]) from err
     return Plan(stack, profile, tuple(placements), packing)
+
+
+def plan_stack(path: str, policy: str | None = None, hosts: str | None = None,
+               solver_budget: float = DEFAULT_SOLVER_BUDGET, strict: bool = True) -> Plan:
+    """Load a stack file and decide every workload's runtime and host.
+
+    `hosts` is a `kind: Hosts` file describing the machines or cluster; it replaces the stack's spec.hosts.
+    `solver_budget`: seconds packing may spend improving on best-fit decreasing (0: none)."""
+    stack = load_stack(path)
+    if hosts:
+        stack = replace(stack, hosts=load_hosts(hosts))
+    plan = build_plan(stack, resolve_policy(stack, policy), solver_budget, strict)
+    problems = placement_problems(stack, {p.name: p.runtime for p in plan.placements})
+    if problems:
+        raise SpecError(problems)
+    return plan

@@ -31,7 +31,8 @@ def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | Non
                 now: float | None = None) -> list[Finding]:
     """Every finding on every file: stack files (plan, both renderings, cached guests, and what runs with
     `live`), Kubernetes manifests, libvirt domain XML and cloud-init user data given directly."""
-    from hybridorch.api import plan_stack, resolve_policy
+    from hybridorch.core.plan import plan_stack
+    from hybridorch.core.policyfile import resolve_policy
 
     now = time.time() if now is None else now
     default_profile = _policy(policy, resolve_policy)
@@ -66,7 +67,7 @@ def _policy(policy: str | None, resolve: Callable[..., Profile]) -> Profile:
         return PROFILES["balanced"]
     if policy in PROFILES:
         return PROFILES[policy]
-    from hybridorch.api import load_policy
+    from hybridorch.core.policyfile import load_policy
 
     if not os.path.exists(policy):
         from hybridorch.errors import PolicyError
