@@ -8,6 +8,7 @@ import pytest
 from hybridorch.errors import PolicyError
 from hybridorch.core.packing import _fill_hosts, _instance, _sort_keys, _violations, items_of, lower_bound, pack, violations
 from hybridorch.core.policy import PROFILES, make_profile, place_workload
+from hybridorch.core.runtime import Runtime
 from hybridorch.core.spec import HostPool, Resources, Workload
 
 POOL = (HostPool("p", cpu="4", memory="8Gi", count=10),)
@@ -108,7 +109,7 @@ def random_instance(rng: random.Random, profile_name: str, n: int):
                                          f"{rng.choice([128, 512, 1024, 2048, 4096, 6144])}Mi"),
                      replicas=rng.randint(1, 4), tenant=rng.choice(["a", "b", "c"]),
                      arch=rng.choice(["amd64", "amd64", "arm64"]), os=rng.choice(["linux"] * 5 + ["windows"]),
-                     runtime=rng.choice(["auto", "auto", "vm"]))
+                     runtime=rng.choice([None, None, Runtime.VM]))     # None: auto
         out.append(place_workload(w, profile, pools))
     return out, pools, profile
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from hybridorch.errors import PolicyError
 from hybridorch.core.policy import PROFILES, make_profile, place_workload
+from hybridorch.core.policyfile import load_policy
+from hybridorch.core.runtime import LocalSandbox, Runtime, SandboxClass
 from hybridorch.core.spec import HostPool, InnerContainer, Workload
 
 LINUX = (HostPool("linux"),)
@@ -111,6 +114,24 @@ def test_profiles_are_data_and_overridable():
     assert place_workload(W(trust="untrusted"), custom, LINUX).runtime == "vm"
     with pytest.raises(PolicyError, match="unknown policy"):
         make_profile("paranoid", {})
+
+
+def test_placements_and_profiles_carry_enums(tmp_path):
+    # typed end to end: the runtime is a Runtime member (compared with `is`), whatever way the spec asked for it
+    assert all(type(place_workload(w, PROFILES["secure"], LINUX).runtime) is Runtime
+               for w in (W(), W(runtime=Runtime.VM), W(trust="untrusted"), W(os="windows")))
+    policy = tmp_path / "p.yaml"
+    policy.write_text("apiVersion: hybridorch.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\n"
+                      "spec: {untrustedRuntime: vm, internalRuntime: sandboxed, localSandbox: runtime,"
+                      " sandboxRuntimeClass: gvisor}\n")
+    p = load_policy(str(policy))
+    assert (p.untrusted_runtime, p.internal_runtime, p.local_sandbox, p.sandbox_runtime_class) == \
+        (Runtime.VM, Runtime.SANDBOXED, LocalSandbox.RUNTIME, SandboxClass.GVISOR)
+    assert p.local_sandbox is LocalSandbox.RUNTIME and p.sandbox_runtime_class is SandboxClass.GVISOR
+    assert PROFILES["balanced"].local_sandbox is LocalSandbox.AUTO
+    # what `plan -o yaml` writes: plain strings (safe_dump cannot represent an enum)
+    placed = place_workload(W(trust="untrusted"), p, LINUX)
+    assert yaml.safe_load(yaml.safe_dump(placed.to_dict()))["runtime"] == "vm"
 
 
 def test_placement_is_deterministic():

@@ -3,6 +3,7 @@ into a VM), the arch table and the cache root, checked on workloads loaded from 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,65 @@ def test_enums_are_their_names_in_json_and_plain_strings() -> None:
     assert json.dumps([Runtime.VM, State.READY]) == '["vm", "ready"]'
     assert f"{State.PENDING}" == "pending" and State.FAILED == "failed"
     assert yaml.safe_dump(str(State.READY)).startswith("ready")   # str() gives the plain string YAML can write
+
+
+@pytest.mark.parametrize("member", [m for enum in (Runtime, State, runtime.LocalSandbox, runtime.SandboxClass)
+                                    for m in enum])
+def test_an_enum_member_writes_and_compares_as_its_value(member: runtime.Named) -> None:
+    # Python 3.10 (setup.cfg's floor) has no StrEnum and writes `Runtime.VM` for a plain (str, Enum) member;
+    # 3.12 changed format() again: Named pins str(), format() and f-strings to the value on every version
+    value = member.value
+    assert str(member) == f"{member}" == "%s" % member == format(member) == value
+    assert f"{member:>12}|{member:<12}" == f"{value:>12}|{value:<12}"
+    assert json.dumps({member: [member]}) == json.dumps({value: [value]})
+    assert member == value and hash(member) == hash(value) and value in {member} and member in {value}
+    assert type(member)(value) is member
+    assert yaml.safe_dump({"x": member.value}) == yaml.safe_dump({"x": value})
+
+
+def test_the_package_runs_on_the_python_it_declares() -> None:
+    import configparser
+
+    from tests.conftest import ROOT
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert cfg["options"]["python_requires"] == ">=3.10"
+    # StrEnum arrived in 3.11: the enums are (str, Enum) with their value pinned (runtime.Named) instead
+    users = [p.name for p in (ROOT / "hybridorch").rglob("*.py")
+             if re.search(r"import .*\bStrEnum\b|enum\.StrEnum", p.read_text())]
+    assert users == []
+    assert issubclass(Runtime, str) and issubclass(State, runtime.Named)
+
+
+def test_a_runtime_from_outside_is_converted_tolerantly() -> None:
+    assert runtime.runtime_of("vm") is Runtime.VM
+    assert [runtime.runtime_of(v) for v in (None, "", "VM", "kata", 5, ["vm"])] == [None] * 6
+    assert runtime.requested_runtime("auto") is None and runtime.requested_runtime("nested") is Runtime.NESTED
+
+
+@pytest.mark.parametrize("body, read_only, scratch", [
+    ("name: w\n  image: x", True, True),                                        # every container, Docker included
+    ("name: w\n  image: x\n  writableRoot: true", False, False),                 # the spec's opt-out
+    ("name: w\n  image: x\n  requires: [privileged]", False, False),            # privileged: as Kubernetes renders it
+    ("name: w\n  image: x\n  requires: [host-devices]", False, False),
+    ("name: w\n  image: x\n  volumes: [{name: t, mountPath: /tmp/}]", True, False),   # a volume is its /tmp
+])
+def test_one_hardening_rule_for_both_targets(body: str, read_only: bool, scratch: bool) -> None:
+    w = workload(body)
+    assert (runtime.read_only_root(w), runtime.scratch_tmp(w)) == (read_only, scratch)
+
+
+def test_host_ports_the_first_keeps_the_number_the_others_get_an_automatic_one() -> None:
+    text = HEADER + "".join("    - " + line + "\n" for line in (
+        "{name: a, image: x, ports: [8080, {port: 53, protocol: UDP}]}",
+        "{name: b, image: x, ports: [8080, {port: 53, protocol: TCP}]}",   # 53/TCP is not 53/UDP
+        "{name: c, image: x, ports: [{port: 80, hostPort: 8080}]}",      # an explicit hostPort comes first
+        "{name: d, image: x, replicas: 0, ports: [9000]}",               # nothing runs: publishes nothing
+        "{name: e, runtime: nested, containers: [{name: i, image: y, command: [sh], ports: [9000]}]}",
+    ))
+    stack = load_stack("facts.yaml", text)
+    assert runtime.assign_host_ports(stack.workloads) == {
+        ("a", 8080, "TCP"): None, ("a", 53, "UDP"): 53, ("b", 8080, "TCP"): None, ("b", 53, "TCP"): 53,
+        ("c", 80, "TCP"): 8080, ("e", 9000, "TCP"): 9000}
+    assert [p.port for p in runtime.local_ports(stack.workloads[4])] == [9000]

@@ -24,7 +24,8 @@ def test_minimal_stack_gets_documented_defaults(write_stack):
     stack = load_stack(write_stack(HEADER + "    - {name: web, image: local/web:1}\n"))
     assert isinstance(stack, Stack)
     w = stack.workloads[0]
-    assert (w.replicas, w.os, w.arch, w.trust, w.tenant, w.runtime) == (1, "linux", "amd64", "internal", "demo", "auto")
+    # runtime auto: no runtime of its own (None), the policy decides
+    assert (w.replicas, w.os, w.arch, w.trust, w.tenant, w.runtime) == (1, "linux", "amd64", "internal", "demo", None)
     assert (w.resources.cpu_millis, w.resources.memory_bytes) == (250, 256 * 2**20)
     assert stack.policy == "balanced"
     assert [(h.os, h.arch, h.virtualization) for h in stack.hosts] == [("linux", "amd64", True)]
@@ -89,8 +90,10 @@ MALFORMED = [
      "contradicts rule shared-kernel-escape"),
     ("    - {name: web, runtime: nested}\n", 6, "spec.workloads[0].runtime", "needs a `containers` list"),
     ("    - {name: web, image: x, os: windows, arch: riscv64}\n", 6, "spec.workloads[0].arch", "no Windows for riscv64"),
-    ("    - {name: web, image: x, ports: [80]}\n    - {name: api, image: x, ports: [80]}\n", 7,
-     "spec.workloads[1].ports[0]", "host port 80 is already published by workload 'web'"),
+    # two explicit hostPorts collide (the same container port without them does not: test_same_port_twice...)
+    ("    - {name: web, image: x, ports: [{port: 80, hostPort: 8080}]}\n"
+     "    - {name: api, image: x, ports: [{port: 81, hostPort: 8080}]}\n", 7,
+     "spec.workloads[1].ports[0].hostPort", "hostPort 8080 is already published by workload 'web'"),
     ("    - {name: web, image: x, env: {1BAD: v}}\n", 6, "spec.workloads[0].env.1BAD", "not a valid key"),
     ("    - {name: web, image: x, ready: {port: 9}}\n", 6, "spec.workloads[0].ready.port",
      "not one of the workload's ports"),
@@ -102,7 +105,28 @@ MALFORMED = [
      "spec.workloads[0].containers", "need runtime nested"),
     ("    - {name: web, image: x, vm: {disk: {image: a, pvc: b}}}\n", 6, "spec.workloads[0].vm.disk",
      "either image or pvc"),
+    ("    - {name: web, image: x, writableRoot: yes please}\n", 6, "spec.workloads[0].writableRoot", "not true or false"),
+    ("    - {name: web, image: x, runtime: vm, writableRoot: true}\n", 6, "spec.workloads[0].writableRoot",
+     "a VM's disk is its own"),
 ]
+
+
+def test_same_port_twice_is_valid_and_each_gets_a_host_port(write_stack):
+    """Two workloads on 8080 (the most common port of web services) are a valid stack; locally the first keeps
+    8080 and the second gets an automatic host port (None), unless an explicit hostPort claims 8080 first."""
+    from hybridorch.core.runtime import assign_host_ports
+
+    stack = load_stack(write_stack(HEADER + "    - {name: web, image: x, ports: [8080]}\n"
+                                            "    - {name: api, image: x, ports: [8080, 9000]}\n"
+                                            "    - {name: admin, image: x, ports: [{port: 80, hostPort: 9000}]}\n"))
+    assert assign_host_ports(stack.workloads) == {("web", 8080, "TCP"): 8080, ("api", 8080, "TCP"): None,
+                                                  ("api", 9000, "TCP"): None, ("admin", 80, "TCP"): 9000}
+
+
+def test_writable_root_is_an_opt_out(write_stack):
+    stack = load_stack(write_stack(HEADER + "    - {name: web, image: x, writableRoot: true}\n"
+                                            "    - {name: api, image: x}\n"))
+    assert [w.writable_root for w in stack.workloads] == [True, False]
 
 
 @pytest.mark.parametrize("body,line,path,words", MALFORMED, ids=[m[2] + ":" + m[3][:20] for m in MALFORMED])

@@ -1,4 +1,5 @@
-"""Labels that mark everything hybridorch creates, so apply/prune/down find exactly its own objects."""
+"""Labels that mark everything hybridorch creates, so apply/prune/down find exactly its own objects, and the
+names of a workload's replicas (one function per form, used by render, the engines, snapshots and audit)."""
 from __future__ import annotations
 
 MANAGED_BY = "hybridorch"
@@ -43,3 +44,40 @@ def selector_terms(stack: str) -> list[str]:
 def selector(stack: str) -> str:
     """A label selector (kubectl -l) for every object of one stack."""
     return ",".join(selector_terms(stack))
+
+
+# --- replica names: every form in one place ------------------------------------------------------------------
+# The forms differ because the places differ (a DNS name, a directory, a sentence); each has one function here.
+LABEL_REPLICA = "hybridorch.dev/replica"
+
+
+def replica_name(name: str, replica: int) -> str:
+    """NAME-i: a replica among several, as Kubernetes names StatefulSet pods; Docker containers
+    (<stack>-<workload>-i) and libvirt domains (hyb-<stack>-<workload>-i) put their prefix in `name`."""
+    return f"{name}-{replica}"
+
+
+def replica_names(name: str, replicas: int) -> list[str]:
+    """The KubeVirt VMs of a workload: NAME alone for one replica, NAME-0..NAME-(N-1) for several."""
+    return [name] if replicas == 1 else [replica_name(name, i) for i in range(replicas)]
+
+
+def replica_path(name: str, replica: int) -> str:
+    """A replica's directory in the local rendering: NAME for replica 0, NAME-i for the others."""
+    return name if replica == 0 else replica_name(name, replica)
+
+
+def replica_dir(name: str, replica: int) -> str:
+    """A replica's state dir (and how audit names its VM): NAME for replica 0, NAME.i for the others (a DNS-label
+    workload name has no '.', so no replica's dir is another workload's)."""
+    return name if replica == 0 else f"{name}.{replica}"
+
+
+def replica_title(name: str, replica: int) -> str:
+    """A replica in a sentence or a domain title: NAME for replica 0, 'NAME replica i' for the others."""
+    return name if replica == 0 else f"{name} replica {replica}"
+
+
+def replica_ref(name: str, replica: int) -> str:
+    """A replica in the packing's host lists: NAME/i."""
+    return f"{name}/{replica}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from hybridorch.errors import PolicyError
+from hybridorch.core.labels import replica_ref
 from hybridorch.core.policy import Placement, Profile
 from hybridorch.core.spec import HostPool
 
@@ -102,7 +103,7 @@ class Packing:
             "utilisation": {"cpu": round(cpu, 4), "memory": round(mem, 4)},
             "hosts": [{"name": h.name, "pool": h.pool, "cpuMillis": h.cpu_used, "cpuCapacity": h.cpu_capacity,
                        "memoryBytes": h.memory_used, "memoryCapacity": h.memory_capacity,
-                       "replicas": [f"{i.workload}/{i.replica}" for i in h.items]} for h in self.hosts],
+                       "replicas": [replica_ref(i.workload, i.replica) for i in h.items]} for h in self.hosts],
             "unplaced": [{"workload": u.workload, "replicas": u.replicas, "reason": u.reason} for u in self.unplaced],
         }
 
@@ -219,39 +220,38 @@ def _out_of_hosts(g: _Group) -> str:
     return f"pool(s) {', '.join(g.pools)} ran out of hosts (raise count, or lower replicas/resources)"
 
 
-def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_first: bool,
-            headroom: int) -> tuple[list[_Bin], list[Unplaced], int]:
-    """Best-fit decreasing in the order of sort_key; also returns the work done (hosts examined)."""
-    groups = sorted(inst.groups, key=sort_key)
-    if not groups:
-        return [], [], 0
-    work = [len(groups)]
-    min_c = min(g.cpu for g in groups)
-    min_m = min(g.mem for g in groups)
-    opened = {p: 0 for p in inst.order}
-    bins: list[_Bin] = []
-    by_seq: dict[int, _Bin] = {}
-    index: dict[tuple[str, str], _OpenHosts] = {}
-    unplaced: list[Unplaced] = []
+class _BestFit:
+    """One best-fit decreasing run: the hosts opened so far, the open ones indexed per (pool, tenant), and the
+    work done (hosts examined)."""
 
-    def reindex(b: _Bin, old: tuple[int, int] | None) -> None:
-        idx = index.setdefault((b.pool, b.tenant if inst.separate else ""), _OpenHosts())
-        if old is not None:
-            cur = (b.rem_c, b.rem_m)
-            b.rem_c, b.rem_m = old
-            idx.remove(b)
-            b.rem_c, b.rem_m = cur
-        if b.rem_c >= min_c and b.rem_m >= min_m:
+    def __init__(self, inst: _Instance, groups: list[_Group], biggest_pool_first: bool):
+        self.inst, self.biggest_pool_first = inst, biggest_pool_first
+        self.work = len(groups)
+        self.min_c = min(g.cpu for g in groups)
+        self.min_m = min(g.mem for g in groups)
+        self.opened = {p: 0 for p in inst.order}
+        self.bins: list[_Bin] = []
+        self.by_seq: dict[int, _Bin] = {}
+        self.index: dict[tuple[str, str], _OpenHosts] = {}
+
+    def put(self, b: _Bin, g: _Group, k: int, fresh: bool = False) -> None:
+        """Add k replicas of g to b and move b to its new place in the index (or out of it when full)."""
+        idx = self.index.setdefault((b.pool, b.tenant if self.inst.separate else ""), _OpenHosts())
+        if not fresh:
+            idx.remove(b)   # a no-op when b had already left the index
+        b.put(g, k)
+        if b.rem_c >= self.min_c and b.rem_m >= self.min_m:
             idx.add(b)
 
-    def candidates(g: _Group, want: int) -> list[tuple[float, float, int, int]]:
+    def candidates(self, g: _Group, want: int) -> list[tuple[float, float, int, int]]:
         """Up to `want` hosts, best first. A host is better when, after adding the replica, the more plentiful of
         its two resources is the least left over: filling the slack resource keeps CPU and memory balanced, where
         best fit on the scarcer one strands the other (two 100m/4Gi replicas fill a 4-CPU host's memory)."""
+        inst, by_seq = self.inst, self.by_seq
         tkey = g.tenant if inst.separate else ""
         found: dict[int, tuple[float, float, int, int]] = {}
         for po, pool in enumerate(g.pools):
-            idx = index.get((pool, tkey))
+            idx = self.index.get((pool, tkey))
             if idx is None:
                 continue
             cap_c, cap_m = inst.caps[pool]
@@ -262,7 +262,7 @@ def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_fir
                 while i < stop and got < want + _NEAR:
                     seq = lst[i][1]
                     i += 1
-                    work[0] += 1
+                    self.work += 1
                     b = by_seq[seq]
                     if b.rem_c < g.cpu or b.rem_m < g.mem or (inst.spread and g.workload in b.counts):
                         continue
@@ -271,52 +271,66 @@ def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_fir
                     found[seq] = (max(left_c, left_m), min(left_c, left_m), po, seq)
         return sorted(found.values())[:want]
 
-    def new_bin(g: _Group) -> _Bin | None:
-        pools = [p for p in g.pools if inst.fits(g, p) and opened[p] < inst.counts[p]]
+    def fill_open(self, g: _Group) -> int:
+        """Put g's replicas on open hosts, best fit; returns how many are left for new hosts."""
+        left = g.count
+        if self.inst.spread:
+            # sequential best fit would give each replica the best remaining host: the `left` best hosts at once
+            for *_, seq in self.candidates(g, left):
+                self.put(self.by_seq[seq], g, 1)
+                left -= 1
+            return left
+        while left:
+            best = self.candidates(g, 1)
+            if not best:
+                break
+            b = self.by_seq[best[0][3]]
+            # identical replicas: best fit keeps choosing this host while it has room, so fill it in bulk
+            k = min(left, b.rem_c // g.cpu if g.cpu else left, b.rem_m // g.mem if g.mem else left)
+            self.put(b, g, k)
+            left -= k
+        return left
+
+    def fill_new(self, g: _Group, left: int) -> int:
+        """Open hosts for the `left` replicas of g that found none; returns how many got no host."""
+        while left:
+            fresh = self.new_bin(g)
+            if fresh is None:
+                break
+            k = min(left, self.inst.per_host(g, fresh.pool))
+            self.put(fresh, g, k, fresh=True)
+            left -= k
+        return left
+
+    def new_bin(self, g: _Group) -> _Bin | None:
+        inst = self.inst
+        pools = [p for p in g.pools if inst.fits(g, p) and self.opened[p] < inst.counts[p]]
         if not pools:
             return None
-        if biggest_pool_first:
+        if self.biggest_pool_first:
             pools.sort(key=lambda p: (-inst.caps[p][0] * inst.caps[p][1], g.pools.index(p)))
         pool = pools[0]
-        b = _Bin(pool, opened[pool], inst.caps[pool], g.tenant, len(bins))
-        opened[pool] += 1
-        bins.append(b)
-        by_seq[b.seq] = b
+        b = _Bin(pool, self.opened[pool], inst.caps[pool], g.tenant, len(self.bins))
+        self.opened[pool] += 1
+        self.bins.append(b)
+        self.by_seq[b.seq] = b
         return b
 
+
+def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_first: bool,
+            headroom: int) -> tuple[list[_Bin], list[Unplaced], int]:
+    """Best-fit decreasing in the order of sort_key; also returns the work done (hosts examined)."""
+    groups = sorted(inst.groups, key=sort_key)
+    if not groups:
+        return [], [], 0
+    run = _BestFit(inst, groups, biggest_pool_first)
+    unplaced: list[Unplaced] = []
     for g in groups:
-        left = g.count
-        if inst.spread:
-            # sequential best fit would give each replica the best remaining host: the `left` best hosts at once
-            for *_, seq in candidates(g, left):
-                b = by_seq[seq]
-                old = (b.rem_c, b.rem_m)
-                b.put(g, 1)
-                reindex(b, old)
-                left -= 1
-        else:
-            while left:
-                best = candidates(g, 1)
-                if not best:
-                    break
-                b = by_seq[best[0][3]]
-                # identical replicas: best fit keeps choosing this host while it has room, so fill it in bulk
-                k = min(left, b.rem_c // g.cpu if g.cpu else left, b.rem_m // g.mem if g.mem else left)
-                old = (b.rem_c, b.rem_m)
-                b.put(g, k)
-                reindex(b, old)
-                left -= k
-        while left:
-            fresh = new_bin(g)
-            if fresh is None:
-                fits = any(inst.fits(g, p) for p in g.pools)
-                unplaced.append(Unplaced(g.workload, left, _out_of_hosts(g) if fits else _too_big(g, inst, headroom)))
-                break
-            k = min(left, inst.per_host(g, fresh.pool))
-            fresh.put(g, k)
-            reindex(fresh, None)
-            left -= k
-    return bins, unplaced, work[0]
+        left = run.fill_new(g, run.fill_open(g))
+        if left:
+            fits = any(inst.fits(g, p) for p in g.pools)
+            unplaced.append(Unplaced(g.workload, left, _out_of_hosts(g) if fits else _too_big(g, inst, headroom)))
+    return run.bins, unplaced, run.work
 
 
 def _sort_keys(inst: _Instance) -> list[Callable[[_Group], Any]]:
@@ -350,70 +364,111 @@ def _fill_hosts(inst: _Instance, sort_key: Callable[[_Group], Any], aim: float) 
     Replicas of one size, pool set and tenant are one type; a type's workload is taken most replicas left first,
     so spread workloads with many replicas find their distinct hosts. Several identical replicas go in at once
     (half of what fits) to keep the work near-linear."""
-    groups = sorted(inst.groups, key=sort_key)
-    types: dict[tuple[int, int, tuple[str, ...], str], list[_Group]] = {}
-    for g in groups:
-        types.setdefault((g.cpu, g.mem, g.pools, g.tenant if inst.separate else ""), []).append(g)
-    order = list(types)                            # by sort_key of their largest member: the opener's order
-    left = {g.workload: g.count for g in groups}
-    remaining = {t: sum(g.count for g in gs) for t, gs in types.items()}
-    opened = {p: 0 for p in inst.order}
-    bins: list[_Bin] = []
-    work = 0
-    first = 0
-    while True:
-        while first < len(order) and not remaining[order[first]]:
-            first += 1
-        if first == len(order):
-            return bins, True, work
-        cpu, mem, pools, tenant = order[first]
-        pool = next((p for p in pools if inst.fits(types[order[first]][0], p) and opened[p] < inst.counts[p]), None)
+    run = _HostFill(inst, sort_key, aim)
+    complete = run.run()
+    return run.bins, complete, run.work
+
+
+_Type = tuple[int, int, tuple[str, ...], str]   # CPU, memory, pools, tenant (or "" when tenants may share)
+
+
+class _HostFill:
+    """One host-at-a-time run (see _fill_hosts): the replica types, what is left of each, and the work done."""
+
+    def __init__(self, inst: _Instance, sort_key: Callable[[_Group], Any], aim: float):
+        self.inst, self.aim = inst, aim
+        groups = sorted(inst.groups, key=sort_key)
+        self.types: dict[_Type, list[_Group]] = {}
+        for g in groups:
+            self.types.setdefault((g.cpu, g.mem, g.pools, g.tenant if inst.separate else ""), []).append(g)
+        self.order = list(self.types)                # by sort_key of their largest member: the opener's order
+        self.left = {g.workload: g.count for g in groups}
+        self.remaining = {t: sum(g.count for g in gs) for t, gs in self.types.items()}
+        self.opened = {p: 0 for p in inst.order}
+        self.bins: list[_Bin] = []
+        self.work = 0
+
+    def run(self) -> bool:
+        """Open and fill hosts until every replica has one (True) or the pools run out of hosts (False)."""
+        first = 0
+        while True:
+            while first < len(self.order) and not self.remaining[self.order[first]]:
+                first += 1
+            if first == len(self.order):
+                return True
+            b = self.open_host(self.order[first])
+            if b is None:
+                return False
+            alive = [t for t in self.order[first:] if self.remaining[t] and b.pool in t[2]
+                     and (not self.inst.separate or t[3] == b.tenant)]
+            self.work += len(self.order) - first
+            self.fill(b, alive)
+
+    def open_host(self, opener: _Type) -> _Bin | None:
+        inst = self.inst
+        pool = next((p for p in opener[2] if inst.fits(self.types[opener][0], p)
+                     and self.opened[p] < inst.counts[p]), None)
         if pool is None:
-            return bins, False, work
-        b = _Bin(pool, opened[pool], inst.caps[pool], tenant, len(bins))
-        opened[pool] += 1
-        bins.append(b)
-        alive = [t for t in order[first:] if remaining[t] and pool in t[2] and (not inst.separate or t[3] == tenant)]
-        work += len(order) - first
+            return None
+        b = _Bin(pool, self.opened[pool], inst.caps[pool], opener[3], len(self.bins))
+        self.opened[pool] += 1
+        self.bins.append(b)
+        return b
+
+    def fill(self, b: _Bin, alive: list[_Type]) -> None:
+        idle = self.idle(b, alive)
+        self.work += len(alive)
+        while alive:
+            best, alive = self.best_type(b, alive, idle)
+            if best is None:
+                break
+            if not self.put_type(b, best):
+                alive.remove(best)  # every workload of this type is on the host already (spread)
+
+    def idle(self, b: _Bin, alive: list[_Type]) -> tuple[float, float]:
         # the resource the rest needs less of cannot be full on every host: aim each host at the rest's mix, so
         # that memory-heavy replicas spread over all hosts instead of filling the first ones' memory early.
         # aim > 1 overshoots the mix on purpose: measured on generated stacks, 2-3 leaves the fewest hosts
-        need_c = sum(t[0] * remaining[t] for t in alive) / b.cap_c
-        need_m = sum(t[1] * remaining[t] for t in alive) / b.cap_m
+        need_c = sum(t[0] * self.remaining[t] for t in alive) / b.cap_c
+        need_m = sum(t[1] * self.remaining[t] for t in alive) / b.cap_m
         top = max(need_c, need_m) or 1.0
-        idle_c, idle_m = aim * (1 - need_c / top) * b.cap_c, aim * (1 - need_m / top) * b.cap_m
-        work += len(alive)
-        while alive:
-            best, best_score = None, -math.inf
-            kept = []
-            for t in alive:
-                work += 1
-                if not remaining[t] or t[0] > b.rem_c or t[1] > b.rem_m:
-                    continue  # room only shrinks: a type that does not fit now never will on this host
-                kept.append(t)
-                score = t[0] / b.cap_c * (b.rem_c - idle_c) / b.cap_c + t[1] / b.cap_m * (b.rem_m - idle_m) / b.cap_m
-                if score > best_score:
-                    best, best_score = t, score
-            alive = kept
-            if best is None:
+        return self.aim * (1 - need_c / top) * b.cap_c, self.aim * (1 - need_m / top) * b.cap_m
+
+    def best_type(self, b: _Bin, alive: list[_Type], idle: tuple[float, float]
+                  ) -> tuple[_Type | None, list[_Type]]:
+        """The type pointing most along the host's room (largest dot product), and the types that still fit."""
+        idle_c, idle_m = idle
+        best, best_score = None, -math.inf
+        kept = []
+        for t in alive:
+            if not self.remaining[t] or t[0] > b.rem_c or t[1] > b.rem_m:
+                continue  # room only shrinks: a type that does not fit now never will on this host
+            kept.append(t)
+            score = t[0] / b.cap_c * (b.rem_c - idle_c) / b.cap_c + t[1] / b.cap_m * (b.rem_m - idle_m) / b.cap_m
+            if score > best_score:
+                best, best_score = t, score
+        self.work += len(alive)
+        return best, kept
+
+    def put_type(self, b: _Bin, best: _Type) -> bool:
+        """Put half of what fits of type `best` on b, most replicas left first; False when none could go."""
+        left, remaining = self.left, self.remaining
+        fit = min(b.rem_c // best[0] if best[0] else remaining[best],
+                  b.rem_m // best[1] if best[1] else remaining[best], remaining[best])
+        want = wanted = max(1, fit // 2)
+        self.types[best] = [g for g in self.types[best] if left[g.workload]]  # drop the finished ones
+        self.work += len(self.types[best])
+        for g in sorted((g for g in self.types[best] if not (self.inst.spread and g.workload in b.counts)),
+                        key=lambda g: (-left[g.workload], g.workload)):
+            self.work += 1
+            k = 1 if self.inst.spread else min(want, left[g.workload])
+            b.put(g, k)
+            left[g.workload] -= k
+            remaining[best] -= k
+            want -= k
+            if not want:
                 break
-            fit = min(b.rem_c // best[0] if best[0] else remaining[best],
-                      b.rem_m // best[1] if best[1] else remaining[best], remaining[best])
-            want = max(1, fit // 2)
-            types[best] = [g for g in types[best] if left[g.workload]]  # drop the finished ones
-            work += len(types[best])
-            for g in sorted((g for g in types[best] if not (inst.spread and g.workload in b.counts)),
-                            key=lambda g: (-left[g.workload], g.workload)):
-                work += 1
-                k = 1 if inst.spread else min(want, left[g.workload])
-                b.put(g, k)
-                left[g.workload] -= k
-                remaining[best] -= k
-                want -= k
-                if not want:
-                    break
-            if want == max(1, fit // 2):
-                alive.remove(best)  # every workload of this type is on the host already (spread)
+        return want != wanted
 
 
 # --- improvement: empty the least-loaded hosts ------------------------------------------------------------
@@ -501,10 +556,29 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
     Deterministic: one worker, a fixed seed and a deterministic-time limit (the budget). A wall-clock cap of
     5x the budget guards slow machines; only when that cap is hit can two runs differ."""
     upper = len(start)
-    slots = {p: min(inst.counts[p], upper) for p in inst.order}
     if _model_size(inst, upper) > EXACT_MAX_VARIABLES:
         return None
     from ortools.sat.python import cp_model  # lazy: hundreds of ms to import, only paid when solving
+
+    model, used, n = _model(inst, {p: min(inst.counts[p], upper) for p in inst.order}, lower)
+    _hint(model, used, n, start)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 7
+    solver.parameters.max_deterministic_time = budget
+    solver.parameters.max_time_in_seconds = 5 * budget + 1
+    status = solver.solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return _Exact(None, False, lower)
+    bound = max(lower, math.ceil(solver.best_objective_bound - 1e-6))
+    return _Exact(_solution(inst, solver, used, n), status == cp_model.OPTIMAL, bound)
+
+
+def _model(inst: _Instance, slots: dict[str, int], lower: int) -> tuple[Any, dict[tuple[str, int], Any],
+                                                                        dict[tuple[str, str, int], Any]]:
+    """The CP-SAT model: used[pool, k] says host k of pool is used, n[workload, pool, k] how many replicas it
+    holds; capacity, tenants apart and every replica placed are constraints, the hosts used the objective."""
+    from ortools.sat.python import cp_model
 
     model = cp_model.CpModel()
     used: dict[tuple[str, int], Any] = {}
@@ -541,6 +615,12 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
                 model.add(v <= inst.per_host(g, p) * z[g.tenant])
     model.add(sum(used.values()) >= lower)
     model.minimize(sum(used.values()))
+    return model, used, n
+
+
+def _hint(model: Any, used: dict[tuple[str, int], Any], n: dict[tuple[str, str, int], Any],
+          start: list[_Bin]) -> None:
+    """Start the solver from the best heuristic answer (hosts numbered 0..k-1 per pool, like the slots)."""
     for b in start:
         model.add_hint(used[b.pool, b.index], 1)
     hinted = {(b.pool, b.index) for b in start}
@@ -551,16 +631,9 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
     for key, v in n.items():
         model.add_hint(v, where.get(key, 0))
 
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = 7
-    solver.parameters.max_deterministic_time = budget
-    solver.parameters.max_time_in_seconds = 5 * budget + 1
-    status = solver.solve(model)
-    bound = max(lower, math.ceil(solver.best_objective_bound - 1e-6)) if status in (
-        cp_model.OPTIMAL, cp_model.FEASIBLE) else lower
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return _Exact(None, False, lower)
+
+def _solution(inst: _Instance, solver: Any, used: dict[tuple[str, int], Any],
+              n: dict[tuple[str, str, int], Any]) -> list[_Bin]:
     bins: list[_Bin] = []
     for (p, k), y in used.items():
         if not solver.value(y):
@@ -573,7 +646,7 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
                 b.put(g, c)
                 b.tenant = g.tenant
         bins.append(b)
-    return _Exact(bins, status == cp_model.OPTIMAL, bound)
+    return bins
 
 
 # --- putting it together --------------------------------------------------------------------------------
@@ -763,9 +836,9 @@ def violations(packing: Packing, placements: Sequence[Placement], pools: Sequenc
             out.append(f"{h.name}: two replicas of one workload")
         for i in h.items:
             if h.pool not in i.pools:
-                out.append(f"{i.workload}/{i.replica} on {h.name}: pool not eligible")
+                out.append(f"{replica_ref(i.workload, i.replica)} on {h.name}: pool not eligible")
             if (i.workload, i.replica) in seen:
-                out.append(f"{i.workload}/{i.replica}: placed twice")
+                out.append(f"{replica_ref(i.workload, i.replica)}: placed twice")
             seen.add((i.workload, i.replica))
     missing = set(expected) - seen
     if missing:

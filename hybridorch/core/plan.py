@@ -8,6 +8,7 @@ from hybridorch.errors import PolicyError, Problem, SpecError
 from hybridorch.core.packing import DEFAULT_SOLVER_BUDGET, Packing, pack
 from hybridorch.core.policy import Placement, Profile, place_workload
 from hybridorch.core.policyfile import resolve_policy
+from hybridorch.core.runtime import Runtime
 from hybridorch.core.spec import Stack, load_hosts, load_stack, placement_problems, problem
 
 
@@ -24,8 +25,8 @@ class Plan:
                 return p
         raise KeyError(name)
 
-    def has_runtime(self, runtime: str) -> bool:
-        return any(p.runtime == runtime for p in self.placements)
+    def has_runtime(self, runtime: Runtime) -> bool:
+        return any(p.runtime is runtime for p in self.placements)
 
     @property
     def warnings(self) -> list[str]:
@@ -49,7 +50,7 @@ def build_plan(stack: Stack, profile: Profile, solver_budget: float = DEFAULT_SO
         try:
             placements.append(place_workload(w, profile, stack.hosts))
         except PolicyError as err:
-            fld = "runtime" if w.runtime != "auto" else ""
+            fld = "runtime" if w.runtime is not None else ""
             problems.append(problem(stack, w, fld, str(err)))
     if problems:
         raise SpecError(problems)

@@ -9,13 +9,16 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from hybridorch.errors import PolicyError
-from hybridorch.core.spec import RUNTIMES, HostPool, Workload
+from hybridorch.core.runtime import VM_RUNTIMES, LocalSandbox, Runtime, SandboxClass
+from hybridorch.core.spec import HostPool, Workload
 
-STRENGTH = {"container": 0, "sandboxed": 1, "vm": 2, "nested": 2}
-ALL = frozenset(RUNTIMES)
+STRENGTH = {Runtime.CONTAINER: 0, Runtime.SANDBOXED: 1, Runtime.VM: 2, Runtime.NESTED: 2}
+ALL = frozenset(Runtime)
 # What a cluster runs sandboxed pods in: Kata Containers (a small VM per pod: needs hardware virtualisation) or
 # gVisor (runsc: a user-space kernel, runs on any Linux host)
-SANDBOX_CLASSES = ("kata", "gvisor")
+SANDBOX_CLASSES: tuple[str, ...] = tuple(c.value for c in SandboxClass)
+VM_ONLY = frozenset({Runtime.VM})
+ISOLATED = frozenset({Runtime.SANDBOXED, Runtime.VM, Runtime.NESTED})     # anything off the shared kernel
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,8 @@ class Profile:
     """An isolation/efficiency trade-off, as data (a user policy file overrides any field)."""
 
     name: str
-    untrusted_runtime: str = "sandboxed"          # where untrusted code runs: sandboxed | vm
-    internal_runtime: str = "container"           # where another team's code runs: container | sandboxed
+    untrusted_runtime: Runtime = Runtime.SANDBOXED   # where untrusted code runs: sandboxed | vm
+    internal_runtime: Runtime = Runtime.CONTAINER    # where another team's code runs: container | sandboxed
     trusted_privileged_container: bool = False    # allow privileged trusted workloads on the shared kernel
     separate_tenants: bool = False                # tenants never share a host
     spread_replicas: bool = True                  # replicas of one workload on different hosts
@@ -48,20 +51,20 @@ class Profile:
     max_snapshot_age: str = "30d"                 # longest snapshot retention the audit accepts (HYB015)
     # where a sandboxed placement runs on the local target: auto (Docker's gVisor/Kata runtime, else its own VM),
     # runtime (only a Docker sandbox runtime), vm (always its own VM)
-    local_sandbox: str = "auto"
-    sandbox_runtime_class: str = "kata"           # SANDBOX_CLASSES: the RuntimeClass sandboxed pods name
+    local_sandbox: LocalSandbox = LocalSandbox.AUTO
+    sandbox_runtime_class: SandboxClass = SandboxClass.KATA     # the RuntimeClass sandboxed pods name
 
-    def overhead(self, runtime: str) -> Overhead:
-        if runtime == "sandboxed":
+    def overhead(self, runtime: Runtime) -> Overhead:
+        if runtime is Runtime.SANDBOXED:
             return self.sandbox_overhead
-        if runtime in ("vm", "nested"):
+        if runtime in VM_RUNTIMES:
             return self.vm_overhead
         return Overhead()
 
 
 PROFILES: dict[str, Profile] = {
-    "secure": Profile("secure", untrusted_runtime="vm", internal_runtime="sandboxed", separate_tenants=True,
-                      headroom_percent=20, max_vm_cpus=4, max_snapshot_age="7d"),
+    "secure": Profile("secure", untrusted_runtime=Runtime.VM, internal_runtime=Runtime.SANDBOXED,
+                      separate_tenants=True, headroom_percent=20, max_vm_cpus=4, max_snapshot_age="7d"),
     "balanced": Profile("balanced"),
     "efficient": Profile("efficient", trusted_privileged_container=True, spread_replicas=False,
                          headroom_percent=0, max_vm_cpus=16, max_snapshot_age="90d"),
@@ -77,7 +80,7 @@ class Reason:
 @dataclass(frozen=True)
 class Placement:
     workload: Workload
-    runtime: str
+    runtime: Runtime
     reasons: tuple[Reason, ...]
     warnings: tuple[str, ...] = ()
     emulated: bool = False            # guest arch differs from the host's: QEMU TCG
@@ -106,7 +109,8 @@ class Placement:
     def to_dict(self) -> dict[str, Any]:
         w = self.workload
         return {
-            "workload": w.name, "runtime": self.runtime, "tenant": w.tenant, "replicas": w.replicas,
+            "workload": w.name, "runtime": str(self.runtime),  # plain: safe_dump refuses enums
+            "tenant": w.tenant, "replicas": w.replicas,
             "reasons": [{"rule": r.rule, "message": r.message} for r in self.reasons],
             "warnings": list(self.warnings), "emulated": self.emulated,
             "host": {"os": self.host_os, "arch": self.host_arch, "virtualization": self.needs_virtualization,
@@ -125,8 +129,8 @@ class Fired:
     """A rule that applied: which runtimes it allows, which it prefers, and why."""
 
     rule: str
-    allowed: frozenset[str]
-    prefer: str | None
+    allowed: frozenset[Runtime]
+    prefer: Runtime | None
     message: str
     warning: str = ""
     hard: bool = True
@@ -153,7 +157,7 @@ Rule = Callable[[Workload, Profile, HostFacts], "Fired | None"]
 def rule_inner_containers(w: Workload, profile: Profile, hosts: HostFacts) -> Fired | None:
     if not w.containers:
         return None
-    return Fired("inner-containers", frozenset({"nested"}), "nested",
+    return Fired("inner-containers", frozenset({Runtime.NESTED}), Runtime.NESTED,
                  f"lists {len(w.containers)} container(s) to run inside its own VM")
 
 
@@ -161,7 +165,7 @@ def rule_foreign_os(w: Workload, profile: Profile, hosts: HostFacts) -> Fired | 
     if w.os in hosts.oses:
         return None
     host_os = "/".join(sorted(hosts.oses))
-    return Fired("foreign-os", frozenset({"vm"}), "vm",
+    return Fired("foreign-os", VM_ONLY, Runtime.VM,
                  f"{w.os} workload but the hosts run {host_os}: containers share the host kernel, so it needs a VM")
 
 
@@ -169,7 +173,7 @@ def rule_kernel(w: Workload, profile: Profile, hosts: HostFacts) -> Fired | None
     needs = [r for r in w.requires if r in ("custom-kernel", "kernel-modules")]
     if not needs:
         return None
-    return Fired("own-kernel", frozenset({"vm", "nested"}), "vm",
+    return Fired("own-kernel", VM_RUNTIMES, Runtime.VM,
                  f"requires {' and '.join(needs)}: containers share the host's kernel, a VM brings its own")
 
 
@@ -177,7 +181,7 @@ def rule_foreign_arch(w: Workload, profile: Profile, hosts: HostFacts) -> Fired 
     host_os = w.os if w.os in hosts.oses else "linux"
     if w.arch in hosts.arches(host_os):
         return None
-    return Fired("foreign-arch", frozenset({"vm", "nested"}), "vm",
+    return Fired("foreign-arch", VM_RUNTIMES, Runtime.VM,
                  f"{w.arch} workload but no {w.arch} hosts: runs in an emulated {w.arch} VM (QEMU TCG, "
                  f"~{profile.emulation_cpu_factor}x the CPU)")
 
@@ -185,13 +189,13 @@ def rule_foreign_arch(w: Workload, profile: Profile, hosts: HostFacts) -> Fired 
 def rule_untrusted(w: Workload, profile: Profile, hosts: HostFacts) -> Fired | None:
     if w.trust != "untrusted":
         return None
-    return Fired("untrusted-isolation", frozenset({"sandboxed", "vm", "nested"}), profile.untrusted_runtime,
+    return Fired("untrusted-isolation", ISOLATED, profile.untrusted_runtime,
                  f"untrusted code never runs as a plain container; policy {profile.name} isolates it as "
                  f"{profile.untrusted_runtime}")
 
 
 def rule_internal(w: Workload, profile: Profile, hosts: HostFacts) -> Fired | None:
-    if w.trust != "internal" or profile.internal_runtime == "container":
+    if w.trust != "internal" or profile.internal_runtime is Runtime.CONTAINER:
         return None
     return Fired("internal-isolation", ALL, profile.internal_runtime,
                  f"policy {profile.name} keeps code of trust 'internal' off the shared kernel "
@@ -204,12 +208,12 @@ def rule_escape_surface(w: Workload, profile: Profile, hosts: HostFacts) -> Fire
         return None
     what = " and ".join(needs)
     if w.trust == "trusted" and profile.trusted_privileged_container:
-        return Fired("shared-kernel-escape", ALL, "container",
+        return Fired("shared-kernel-escape", ALL, Runtime.CONTAINER,
                      f"requires {what}; trusted code under policy {profile.name} may run on the shared kernel",
                      warning=f"{w.name}: {what} on a shared kernel: a compromise of this container is a compromise "
                              "of the host", hard=False)
-    allowed = frozenset({"vm", "nested"}) if "host-devices" in needs else frozenset({"sandboxed", "vm", "nested"})
-    return Fired("shared-kernel-escape", allowed, "vm",
+    allowed = VM_RUNTIMES if "host-devices" in needs else ISOLATED
+    return Fired("shared-kernel-escape", allowed, Runtime.VM,
                  f"requires {what}: on a shared kernel that is an escape route to the host, so it gets a VM")
 
 
@@ -221,26 +225,28 @@ def place_workload(w: Workload, profile: Profile, pools: Iterable[HostPool]) -> 
     """Decide the runtime of one workload. Raises PolicyError when an explicit runtime breaks a hard rule."""
     hosts = HostFacts(tuple(pools))
     fired = [f for f in (rule(w, profile, hosts) for rule in RULES) if f is not None]
-    allowed = set(ALL) if w.containers else set(ALL - {"nested"})
+    allowed = set(ALL) if w.containers else set(ALL - {Runtime.NESTED})
     for f in fired:
         if f.hard:
             allowed &= f.allowed
     reasons: list[Reason] = []
-    if w.runtime != "auto":
+    runtime: Runtime
+    if w.runtime is not None:
         breaking = next((f for f in fired if f.hard and w.runtime not in f.allowed), None)
         if breaking is not None or w.runtime not in allowed:
             rule = breaking.rule if breaking else "inner-containers"
             why = breaking.message if breaking else "runtime nested needs inner containers"
             raise PolicyError(f"runtime {w.runtime} contradicts rule {rule}: {why}")
-        runtime = w.runtime
+        runtime = Runtime(w.runtime)
         reasons.append(Reason("explicit-runtime", f"the spec asks for {runtime}"))
     else:
         preferred = [f.prefer for f in fired if f.prefer in allowed]
-        runtime = max(preferred, key=lambda r: STRENGTH[r]) if preferred else min(allowed, key=STRENGTH.__getitem__)
+        runtime = Runtime(max(preferred, key=lambda r: STRENGTH[r]) if preferred
+                          else min(allowed, key=STRENGTH.__getitem__))
     reasons.extend(Reason(f.rule, f.message) for f in fired)
-    vm_cost = profile.overhead("vm")
+    vm_cost = profile.overhead(Runtime.VM)
     avoided = None
-    if runtime == "container":
+    if runtime is Runtime.CONTAINER:
         avoided = vm_cost
         if not fired:
             reasons.append(Reason("density-default",
@@ -254,13 +260,13 @@ def place_workload(w: Workload, profile: Profile, pools: Iterable[HostPool]) -> 
     else:
         host_arch = w.arch
     # a VM (and a Kata sandbox, a VM per pod) wants KVM; gVisor's user-space kernel needs none
-    sandbox_vm = runtime == "sandboxed" and profile.sandbox_runtime_class == "kata"
-    wants_kvm = (runtime in ("vm", "nested") or sandbox_vm) and not emulated
+    sandbox_vm = runtime is Runtime.SANDBOXED and profile.sandbox_runtime_class is SandboxClass.KATA
+    wants_kvm = (runtime in VM_RUNTIMES or sandbox_vm) and not emulated
     candidates = [p for p in hosts.pools if p.os == host_os and p.arch == host_arch]
     kvm_pools = [p for p in candidates if p.virtualization]
     warnings = [f.warning for f in fired if f.warning]
     if wants_kvm and not kvm_pools:
-        if runtime == "sandboxed":
+        if runtime is Runtime.SANDBOXED:
             raise PolicyError(f"workload {w.name} needs a sandboxed runtime, but no {host_os}/{host_arch} host pool "
                               "has hardware virtualisation for Kata (set virtualization: true on a pool, use "
                               "runtime vm, or a policy with sandboxRuntimeClass: gvisor)")

@@ -6,10 +6,20 @@ import os
 from typing import Any
 
 from hybridorch.core.policy import PROFILES, SANDBOX_CLASSES, Overhead, Profile, make_profile
+from hybridorch.core.runtime import LocalSandbox, Named, Runtime, SandboxClass
 from hybridorch.core.safeload import path_inside
 from hybridorch.core.schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
 from hybridorch.core.spec import API_VERSION, Stack
 from hybridorch.errors import PolicyError, Problem, SpecError
+
+
+def _values(*members: Named) -> tuple[str, ...]:
+    return tuple(m.value for m in members)
+
+
+# the policy file's option values, turned into their enums here at the edge
+_ENUMS: dict[str, type[Named]] = {"untrustedRuntime": Runtime, "internalRuntime": Runtime,
+                                  "localSandbox": LocalSandbox, "sandboxRuntimeClass": SandboxClass}
 
 _OVERHEAD = Obj({"cpu": Field(Quantity("cpu"), required=True), "memory": Field(Quantity("memory"), required=True)})
 
@@ -19,8 +29,8 @@ POLICY_FILE = Obj({
     "metadata": Field(Obj({"name": Field(Scalar(str, pattern=DNS_LABEL), required=True)}), required=True),
     "spec": Field(Obj({
         "base": Field(Scalar(str, enum=tuple(PROFILES)), default="balanced"),
-        "untrustedRuntime": Field(Scalar(str, enum=("sandboxed", "vm"))),
-        "internalRuntime": Field(Scalar(str, enum=("container", "sandboxed"))),
+        "untrustedRuntime": Field(Scalar(str, enum=_values(Runtime.SANDBOXED, Runtime.VM))),
+        "internalRuntime": Field(Scalar(str, enum=_values(Runtime.CONTAINER, Runtime.SANDBOXED))),
         "privilegedTrustedAsContainer": Field(Scalar(bool)),
         "separateTenants": Field(Scalar(bool)),
         "spreadReplicas": Field(Scalar(bool)),
@@ -30,7 +40,7 @@ POLICY_FILE = Obj({
         "maxSnapshotAge": Field(Scalar(str, pattern=r"([0-9]+[smhdw])+", what="a duration such as 7d"),
                                 doc="Longest snapshot retention the audit accepts (rule HYB015)."),
         "overheads": Field(Obj({"sandboxed": Field(_OVERHEAD), "vm": Field(_OVERHEAD)})),
-        "localSandbox": Field(Scalar(str, enum=("auto", "runtime", "vm")),
+        "localSandbox": Field(Scalar(str, enum=_values(*LocalSandbox)),
                               doc="Where a sandboxed workload runs on the local target: auto (Docker's gVisor/Kata "
                                   "runtime, else its own VM), runtime, vm."),
         "sandboxRuntimeClass": Field(Scalar(str, enum=SANDBOX_CLASSES),
@@ -57,7 +67,8 @@ def load_policy(path: str) -> Profile:
     """A user policy file (kind: Policy) turned into a Profile."""
     doc: Document = check_document(path, POLICY_FILE)
     spec = doc.values["spec"]
-    overrides: dict[str, Any] = {_POLICY_KEYS[k]: v for k, v in spec.items() if k in _POLICY_KEYS and v is not None}
+    overrides: dict[str, Any] = {_POLICY_KEYS[k]: _ENUMS[k](v) if k in _ENUMS else v
+                                 for k, v in spec.items() if k in _POLICY_KEYS and v is not None}
     overheads = spec.get("overheads") or {}
     if overheads.get("sandboxed"):
         overrides["sandbox_overhead"] = _overhead(overheads["sandboxed"])

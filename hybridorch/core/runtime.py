@@ -1,20 +1,33 @@
 """The facts every layer shares, in one place: runtimes and workload states, the arch/machine/console table,
-the readiness-port and host-publishing rules, which placements run an image inside a VM, and the cache root.
+the readiness-port, host-publishing and container-hardening rules, which placements run an image inside a VM, the
+refusal of an arch without a local guest, and the cache root.
 Pure: no I/O (the cache root reads only the environment it is given)."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 if TYPE_CHECKING:
-    from hybridorch.core.spec import Workload
+    from hybridorch.core.spec import Port, Workload
 
 
-class Runtime(StrEnum):
-    """Where a workload runs. A StrEnum: it is its name in YAML, JSON, labels and templates."""
+class Named(str, Enum):
+    """An enum that is its value wherever it is written: str(), format(), f-strings, JSON, Jinja, Docker labels
+    (what StrEnum does on Python 3.11+; setup.cfg promises 3.10). yaml.safe_dump alone refuses it: write
+    `.value` into data that a YAML dumper sees."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Runtime(Named):
+    """Where a workload runs: its name in YAML, JSON, labels and templates."""
 
     CONTAINER = "container"
     SANDBOXED = "sandboxed"     # a container with its own kernel (gVisor, Kata, or a small VM of its own)
@@ -25,9 +38,38 @@ class Runtime(StrEnum):
 RUNTIMES: tuple[str, ...] = tuple(r.value for r in Runtime)
 CONTAINER_RUNTIMES = frozenset({Runtime.CONTAINER, Runtime.SANDBOXED})
 VM_RUNTIMES = frozenset({Runtime.VM, Runtime.NESTED})
+AUTO = "auto"                   # a workload's `runtime: auto`: the policy decides (Workload.runtime None)
 
 
-class State(StrEnum):
+def requested_runtime(value: str | None) -> Runtime | None:
+    """A spec's `runtime` field as the workload carries it: None for auto (or unset), else the Runtime."""
+    return None if value is None or value == AUTO else Runtime(value)
+
+
+def runtime_of(value: object) -> Runtime | None:
+    """A runtime name read from outside (a label, a state file, a foreign manifest); None when it names none."""
+    try:
+        return Runtime(value)
+    except (ValueError, TypeError):     # TypeError: an unhashable value (a list in a hand-written manifest)
+        return None
+
+
+class LocalSandbox(Named):
+    """Policy `localSandbox`: where a sandboxed placement runs on the local target."""
+
+    AUTO = "auto"               # Docker's gVisor/Kata runtime when it has one, else a VM of its own
+    RUNTIME = "runtime"         # only a Docker sandbox runtime: without one `up` refuses
+    VM = "vm"                   # always a VM of its own
+
+
+class SandboxClass(Named):
+    """Policy `sandboxRuntimeClass`: what a cluster runs sandboxed pods in."""
+
+    KATA = "kata"               # a small VM per pod: needs hardware virtualisation
+    GVISOR = "gvisor"           # runsc, a user-space kernel: runs on any Linux host
+
+
+class State(Named):
     """What `status` and `ps` report of one workload."""
 
     READY = "ready"             # running and its readiness check passes
@@ -57,6 +99,7 @@ class Arch:
     triplet: str = ""             # multiarch library directory
     loader: str = ""              # ELF interpreter runc is linked against
     modules: tuple[str, ...] = ()  # kernel modules the guest loads (their deps follow from .modinfo)
+    no_guest: str = ""            # why there is no local guest of this arch (binary None)
 
     @property
     def machine(self) -> str:
@@ -76,7 +119,8 @@ ARCHES: dict[str, Arch] = {
     "arm64": Arch("arm64", "aarch64", ("virt",), "qemu-system-aarch64", "qemu-system-arm", "ttyAMA0", "cortex-a57",
                   False, "linux-image-arm64", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1",
                   ("virtio_pci", "virtio_mmio", "virtio_net")),
-    "riscv64": Arch("riscv64", "riscv64", ("virt",)),
+    "riscv64": Arch("riscv64", "riscv64", ("virt",),
+                    no_guest="Debian 12 ships no riscv64 packages (no kernel, busybox or runc to build a guest from)"),
 }
 LOCAL_ARCHES: tuple[str, ...] = tuple(a for a, info in ARCHES.items() if info.local)
 HOST_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}   # uname -m -> arch
@@ -86,6 +130,15 @@ def local_arch(arch: str) -> Arch | None:
     """The table entry of an arch a local guest can have; None for any other."""
     info = ARCHES.get(arch)
     return info if info is not None and info.local else None
+
+
+def guest_refusal(arch: str) -> str | None:
+    """The one text that refuses a guest of an arch without a local guest (local VMs, soc-test boards); None
+    for an arch that has one, or that the table does not know (the spec's schema names those)."""
+    info = ARCHES.get(arch)
+    if info is None or info.local:
+        return None
+    return f"{arch} guests are not supported: {info.no_guest} (use {' or '.join(LOCAL_ARCHES)})"
 
 
 # --- rules -------------------------------------------------------------------------------------------------
@@ -114,6 +167,53 @@ def host_address(public: bool) -> str:
 def publishes_host_ports(replica: int) -> bool:
     """Only replica 0 publishes host ports: a second replica on the same host port would fail to start."""
     return replica == 0
+
+
+def local_ports(w: Workload) -> tuple[Port, ...]:
+    """The ports a workload has on this machine: its own, then its inner containers' (the first of each number and
+    protocol)."""
+    seen: dict[tuple[int, str], Port] = {}
+    for p in list(w.ports) + [p for c in w.containers for p in c.ports]:
+        seen.setdefault((p.port, p.protocol), p)
+    return tuple(seen.values())
+
+
+def assign_host_ports(workloads: Iterable[Workload]) -> dict[tuple[str, int, str], int | None]:
+    """The local target's host port for every port of a stack, keyed (workload, port, protocol): an explicit
+    hostPort; else the same number when no hostPort and no earlier workload has it; else None, an automatic one
+    (as `docker run -P` does). Two workloads may listen on the same port: each has its own container or VM
+    address, and on Kubernetes its own Service; only two explicit hostPorts can collide (the spec refuses that)."""
+    ports = [(w.name, p) for w in workloads if w.replicas > 0 for p in local_ports(w)]
+    taken = {(p.host_port, p.protocol) for _, p in ports if p.host_port}
+    out: dict[tuple[str, int, str], int | None] = {}
+    for name, p in ports:
+        if p.host_port:
+            out[(name, p.port, p.protocol)] = p.host_port
+        elif (p.port, p.protocol) in taken:
+            out[(name, p.port, p.protocol)] = None
+        else:
+            taken.add((p.port, p.protocol))
+            out[(name, p.port, p.protocol)] = p.port
+    return out
+
+
+PRIVILEGES = ("privileged", "host-devices")   # requirements a container gets only as a privileged one
+
+
+def is_privileged(w: Workload) -> bool:
+    """The workload's container runs privileged (where a policy lets a container have what it requires)."""
+    return any(r in w.requires for r in PRIVILEGES)
+
+
+def read_only_root(w: Workload) -> bool:
+    """The one hardening rule of both targets (Docker and Kubernetes): every container has a read-only root
+    filesystem with a writable /tmp, unless it runs privileged or its spec says `writableRoot: true`."""
+    return not is_privileged(w) and not w.writable_root
+
+
+def scratch_tmp(w: Workload) -> bool:
+    """A read-only root needs somewhere to write: a /tmp of its own, unless the spec mounts a volume there."""
+    return read_only_root(w) and not any(v.mount_path.rstrip("/") == "/tmp" for v in w.volumes)
 
 
 def container_env(w: Workload, stack: str, replica: int) -> dict[str, str]:

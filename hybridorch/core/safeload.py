@@ -191,25 +191,14 @@ def _compose_node(loader: Any, max_depth: int, alias_floor: int) -> yaml.Node:
                 raise YamlLimit(f"aliases expand to more than {max(alias_floor, written)} nodes", event.start_mark)
             node: yaml.Node = target
         elif isinstance(event, yaml.ScalarEvent):
-            tag = event.tag
-            if tag is None or tag == "!":
-                tag = tags.get((event.value, event.implicit))
-                if tag is None:
-                    tag = tags[(event.value, event.implicit)] = loader.resolve(yaml.ScalarNode, event.value,
-                                                                               event.implicit)
-            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            node = _scalar_node(loader, event, tags)
             written += 1
             size = 1
             if event.anchor is not None:
                 anchors[event.anchor] = node
                 sizes[id(node)] = 1
         elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            seq = isinstance(event, yaml.SequenceStartEvent)
-            kind = yaml.SequenceNode if seq else yaml.MappingNode
-            tag = event.tag
-            if tag is None or tag == "!":
-                tag = loader.resolve(kind, None, event.implicit)
-            node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            node = _collection_node(loader, event)
             written += 1
             if event.anchor is not None:
                 anchors[event.anchor] = node  # its size is unknown until it ends: an alias inside it is recursive
@@ -230,3 +219,21 @@ def _compose_node(loader: Any, max_depth: int, alias_floor: int) -> yaml.Node:
         parent = open_[-1]
         parent[1] += size
         parent[3].append(node)
+
+
+def _scalar_node(loader: Any, event: yaml.ScalarEvent, tags: dict[tuple[str, Any], str]) -> yaml.ScalarNode:
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = tags.get((event.value, event.implicit))
+        if tag is None:
+            tag = tags[(event.value, event.implicit)] = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+    return yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+
+
+def _collection_node(loader: Any, event: yaml.CollectionStartEvent) -> yaml.Node:
+    """An empty sequence or mapping node; its children are set when its end event arrives."""
+    kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) else yaml.MappingNode
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(kind, None, event.implicit)
+    return kind(tag, [], event.start_mark, None, flow_style=event.flow_style)

@@ -12,9 +12,10 @@ from typing import Any, Mapping
 import yaml
 
 from hybridorch.errors import Problem, SpecError
-from hybridorch.core.labels import lifecycle_labels
+from hybridorch.core.durations import PATTERN as DURATION
+from hybridorch.core.labels import lifecycle_labels, replica_name
 from hybridorch.core.runtime import ARCHES as ARCH_TABLE
-from hybridorch.core.runtime import RUNTIMES
+from hybridorch.core.runtime import AUTO, CONTAINER_RUNTIMES, RUNTIMES, VM_RUNTIMES, Runtime, requested_runtime
 from hybridorch.core.safeload import compose_yaml
 from hybridorch.core.schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
                      parse_quantity, show)
@@ -64,8 +65,7 @@ _port_number = Scalar(int, minimum=1, maximum=65535, what="a port number")
 # owner and ttl become label values on every object, so they follow the label-value syntax
 _owner = Scalar(str, pattern=r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?",
                 what="an owner usable as a label value (letters, digits, '-', '_', '.'; at most 63), e.g. team-shop")
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_duration = Scalar(str, pattern=r"(?=.{1,63}$)([0-9]+[smhdw])+", what="a duration such as 30m, 12h, 7d or 1d12h")
+_duration = Scalar(str, pattern=r"(?=.{1,63}$)" + DURATION, what="a duration such as 30m, 12h, 7d or 1d12h")
 
 
 PORT = Obj({
@@ -73,7 +73,8 @@ PORT = Obj({
     "protocol": Field(Scalar(str, enum=("TCP", "UDP")), default="TCP"),
     "name": Field(Scalar(str, pattern=PORT_NAME, what="a port name (IANA service name: at most 15 lowercase letters,"
                                                       " digits and single '-', with a letter)")),
-    "hostPort": Field(_port_number, doc="Port published on the host by the local target (default: same as port)."),
+    "hostPort": Field(_port_number, doc="Port published on the host by the local target (default: same as port, "
+                                        "or a free one when an earlier workload has that port)."),
     "public": Field(Scalar(bool), default=False,
                     doc="Reachable from anywhere: published on all host addresses instead of 127.0.0.1 (local "
                         "target), open to every namespace (its NetworkPolicy)."),
@@ -142,7 +143,11 @@ WORKLOAD = Obj({
     "allowFrom": Field(ListOf(_name), default=list,
                        doc="Other tenants of the stack that may connect to every port of this workload."),
     "requires": Field(ListOf(Scalar(str, enum=REQUIREMENTS)), default=list),
-    "runtime": Field(Scalar(str, enum=("auto",) + RUNTIMES), default="auto"),
+    "writableRoot": Field(Scalar(bool), default=False,
+                          doc="The container writes outside its volumes and /tmp: give it a writable root filesystem "
+                              "instead of the read-only one every non-privileged container gets (local Docker and "
+                              "Kubernetes alike)."),
+    "runtime": Field(Scalar(str, enum=(AUTO,) + RUNTIMES), default=AUTO),
     "volumes": Field(ListOf(VOLUME), default=list),
     "containers": Field(ListOf(INNER_CONTAINER, min_items=1), doc="Containers run inside the VM (nested)."),
     "vm": Field(VM, doc="VM settings for vm and nested placements."),
@@ -202,18 +207,6 @@ def memory_bytes(quantity: str) -> int:
     value = parse_quantity(quantity)
     assert value is not None
     return int(value)
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in a duration such as 7d or 1d12h (already checked against the pattern at load time)."""
-    total, number = 0, ""
-    for ch in text:
-        if ch.isdigit():
-            number += ch
-        else:
-            total += int(number) * DURATION_UNITS[ch]
-            number = ""
-    return total
 
 
 @dataclass(frozen=True)
@@ -301,7 +294,8 @@ class Workload:
     tenant: str = "default"
     allow_from: tuple[str, ...] = ()  # workload-wide; every Port.allow_from already includes it
     requires: tuple[str, ...] = ()
-    runtime: str = "auto"
+    writable_root: bool = False       # opts out of the read-only root filesystem (runtime.read_only_root)
+    runtime: Runtime | None = None    # the spec's explicit runtime; None: auto, the policy decides
     volumes: tuple[Volume, ...] = ()
     containers: tuple[InnerContainer, ...] = ()
     vm: VmSettings = VmSettings()
@@ -390,7 +384,8 @@ def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int], meta: d
         env=dict(v["env"]), ports=tuple(_port(p, tuple(v.get("allowFrom") or ())) for p in v["ports"]),
         replicas=v["replicas"], allow_from=tuple(dict.fromkeys(v.get("allowFrom") or ())),
         resources=Resources(**v["resources"]), os=v["os"], arch=v["arch"], trust=v["trust"],
-        tenant=v.get("tenant") or stack_name, requires=tuple(dict.fromkeys(v["requires"])), runtime=v["runtime"],
+        tenant=v.get("tenant") or stack_name, requires=tuple(dict.fromkeys(v["requires"])),
+        writable_root=v["writableRoot"], runtime=requested_runtime(v["runtime"]),
         volumes=tuple(Volume(x["name"], x["mountPath"], x["size"]) for x in v["volumes"]),
         containers=tuple(InnerContainer(c["name"], c["image"], _tuple(c.get("command")), dict(c["env"]),
                                         tuple(_port(p) for p in c["ports"])) for c in v.get("containers") or ()),
@@ -404,18 +399,21 @@ def _workload(v: dict[str, Any], stack_name: str, lines: dict[str, int], meta: d
 
 def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors) -> None:
     """Checks that need several fields of one workload."""
-    runtime = w["runtime"]
-    if w.get("containers") and runtime not in ("auto", "nested"):
+    runtime = requested_runtime(w["runtime"])
+    if w.get("containers") and runtime not in (None, Runtime.NESTED):
         errors.add(doc.line(f"{path}.containers"), f"{path}.containers",
                    f"inner containers need runtime nested, not {runtime}")
-    if runtime == "nested" and not w.get("containers"):
+    if runtime is Runtime.NESTED and not w.get("containers"):
         errors.add(doc.line(f"{path}.runtime"), f"{path}.runtime", "runtime nested needs a `containers` list")
-    if runtime in ("container", "sandboxed") and w.get("snapshots"):
+    if runtime in CONTAINER_RUNTIMES and w.get("snapshots"):
         errors.add(doc.line(f"{path}.snapshots"), f"{path}.snapshots",
                    f"snapshots need a VM (runtime vm or nested), not {runtime}")
-    if runtime in ("container", "sandboxed") and not w.get("image"):
+    if runtime in CONTAINER_RUNTIMES and not w.get("image"):
         errors.add(doc.line(path), f"{path}.image", f"runtime {runtime} needs an image")
-    if runtime == "auto" and not w.get("image") and not w.get("containers") and not w.get("vm"):
+    if runtime is Runtime.VM and w.get("writableRoot"):
+        errors.add(doc.line(f"{path}.writableRoot"), f"{path}.writableRoot",
+                   "writableRoot is about a container's root filesystem; a VM's disk is its own")
+    if runtime is None and not w.get("image") and not w.get("containers") and not w.get("vm"):
         errors.add(doc.line(path), f"{path}.image", "an image is required (or `vm`/`containers` settings)")
     if w["os"] == "windows" and w["arch"] == "riscv64":
         errors.add(doc.line(f"{path}.arch"), f"{path}.arch", "there is no Windows for riscv64")
@@ -586,18 +584,20 @@ def load_stack(path: str, text: str | None = None) -> Stack:
     failed = _failed_items(errors.problems)
     workloads = [(i, w) for i, w in enumerate(spec.get("workloads") or [])
                  if w and ("spec.workloads", i) not in failed]
-    host_ports: dict[int, str] = {}
+    # only explicit hostPorts can collide: the local target picks a free host port for a port without one
+    # (runtime.assign_host_ports), and a cluster gives every workload its own Service
+    host_ports: dict[tuple[int, str], str] = {}
     _check_unique_names(spec.get("workloads") or [], "spec.workloads", "workload name", doc, errors)
     for i, w in workloads:
         p = f"spec.workloads[{i}]"
         _check_workload(w, p, doc, errors)
         for j, port in enumerate(w["ports"]):
-            hp = port["hostPort"] or port["port"]
-            if hp in host_ports and host_ports[hp] != w["name"]:
-                errors.add(doc.line(f"{p}.ports[{j}]"), f"{p}.ports[{j}]",
-                           f"host port {hp} is already published by workload {host_ports[hp]!r}"
-                           " (set hostPort to another port)")
-            host_ports.setdefault(hp, w["name"])
+            explicit = port and port.get("hostPort")
+            owner = host_ports.setdefault((explicit, port["protocol"]), w["name"]) if explicit else None
+            if owner not in (None, w["name"]):
+                errors.add(doc.line(f"{p}.ports[{j}].hostPort"), f"{p}.ports[{j}].hostPort",
+                           f"hostPort {port['hostPort']} is already published by workload {owner!r} (set another "
+                           "hostPort, or none: the local target then picks a free one)")
     _check_allow_from(workloads, meta.get("name"), doc, errors)
     pools = [h for i, h in enumerate(spec.get("hosts") or []) if h and ("spec.hosts", i) not in failed]
     _check_unique_names(spec.get("hosts") or [], "spec.hosts", "host pool", doc, errors)
@@ -629,29 +629,30 @@ def problem(stack: Stack, workload: Workload, fld: str, message: str) -> Problem
     return Problem(stack.file, workload.line(fld), path, message)
 
 
-def placement_problems(stack: Stack, runtimes: Mapping[str, str]) -> list[Problem]:
+def placement_problems(stack: Stack, runtimes: Mapping[str, Runtime]) -> list[Problem]:
     """Checks that depend on where policy put each workload (name -> runtime), made before anything renders:
     a VM or nested workload with replicas renders one VM per replica, named NAME-0..NAME-(N-1) (render._vm_context),
     and those names must be labels that no other workload has; a Windows VM needs a boot disk of its own."""
     problems: list[Problem] = []
     replicated: dict[str, Workload] = {}
     for w in stack.workloads:
-        if runtimes.get(w.name) not in ("vm", "nested"):
+        if runtimes.get(w.name) not in VM_RUNTIMES:
             continue
         if w.replicas > 1:
             replicated[w.name] = w
-            last = f"{w.name}-{w.replicas - 1}"
+            last = replica_name(w.name, w.replicas - 1)
             if len(last) > 63:
-                problems.append(problem(stack, w, "replicas", f"its VMs are named {w.name}-0..{last}, longer than "
-                                                              "63 characters: shorten the name"))
-        if w.os == "windows" and not (w.vm.disk_image or w.vm.disk_pvc or (w.runtime == "vm" and w.image)):
+                problems.append(problem(stack, w, "replicas", f"its VMs are named {replica_name(w.name, 0)}..{last}, "
+                                                              "longer than 63 characters: shorten the name"))
+        if w.os == "windows" and not (w.vm.disk_image or w.vm.disk_pvc or (w.runtime is Runtime.VM and w.image)):
             problems.append(problem(stack, w, "vm.disk", "a windows VM needs vm.disk.image or vm.disk.pvc (its boot"
                                                          " disk); there is no default Windows image"))
     # NAME-i can only equal a workload name that ends in -<digits>: one lookup per workload, not per replica
     for w in stack.workloads:
         base, _, number = w.name.rpartition("-")
         owner = replicated.get(base)
-        if owner is not None and number.isdigit() and str(int(number)) == number and int(number) < owner.replicas:
+        if owner is not None and number.isdigit() and int(number) < owner.replicas \
+                and replica_name(base, int(number)) == w.name:
             problems.append(problem(stack, w, "name", f"{w.name!r} is also the name of a VM of workload {owner.name!r}"
                                                       f" ({owner.replicas} replicas: {owner.name}-0..)"))
     return problems
@@ -681,4 +682,4 @@ def stack_json_schema() -> dict[str, Any]:
 
 
 __all__ = ["Stack", "Workload", "HostPool", "Port", "Resources", "Volume", "InnerContainer", "VmSettings",
-           "Readiness", "Snapshots", "parse_duration", "load_stack", "problem", "stack_json_schema", "SpecError", "RUNTIMES", "API_VERSION"]
+           "Readiness", "Snapshots", "load_stack", "problem", "stack_json_schema", "SpecError", "RUNTIMES", "API_VERSION"]
