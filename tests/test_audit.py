@@ -24,8 +24,8 @@ from hybridorch.cli import cli
 from hybridorch.errors import SpecError
 from hybridorch.core.labels import LABEL_OWNER, LABEL_TTL
 from hybridorch.core.policy import PROFILES
-from hybridorch.render.stack import builtin_templates
-from hybridorch.core.spec import load_stack, parse_duration
+from hybridorch.render.sandbox import builtin_templates
+from hybridorch.core.spec import load_stack
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -291,12 +291,6 @@ def test_snapshots_need_a_vm(write_stack: Callable[..., str]):
         load_stack(path)
 
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30), ("12h", 43200), ("7d", 604800), ("1d12h", 129600),
-                                          ("2w", 1209600)])
-def test_durations(text: str, seconds: int):
-    assert parse_duration(text) == seconds
-
-
 def test_ttl_is_measured_from_creation():
     ctx = Context(PROFILES["balanced"], now=1_000_000.0)
     labels = {LABEL_TTL: "1h"}
@@ -334,12 +328,14 @@ def test_policy_file_sets_the_vm_cpu_ceiling(write_stack: Callable[..., str]):
 # --- ps and gc: what is past its ttl (the runtimes themselves are exercised in e2e/test_audit_live.py) -------
 
 def test_managed_items_expire_after_their_ttl_only():
-    from hybridorch.ops.lifecycle import Managed, ps_table
+    from hybridorch.backends.base import Made, Managed
+    from hybridorch.core.runtime import Runtime
+    from hybridorch.ops.lifecycle import ps_table
 
     now = 1_000_000.0
-    old = Managed("local", "container", "s-a-0", "", "s", "a", "container", "me", "1h", now - 7200)
-    young = Managed("local", "container", "s-b-0", "", "s", "b", "container", "me", "1d", now - 7200)
-    untimed = Managed("local", "vm", "c", "", "s", "c", "vm", None, None, now - 10**7)
+    old = Managed("local", Made.CONTAINER, "s-a-0", "", "s", "a", Runtime.CONTAINER, "me", "1h", now - 7200)
+    young = Managed("local", Made.CONTAINER, "s-b-0", "", "s", "b", Runtime.CONTAINER, "me", "1d", now - 7200)
+    untimed = Managed("local", Made.VM, "c", "", "s", "c", Runtime.VM, None, None, now - 10**7)
     assert [m.expired(now) for m in (old, young, untimed)] == [True, False, False]
     table = ps_table([old, young, untimed], now).splitlines()
     assert table[1].split() == ["local", "s", "a", "container", "s-a-0", "container", "2h", "me", "1h", "(expired)"]

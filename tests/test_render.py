@@ -20,10 +20,11 @@ from hybridorch.api import plan_stack, render
 from tests.conftest import require
 from hybridorch.cli import cli
 from hybridorch.errors import RenderError
-from hybridorch.core.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK, LABEL_WORKLOAD
+from hybridorch.core.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK
 from hybridorch.core.policy import PROFILES
-from hybridorch.render.stack import (RUNTIME_CLASS, Rendered, RenderedFile, dump_yaml, render_plan, runtime_class_objects, unit_arg,
-                               yaml_value)
+from hybridorch.render.sandbox import unit_arg, yaml_value
+from hybridorch.render.stack import RUNTIME_CLASS, render_plan, runtime_class_objects
+from hybridorch.render.writer import Rendered, RenderedFile, dump_yaml
 from tests.conftest import ROOT
 
 EXAMPLES = ["shop", "legacy-windows", "soc-rig"]
@@ -285,6 +286,42 @@ def test_volumes_make_a_statefulset_and_privileged_under_efficient(write_stack: 
     assert quota["spec"]["hard"]["requests.storage"] == "5Gi"
 
 
+def test_every_container_gets_a_read_only_root_unless_its_spec_says_writable_root(write_stack: Callable[..., str]):
+    """runtime.read_only_root, the rule local Docker follows too: read-only with an emptyDir /tmp by default."""
+    path = write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: roots}
+        spec:
+          workloads:
+            - {name: web, image: hybridorch.local/httpd:1, trust: trusted}
+            - {name: legacy, image: hybridorch.local/busybox:1, trust: trusted, writableRoot: true}
+    """)
+    by = render(path).documents_by_workload()
+    for name, read_only, scratch in (("web", True, True), ("legacy", False, False)):
+        pod = by[name][0]["spec"]["template"]["spec"]
+        assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is read_only
+        assert any(v["name"] == "hybridorch-tmp" for v in pod.get("volumes") or []) is scratch
+
+
+def test_two_workloads_on_one_port_render_everywhere_and_the_second_vm_gets_an_automatic_forward(
+        write_stack: Callable[..., str]):
+    path = write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: twins}
+        spec:
+          workloads:
+            - {name: web, image: hybridorch.local/httpd:1, trust: trusted, ports: [8080]}
+            - {name: api, image: hybridorch.local/httpd:1, runtime: vm, ports: [8080]}
+    """)
+    services = [d for d in render(path).documents if d["kind"] == "Service"]
+    assert [(s["metadata"]["name"], s["spec"]["ports"][0]["port"]) for s in services] == [("web", 8080), ("api", 8080)]
+    local = render_plan(plan_stack(path), "local", cache_dir=CACHE)
+    # web (a container, first) keeps host port 8080; the VM forwards from a port QEMU picks
+    assert "hostfwd=tcp:127.0.0.1:0-:8080" in local.file("api/domain.xml").content
+
+
 # --- values can never become structure ----------------------------------------------------------------
 
 NASTY = ["a\nkind: Pod", "{{ x }}", "{% raw %}", "x: y", "--- \nkind: Secret", "'\"", "- 1", "&a *a", "yes",
@@ -466,9 +503,9 @@ def test_endless_loop_stops_at_the_deadline_and_leaves_no_thread_or_alarm(tmp_pa
     import signal
     import threading
 
-    from hybridorch.render import stack as render_module
+    from hybridorch.render import sandbox
 
-    monkeypatch.setattr(render_module, "MAX_SECONDS", 1.0)
+    monkeypatch.setattr(sandbox, "MAX_SECONDS", 1.0)
     # nested loops over a plain list call no sandbox hook at all: only the alarm can stop them
     tpl = user_templates(tmp_path, {"kubernetes/workload.yaml.j2":
                                     "{% set l = range(10000)|list %}{% for a in l %}{% for b in l %}{% for c in l %}"

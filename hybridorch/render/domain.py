@@ -2,15 +2,17 @@
 rule, where each replica's files live, and the context the libvirt template lays out. Pure: no I/O."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from hybridorch.core.runtime import ARCHES, Arch, host_address, publishes_host_ports
+from hybridorch.core.labels import LABEL_REPLICA, replica_dir, replica_name, replica_title
+from hybridorch.core.runtime import (ANY_ADDRESS, ARCHES, Arch, LocalSandbox, Runtime, assign_host_ports,
+                                     host_address, local_ports, publishes_host_ports)
 
 if TYPE_CHECKING:
     from hybridorch.core.spec import Workload
 
-LABEL_REPLICA = "hybridorch.dev/replica"
 XMLNS_LABELS = "https://hybridorch.dev/xmlns/labels/1"
 MIN_INITRAMFS_MIB = 128   # the busybox guest's initramfs lives in RAM: below this it cannot unpack
 # A sandboxed container in its own VM gets its memory limit plus this for the guest kernel and the initramfs that
@@ -34,15 +36,15 @@ def sandbox_runtime_of(registered: Iterable[str]) -> str | None:
     return next((r for r in SANDBOX_RUNTIMES if r in names), None)
 
 
-def sandbox_in_vm(choice: str, runtime: str | None) -> bool:
+def sandbox_in_vm(choice: LocalSandbox, runtime: str | None) -> bool:
     """Where a local `sandboxed` placement runs: in its own VM (True) or in Docker under `runtime` (False).
 
     auto: a registered gVisor/Kata runtime if Docker has one, else its own VM (one kernel per sandbox, the model
     Kata uses); vm: always its own VM; runtime: always the Docker runtime (the backend refuses when there is none,
     rather than running the container on the host kernel)."""
-    if choice == "vm":
+    if choice is LocalSandbox.VM:
         return True
-    if choice == "runtime":
+    if choice is LocalSandbox.RUNTIME:
         return False
     return runtime is None
 
@@ -57,23 +59,35 @@ def sandbox_memory_mib(workload_mib: int) -> int:
     return max(MIN_INITRAMFS_MIB, workload_mib + SANDBOX_GUEST_MIB)
 
 
+AUTO_PORT = 0   # a forward's host port that QEMU picks (hostfwd with port 0 binds a free one)
+
+
 @dataclass(frozen=True)
 class Forward:
     host_addr: str
-    host_port: int
+    host_port: int      # AUTO_PORT until the running domain's own port is read back
     guest_port: int
 
     def __str__(self) -> str:
-        return f"{self.host_addr}:{self.host_port}->{self.guest_port}/tcp"
+        return f"{self.host_addr}:{self.host_port or '*'}->{self.guest_port}/tcp"
 
 
-def workload_forwards(w: Workload) -> tuple[Forward, ...]:
-    """Host ports of a VM: every TCP port (inner containers' too), on 127.0.0.1 unless `public`."""
-    seen: dict[int, Forward] = {}
-    for p in list(w.ports) + [p for c in w.containers for p in c.ports]:
-        if p.protocol == "TCP" and p.published not in seen:
-            seen[p.published] = Forward(host_address(p.public), p.published, p.port)
-    return tuple(seen.values())
+def workload_forwards(w: Workload, assigned: Mapping[tuple[str, int, str], int | None] | None = None
+                      ) -> tuple[Forward, ...]:
+    """Host ports of a VM: every TCP port (inner containers' too), on 127.0.0.1 unless `public`. `assigned` is the
+    stack's runtime.assign_host_ports (default: this workload's alone); host port AUTO_PORT lets QEMU pick a free
+    one, read back once the domain runs (vm.boot.GuestVM.start, vm.libvirt.bound_ports)."""
+    host = assign_host_ports([w]) if assigned is None else assigned
+    return tuple(Forward(host_address(p.public), host.get((w.name, p.port, p.protocol)) or AUTO_PORT, p.port)
+                 for p in local_ports(w) if p.protocol == "TCP")
+
+
+HOSTFWD = re.compile(r"hostfwd=tcp:([^:,-]*):(\d+)-[^:,]*:(\d+)")
+
+
+def forwards_in(xml: str) -> tuple[Forward, ...]:
+    """The forwards a rendered domain sets up (its QEMU user network's hostfwd rules)."""
+    return tuple(Forward(addr or ANY_ADDRESS, int(host), int(guest)) for addr, host, guest in HOSTFWD.findall(xml))
 
 
 def replica_forwards(forwards: tuple[Forward, ...], replica: int) -> tuple[Forward, ...]:
@@ -81,13 +95,8 @@ def replica_forwards(forwards: tuple[Forward, ...], replica: int) -> tuple[Forwa
     return forwards if publishes_host_ports(replica) else ()
 
 
-def replica_dir(workload: str, replica: int) -> str:
-    """State dir name of one replica (a DNS-label workload name has no '.', so no collision)."""
-    return workload if replica == 0 else f"{workload}.{replica}"
-
-
 def domain_name(stack: str, workload: str, replica: int) -> str:
-    return f"hyb-{stack}-{workload}-{replica}"
+    return replica_name(f"hyb-{stack}-{workload}", replica)
 
 
 @dataclass(frozen=True)
@@ -133,38 +142,65 @@ def domain_context(facts: LocalFacts, vm: Mapping[str, Any], *, stack: str, arch
         cmdline = f"root=/dev/{'sda' if vm['bus'] == 'sata' else 'vda'} rw console={console} panic=-1"
     else:
         cmdline = f"console={console} quiet loglevel=3 panic=-1"
-    sandbox = vm.get("runtime") == "sandboxed"
+    sandbox = vm.get("runtime") is Runtime.SANDBOXED
     memory = vm["memory_mib"] if has_disk else \
         sandbox_memory_mib(vm["memory_mib"]) if sandbox else max(MIN_INITRAMFS_MIB, vm["memory_mib"])
-    return {
-        "name": domain_name(stack, vm["name"], replica),
-        "title": f"{stack}/{vm['name']}" + (f" replica {replica}" if replica else ""),
-        "type": "kvm" if accel == "kvm" else "qemu",
-        "labels": {**vm["labels"], LABEL_REPLICA: str(replica)},
-        "memory_mib": memory, "vcpus": vm["cores"], "arch": uname, "machine": vm["machine"],
-        "cpu": "host" if accel == "kvm" else (m.cpu if m else None), "acpi": m.acpi if m else False,
-        "emulator": facts.emulators.get(arch) or f"/usr/bin/{m.binary if m else 'qemu-system-' + uname}",
-        "kernel": None if vm["windows"] else f"{where}/vmlinuz" if has_disk else f"{facts.guests_dir}/{arch}/vmlinuz",
-        "initrd": None if vm["windows"] else f"{where}/initrd.img",
-        "cmdline": cmdline,
-        "efi": False,
-        "disk": f"{where}/disk.qcow2" if has_disk else None,
-        "seed": f"{where}/seed.iso" if has_disk and vm["user_data"] is not None else None,
-        "console_log": f"{where}/console.log",
-        "forwards": [{"host_addr": f.host_addr, "host_port": f.host_port, "guest_port": f.guest_port}
-                     for f in forwards],
-        "bus": vm["bus"], "nic_device": "e1000e" if vm["nic_model"] == "e1000e" else "virtio-net-pci",
-        "windows": vm["windows"], "on_reboot": "restart" if has_disk else "destroy",
-        "run_as": facts.run_as,
+    return _domain(
+        facts, arch, accel, name=domain_name(stack, vm["name"], replica),
+        title=f"{stack}/{replica_title(vm['name'], replica)}",
+        labels={**vm["labels"], LABEL_REPLICA: str(replica)},
+        memory_mib=memory, vcpus=vm["cores"], uname=uname, machine=vm["machine"],
+        kernel=None if vm["windows"] else f"{where}/vmlinuz" if has_disk else f"{facts.guests_dir}/{arch}/vmlinuz",
+        initrd=None if vm["windows"] else f"{where}/initrd.img",
+        cmdline=cmdline, console_log=f"{where}/console.log",
+        disk=f"{where}/disk.qcow2" if has_disk else None,
+        seed=f"{where}/seed.iso" if has_disk and vm["user_data"] is not None else None,
+        forwards=[{"host_addr": f.host_addr, "host_port": f.host_port, "guest_port": f.guest_port}
+                  for f in forwards],
+        bus=vm["bus"], nic_device="e1000e" if vm["nic_model"] == "e1000e" else "virtio-net-pci",
+        windows=vm["windows"], on_reboot="restart" if has_disk else "destroy",
         # a sandbox VM is reachable only through its forwarded ports and reaches nothing (QEMU's restrict=on):
         # its container shares no network with the host or another tenant
-        "isolated": sandbox,
-        "tb_cache_mib": SANDBOX_TB_CACHE_MIB if sandbox else None,
-        "cpu_period_us": CPU_PERIOD_US,
+        isolated=sandbox,
+        tb_cache_mib=SANDBOX_TB_CACHE_MIB if sandbox else None,
+        cpu_period_us=CPU_PERIOD_US,
         # the container's CPU limit plus the sandbox overhead the packing reserved for its VM: the limit alone
         # (250m under TCG) tripled the boot time
-        "cpu_quota_us": vcpu_quota_us(_millis(vm["cpu"]) + overhead_millis, vm["cores"]) if sandbox else None,
+        cpu_quota_us=vcpu_quota_us(_millis(vm["cpu"]) + overhead_millis, vm["cores"]) if sandbox else None,
+    )
+
+
+def guest_domain_context(facts: LocalFacts, *, name: str, arch: str, accel: str, cpus: int, memory_mib: int,
+                         initrd: str, console_log: str, machine: str | None = None,
+                         labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The `d` of a one-shot guest (soc-test boards, the KVM probe): the busybox guest, no disk, no forwards."""
+    m = MACHINES[arch]
+    return _domain(facts, arch, accel, name=name, title=name, labels=dict(labels or {}), memory_mib=memory_mib,
+                   vcpus=cpus, uname=m.uname, machine=machine or m.machine,
+                   kernel=f"{facts.guests_dir}/{arch}/vmlinuz", initrd=initrd,
+                   cmdline=f"console={m.console} quiet loglevel=3 panic=-1", console_log=console_log)
+
+
+def _domain(facts: LocalFacts, arch: str, accel: str, *, name: str, title: str, labels: Mapping[str, str],
+            memory_mib: int, vcpus: int, uname: str, machine: str, kernel: str | None, initrd: str | None,
+            cmdline: str, console_log: str, **given: Any) -> dict[str, Any]:
+    """Every key templates/libvirt/domain.xml.j2 reads, with the defaults of a plain busybox guest; the one place
+    that decides what the accelerator and the arch table mean for a domain."""
+    m = MACHINES.get(arch)
+    d: dict[str, Any] = {
+        "name": name, "title": title, "type": "kvm" if accel == "kvm" else "qemu", "labels": labels,
+        "memory_mib": memory_mib, "vcpus": vcpus, "arch": uname, "machine": machine,
+        "cpu": "host" if accel == "kvm" else (m.cpu if m else None), "acpi": m.acpi if m else False,
+        "emulator": facts.emulators.get(arch) or f"/usr/bin/{m.binary if m else 'qemu-system-' + uname}",
+        "kernel": kernel, "initrd": initrd, "cmdline": cmdline, "efi": False, "disk": None, "seed": None,
+        "console_log": console_log, "forwards": [], "bus": "virtio", "nic_device": "virtio-net-pci",
+        "windows": False, "on_reboot": "destroy", "run_as": facts.run_as, "isolated": False,
+        "tb_cache_mib": None, "cpu_period_us": None, "cpu_quota_us": None,
     }
+    unknown = set(given) - set(d)
+    if unknown:   # a typo would silently render the default
+        raise TypeError(f"not a domain template key: {sorted(unknown)}")
+    return {**d, **given}
 
 
 def _millis(cpu: str) -> int:

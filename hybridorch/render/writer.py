@@ -1,0 +1,148 @@
+"""The output of a render (objects and files, as data) and the atomic all-or-nothing writer of `render --out`;
+the block-style YAML dumper every rendered file goes through."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from hybridorch.core.labels import LABEL_WORKLOAD
+from hybridorch.errors import RenderError
+from hybridorch.render.sandbox import YamlText
+
+
+# --- the result ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: str      # relative to the output directory
+    content: str
+
+
+class BlockDumper(yaml.SafeDumper):
+    """Block style everywhere, and multi-line strings (cloud-init user data) as readable literal blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+BlockDumper.add_representer(str, _str_representer)
+BlockDumper.add_representer(YamlText, _str_representer)
+
+
+def dump_yaml(docs: Iterable[dict[str, Any]]) -> str:
+    return yaml.dump_all(list(docs), Dumper=BlockDumper, sort_keys=False, default_flow_style=False, width=120,
+                         allow_unicode=False, explicit_start=True)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    target: str
+    stack: str
+    documents: tuple[dict[str, Any], ...]   # every Kubernetes/KubeVirt object, in apply order
+    files: tuple[RenderedFile, ...]         # everything write() writes, paths relative to its directory
+
+    def stream(self) -> str:
+        """One deterministic text: a multi-document YAML stream of the objects (kubernetes), or of the files (local).
+
+        A local file is one YAML document `{path, content}` headed by the comment `--- # file: "<path>"`. The
+        header is only ever a comment on a document start and the path is JSON-quoted; the content is a YAML
+        scalar (indented block or quoted), so no line of any file can look like a header or a document start."""
+        if self.target == "kubernetes":
+            return dump_yaml(self.documents)
+        out = []
+        for f in self.files:
+            body = yaml.dump({"path": f.path, "content": f.content}, Dumper=BlockDumper, sort_keys=False,
+                             default_flow_style=False, width=120, allow_unicode=False)
+            out.append(f"--- # file: {json.dumps(f.path, ensure_ascii=True)}\n{body}")
+        return "".join(out)
+
+    def documents_by_workload(self) -> dict[str, list[dict[str, Any]]]:
+        """Workload name -> its objects (workload, Service); objects of no workload are under ''."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for doc in self.documents:
+            out.setdefault(doc["metadata"].get("labels", {}).get(LABEL_WORKLOAD, ""), []).append(doc)
+        return out
+
+    def file(self, path: str) -> RenderedFile:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+    def write(self, out_dir: str) -> list[str]:
+        """Make out_dir hold exactly these files, all or nothing.
+
+        Everything is written into a temporary directory beside out_dir, which is then swapped in (the old
+        directory renamed away, the new one renamed in, the old one removed). On any failure the previous
+        content is untouched and no temporary directory is left. An existing out_dir must hold only files a
+        render writes, so `--out .` or a directory of other things is refused rather than replaced."""
+        out = Path(os.path.abspath(out_dir))
+        if out.exists() or out.is_symlink():
+            if out.is_symlink() or not out.is_dir():
+                raise RenderError(f"cannot write to {out_dir}: it exists and is not a directory")
+            foreign = [p for p in _files_under(out) if not _rendered_path(p)]
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise RenderError(f"cannot write to {out_dir}: it holds files a render does not write ({shown}); "
+                                  f"choose a new or empty directory")
+        stage: Path | None = None
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(stage, 0o777 & ~umask)   # mkdtemp makes 0700; a rendered directory is an ordinary one
+            for f in self.files:
+                target = stage / f.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(f.content)
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                try:
+                    os.rename(out, old / "content")
+                except OSError:
+                    old.rmdir()
+                    raise
+                try:
+                    os.rename(stage, out)
+                except OSError:
+                    os.rename(old / "content", out)
+                    old.rmdir()
+                    raise
+                stage = None
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(stage, out)
+                stage = None
+        except OSError as err:
+            raise RenderError(f"cannot write to {out_dir}: {err.strerror or err}"
+                              f"{' (' + err.filename + ')' if err.filename else ''}; nothing was changed") from None
+        finally:
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+        return [str(Path(out_dir) / f.path) for f in self.files]
+
+
+def _files_under(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
+
+
+# every path either target writes: kubernetes groups and kustomization, local <workload>/<file>
+_RENDERED_PATH = re.compile(r"(kustomization\.yaml|(cluster|tenants|workloads)/[^/]+\.yaml"
+                            r"|[a-z0-9-]+/(domain\.xml|user-data|meta-data))")
+
+
+def _rendered_path(rel: str) -> bool:
+    return _RENDERED_PATH.fullmatch(rel) is not None
+
+
