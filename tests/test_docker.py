@@ -16,6 +16,7 @@ from tests.conftest import require
 from hybridorch.core import images
 from hybridorch.api import plan_stack
 from hybridorch.backends import docker as docker_backend
+from hybridorch.backends import docker_api, docker_ports
 from hybridorch.backends.local import LocalBackend
 from hybridorch.errors import BackendError
 from tests.conftest import ROOT
@@ -104,19 +105,13 @@ def test_names() -> None:
         "label": ["app.kubernetes.io/managed-by=hybridorch", "hybridorch.dev/stack=shop"]}
 
 
-def test_engine_timestamps_parse_with_nanoseconds() -> None:
-    assert docker_backend._parse_time("2026-11-28T10:47:11.582351119Z") == pytest.approx(1795862831.582351)
-    assert docker_backend._parse_time("0001-01-01T00:00:00Z") is None
-    assert docker_backend._parse_time("") is None
-
-
 def test_port_probe_sees_a_listener() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert not docker_backend._port_free("127.0.0.1", port, "tcp")
-    assert docker_backend._port_free("127.0.0.1", port, "tcp")
+        assert not docker_ports.port_free("127.0.0.1", port, "tcp")
+    assert docker_ports.port_free("127.0.0.1", port, "tcp")
 
 
 def test_connection_errors_are_reduced_to_their_os_reason() -> None:
@@ -126,8 +121,8 @@ def test_connection_errors_are_reduced_to_their_os_reason() -> None:
         except OSError as inner:
             raise RuntimeError("Error while fetching server API version: ('Connection aborted.', ...)") from inner
     except RuntimeError as err:
-        assert docker_backend._root_reason(err) == "No such file or directory"
-    message = docker_backend._engine_down_message("unix:///tmp/x.sock", ConnectionRefusedError(111, "Connection refused"))
+        assert docker_api.root_reason(err) == "No such file or directory"
+    message = docker_api.engine_down_message("unix:///tmp/x.sock", ConnectionRefusedError(111, "Connection refused"))
     assert message.startswith("Docker engine not reachable at unix:///tmp/x.sock (Connection refused)")
     assert "\n" not in message
 
@@ -142,3 +137,29 @@ def test_a_removal_says_what_was_kept_and_how_to_remove_it() -> None:
                          "docker volume rm hybridorch-shop-db-0-data")
     assert not Removal((), (Kept("Namespace shop", "it holds objects hybridorch did not make: ConfigMap shop/x",
                                  "kubectl delete namespaces shop"),)).data_kept
+
+
+def test_containers_get_the_clusters_hardening_and_a_port_twice_is_published_twice(write_stack) -> None:
+    """runtime.read_only_root for every container (not only sandboxed ones); the second workload on 8080 gets an
+    automatic host port (None: Docker picks a free one). The engine is a stand-in: only the image is looked up."""
+    from types import SimpleNamespace
+
+    plan = plan_stack(write_stack("""
+        apiVersion: hybridorch.dev/v1alpha1
+        kind: Stack
+        metadata: {name: twins}
+        spec:
+          workloads:
+            - {name: web, image: hybridorch.local/httpd:1, trust: trusted, ports: [8080]}
+            - {name: api, image: hybridorch.local/httpd:1, trust: trusted, ports: [8080], writableRoot: true}
+    """))
+    backend = docker_backend.DockerBackend()
+    image = SimpleNamespace(attrs={"Config": {"User": "65534:65534"}}, id="sha256:1")
+    backend._docker = SimpleNamespace(images=SimpleNamespace(get=lambda ref: image))
+    backend._errors = SimpleNamespace(APIError=type("APIError", (Exception,), {}),
+                                      DockerException=type("DockerException", (Exception,), {}))
+    web, api = (backend._specs(plan, p, None)[0] for p in plan.placements)
+    assert (web.create["read_only"], web.create["tmpfs"]) == (True, docker_backend.SCRATCH_TMPFS)
+    assert api.create["read_only"] is False and "tmpfs" not in api.create
+    assert web.create["ports"] == {"8080/tcp": ("127.0.0.1", 8080)}
+    assert api.create["ports"] == {"8080/tcp": ("127.0.0.1", None)} and api.host_ports == (("127.0.0.1", None, "tcp"),)

@@ -128,6 +128,11 @@ def test_oci_config_isolates_tests_and_shares_network_for_services() -> None:
     service = oci_config(ContainerRun("s", ("httpd",), "busybox", host_network=True), "arm64")
     assert "network" not in {ns["type"] for ns in service["linux"]["namespaces"]}  # type: ignore[index]
     assert json.loads(json.dumps(test))["process"]["args"] == ["true"]
+    assert test["root"] == {"path": "rootfs", "readonly": False}
+    hardened = oci_config(ContainerRun("s", ("httpd",), "busybox", read_only=True), "arm64")
+    assert hardened["root"]["readonly"] is True  # type: ignore[index]
+    assert {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]} \
+        in hardened["mounts"]  # type: ignore[operator]
 
 
 def test_busybox_rootfs_has_a_shell() -> None:
@@ -146,8 +151,14 @@ def test_missing_guest_names_the_fetch_command(tmp_path: Path, monkeypatch: pyte
 
 
 def test_riscv64_is_rejected_with_the_reason() -> None:
-    with pytest.raises(BackendError, match="Debian 12 ships no riscv64"):
+    from hybridorch.core.runtime import guest_refusal
+
+    # one text, the same for local VMs and soc-test boards
+    with pytest.raises(BackendError) as err:
         check_arch("riscv64")
+    assert str(err.value) == guest_refusal("riscv64")
+    assert "Debian 12 ships no riscv64" in str(err.value) and "use amd64 or arm64" in str(err.value)
+    assert guest_refusal("amd64") is None and guest_refusal("m68k") is None
 
 
 def test_console_protocol_written_by_the_guest_shell_is_read_back(tmp_path: Path) -> None:
@@ -182,3 +193,28 @@ def test_guest_command_line_usage_and_show(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HYBRIDORCH_GUEST_DIR", str(tmp_path))
     assert guest.main(["show", "arm64"]) == 4
     assert "python3 -m hybridorch.vm.guest fetch arm64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_a_disk_boot_kernel_is_the_arch_tables(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vm.disks.build_kernel_boot asks apt for the arch's own kernel package (it asked for linux-image-amd64 for
+    every arch); the apt run is replaced, so nothing is downloaded."""
+    from hybridorch.core.runtime import ARCHES
+    from hybridorch.vm import disks, guestimage
+
+    asked: list[tuple[str, str]] = []
+
+    class FakeApt:
+        def __init__(self, apt_arch: str, work: Path) -> None:
+            self.arch, self.lists = apt_arch, tmp_path
+            (tmp_path / "x_Packages").write_text("")
+
+        def resolve(self, package: str) -> str:
+            asked.append((self.arch, package))
+            raise BackendError("stop here")
+
+    monkeypatch.setattr(guestimage, "Apt", FakeApt)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(BackendError, match="stop here"):
+        disks.build_kernel_boot(tmp_path / "out", arch)
+    assert asked == [(arch, ARCHES[arch].kernel_package)]

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hybridorch.backends import kube_api, kube_objects, kube_remove, kube_status
 from hybridorch.backends import kubernetes as k8s
 from hybridorch.backends.base import get_backend
+from hybridorch.core.runtime import Runtime
 from hybridorch.errors import BackendError
 
 
@@ -35,13 +37,13 @@ def test_find_kubectl_prefers_env_then_newest_cached_build_then_path(tmp_path: P
     on_path = _exe(tmp_path / "path" / "kubectl")
     monkeypatch.setenv("PATH", str(tmp_path / "path"))
     monkeypatch.delenv("HYBRIDORCH_KUBECTL", raising=False)
-    assert k8s.find_kubectl() == on_path
+    assert kube_api.find_kubectl() == on_path
     _exe(tmp_path / "cache" / "hybridorch" / "k8s" / "v1.9.0" / "bin" / "kubectl")
     newest = _exe(tmp_path / "cache" / "hybridorch" / "k8s" / "v1.34.4" / "bin" / "kubectl")
-    assert k8s.find_kubectl() == newest
+    assert kube_api.find_kubectl() == newest
     explicit = _exe(tmp_path / "mine" / "kubectl")
     monkeypatch.setenv("HYBRIDORCH_KUBECTL", explicit)
-    assert k8s.find_kubectl() == explicit
+    assert kube_api.find_kubectl() == explicit
 
 
 def test_missing_kubectl_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,10 +51,10 @@ def test_missing_kubectl_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("HYBRIDORCH_KUBECTL", raising=False)
     with pytest.raises(BackendError, match="kubectl not found: install kubectl"):
-        k8s.find_kubectl()
+        kube_api.find_kubectl()
     monkeypatch.setenv("HYBRIDORCH_KUBECTL", str(tmp_path / "nope"))
     with pytest.raises(BackendError, match="not an executable file"):
-        k8s.find_kubectl()
+        kube_api.find_kubectl()
 
 
 @pytest.mark.parametrize("stderr, expected", [
@@ -78,7 +80,7 @@ def test_missing_kubectl_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Mon
     ("error: something else entirely", "kubectl failed (here): something else entirely"),
 ])
 def test_kubectl_errors_become_one_line_with_a_remedy(stderr: str, expected: str) -> None:
-    line = k8s.explain_kubectl_error(stderr, "here")
+    line = kube_api.explain_kubectl_error(stderr, "here")
     assert expected in line
     assert "\n" not in line
 
@@ -101,10 +103,10 @@ def test_object_refs_and_apply_order() -> None:
     ns = {"kind": "Namespace", "metadata": {"name": "a"}}
     dep = {"kind": "Deployment", "metadata": {"name": "w", "namespace": "a"}}
     vm = {"kind": "VirtualMachine", "metadata": {"name": "v", "namespace": "a"}}
-    assert str(k8s.ObjectRef.of(ns)) == "Namespace a"
-    assert str(k8s.ObjectRef.of(dep)) == "Deployment a/w"
-    assert k8s.ObjectRef.of(vm).resource == "virtualmachines.kubevirt.io"
-    ordered = sorted([vm, dep, ns], key=lambda d: k8s.KIND_ORDER[d["kind"]])
+    assert str(kube_objects.ObjectRef.of(ns)) == "Namespace a"
+    assert str(kube_objects.ObjectRef.of(dep)) == "Deployment a/w"
+    assert kube_objects.ObjectRef.of(vm).resource == "virtualmachines.kubevirt.io"
+    ordered = sorted([vm, dep, ns], key=lambda d: kube_objects.KIND_ORDER[d["kind"]])
     assert [d["kind"] for d in ordered] == ["Namespace", "Deployment", "VirtualMachine"]
 
 
@@ -130,17 +132,17 @@ def _deployment(replicas: int, ready: int, generation: int = 1, observed: int = 
      True, "failed"),
 ])
 def test_object_state(obj: dict, controller: bool | None, state: str) -> None:
-    assert k8s._object_state(obj, controller)[0] == state
+    assert kube_status._object_state(obj, controller)[0] == state
 
 
 def test_vm_without_kubevirt_counts_as_settled_when_accepted() -> None:
     vm = {"kind": "VirtualMachine", "metadata": {}, "spec": {"runStrategy": "Always"}}
-    state, detail = k8s._object_state(vm, controller=False)
+    state, detail = kube_status._object_state(vm, controller=False)
     from hybridorch.backends.base import WorkloadStatus
 
-    assert k8s._settled(WorkloadStatus("v", "vm", state, detail=detail))
-    state, detail = k8s._object_state(vm, controller=True)
-    assert not k8s._settled(WorkloadStatus("v", "vm", state, detail=detail))
+    assert kube_status._settled(WorkloadStatus("v", Runtime.VM, state, detail=detail))
+    state, detail = kube_status._object_state(vm, controller=True)
+    assert not kube_status._settled(WorkloadStatus("v", Runtime.VM, state, detail=detail))
 
 
 def test_stream_is_one_json_document_per_object() -> None:
@@ -186,7 +188,7 @@ NAMESPACE[14]["metadata"]["annotations"] = {"kubernetes.io/service-account.name"
 
 
 def test_a_namespace_with_only_our_objects_and_kubernetes_own_holds_nothing_foreign() -> None:
-    assert k8s.foreign_objects(NAMESPACE, "shop") == []
+    assert kube_remove.foreign_objects(NAMESPACE, "shop") == []
 
 
 def test_objects_hybridorch_did_not_make_are_foreign() -> None:
@@ -198,27 +200,28 @@ def test_objects_hybridorch_did_not_make_are_foreign() -> None:
     going = _obj("ConfigMap", "being-deleted", "u6")
     going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     items = NAMESPACE + [mine, other_stack, other_pod, orphan_endpoints, other_token, going]
-    foreign = [str(k8s.ObjectRef.of(o)) for o in k8s.foreign_objects(items, "shop")]
+    foreign = [str(kube_objects.ObjectRef.of(o)) for o in kube_remove.foreign_objects(items, "shop")]
     assert foreign == ["ConfigMap shop/settings", "Deployment shop/api", "Pod shop/api-1",
                        "Endpoints shop/not-a-service-of-ours", "Secret shop/ci-token"]
 
 
 def test_an_owner_chain_that_leaves_the_listing_or_loops_is_not_ours() -> None:
     loop = [_obj("Pod", "a", "a", owner="b"), _obj("Pod", "b", "b", owner="a"), _obj("Pod", "c", "c", owner="gone")]
-    assert [o["metadata"]["name"] for o in k8s.foreign_objects(loop, "shop")] == ["a", "b", "c"]
+    assert [o["metadata"]["name"] for o in kube_remove.foreign_objects(loop, "shop")] == ["a", "b", "c"]
 
 
 def test_data_is_every_claim_and_datavolume_of_the_stack_owned_or_labelled() -> None:
     user_claim = _obj("PersistentVolumeClaim", "mine", "u1")
-    data = [str(k8s.ObjectRef.of(o)) for o in k8s.data_objects(NAMESPACE + [user_claim], "shop")]
+    data = [str(kube_objects.ObjectRef.of(o)) for o in kube_remove.data_objects(NAMESPACE + [user_claim], "shop")]
     assert data == ["PersistentVolumeClaim shop/data-db-0", "DataVolume shop/ledger-disk",
                     "PersistentVolumeClaim shop/ledger-disk"]
-    assert k8s.foreign_objects([user_claim], "shop") == [user_claim]
+    assert kube_remove.foreign_objects([user_claim], "shop") == [user_claim]
 
 
 def test_kept_data_says_how_to_remove_it() -> None:
     backend = k8s.KubernetesBackend(context="kind-x")
-    ref = k8s.ObjectRef("PersistentVolumeClaim", "shop", "data-db-0")
-    assert backend._delete_command(ref) == "kubectl --context kind-x delete persistentvolumeclaims -n shop data-db-0"
-    assert k8s.KubernetesBackend()._delete_command(k8s.ObjectRef("Namespace", "", "shop")) == \
+    ref = kube_objects.ObjectRef("PersistentVolumeClaim", "shop", "data-db-0")
+    assert kube_remove.delete_command(backend, ref) == \
+        "kubectl --context kind-x delete persistentvolumeclaims -n shop data-db-0"
+    assert kube_remove.delete_command(k8s.KubernetesBackend(), kube_objects.ObjectRef("Namespace", "", "shop")) == \
         "kubectl delete namespaces shop"

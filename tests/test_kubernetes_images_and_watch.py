@@ -10,7 +10,7 @@ import pytest
 
 from hybridorch.api import render
 from hybridorch.backends.kind import kind_cluster_name
-from hybridorch.backends.kubernetes import _matches, _node_has, pod_images
+from hybridorch.backends.kube_images import _matches, _node_has, pod_images
 from hybridorch.backends.kubewatch import Failure, event_failure, pod_failure
 from tests.conftest import ROOT
 

@@ -6,8 +6,11 @@ import re
 
 import pytest
 
-from hybridorch.backends.qemu import Forward, _forwards, ready_forward, replica_dir, replica_forwards, vm_label
+from hybridorch.backends.qemu import Forward, _forwards, vm_label
+from hybridorch.backends.qemu_status import ready_forward
+from hybridorch.core.labels import replica_dir
 from hybridorch.core.schema import DNS_LABEL
+from hybridorch.render.domain import replica_forwards
 from hybridorch.core.spec import Port, Readiness, Workload
 
 WEB = Workload(name="web", image="x", runtime="vm", replicas=3,
@@ -92,6 +95,39 @@ def test_replicas_get_their_own_domain_and_only_replica_0_forwards():
     assert one["initrd"] == "/c/state/s/web.1/initrd.img" and one["memory_mib"] == 128
 
 
+def test_one_domain_context_for_stack_vms_and_one_shot_guests():
+    """A soc-test board's (or the KVM probe's) domain comes from the same builder as a stack's VM: same keys."""
+    from hybridorch.render.domain import LocalFacts, domain_context, guest_domain_context
+
+    facts = LocalFacts.placeholder("/c")
+    board = guest_domain_context(facts, name="hyb-soc-x", arch="arm64", accel="tcg", cpus=2, memory_mib=256,
+                                 initrd="/w/initrd.img", console_log="/w/console.log", labels={"a": "b"})
+    vm = {"name": "web", "guest_arch": "x86_64", "accelerated": False, "bus": "virtio", "memory_mib": 64,
+          "labels": {}, "cores": 1, "machine": "q35", "windows": False, "user_data": None, "nic_model": "virtio"}
+    stacked = domain_context(facts, vm, stack="s", arch="amd64", replica=0, has_disk=False, forwards=(),
+                             emulated=False)
+    assert set(board) == set(stacked)
+    assert (board["machine"], board["cpu"], board["arch"], board["kernel"]) == \
+        ("virt", "cortex-a57", "aarch64", "/c/guests/arm64/vmlinuz")
+    assert board["cmdline"] == "console=ttyAMA0 quiet loglevel=3 panic=-1" and board["forwards"] == []
+
+
+def test_forwards_are_read_back_from_the_rendered_domain_and_from_qemu():
+    from hybridorch.render.domain import forwards_in
+    from hybridorch.vm.libvirt import usernet_ports
+
+    xml = '<qemu:arg value="user,id=hyb0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp::0-:443"/>'
+    assert forwards_in(xml) == (Forward("127.0.0.1", 8080, 80), Forward("0.0.0.0", 0, 443))
+    assert str(Forward("0.0.0.0", 0, 443)) == "0.0.0.0:*->443/tcp"   # not bound yet
+    usernet = """Hub -1 (hyb0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[HOST_FORWARD]  15       127.0.0.1  8080       10.0.2.15    80     0     0
+  TCP[HOST_FORWARD]  14               *  45565       10.0.2.15   443     0     0
+  UDP[236 sec]       21       10.0.2.15  33000         8.8.8.8    53     0     0
+"""
+    assert usernet_ports(usernet) == {80: 8080, 443: 45565}
+
+
 # --- sandboxed placements: Docker's gVisor/Kata runtime, else their own VM (never runc on the host kernel) ----------
 
 @pytest.mark.parametrize("choice, runtime, in_vm", [
@@ -106,7 +142,9 @@ def test_replicas_get_their_own_domain_and_only_replica_0_forwards():
 def test_where_a_local_sandbox_runs(choice: str, runtime: str | None, in_vm: bool) -> None:
     from hybridorch.render.domain import sandbox_in_vm
 
-    assert sandbox_in_vm(choice, runtime) is in_vm
+    from hybridorch.core.runtime import LocalSandbox
+
+    assert sandbox_in_vm(LocalSandbox(choice), runtime) is in_vm
 
 
 def test_the_best_registered_sandbox_runtime_wins_and_runc_is_none():
@@ -121,10 +159,11 @@ def _shop_plan(local_sandbox: str = "auto"):
     from dataclasses import replace
 
     from hybridorch import api
+    from hybridorch.core.runtime import LocalSandbox
     from tests.conftest import ROOT
 
     plan = api.plan_stack(str(ROOT / "examples" / "shop.yaml"))
-    return replace(plan, profile=replace(plan.profile, local_sandbox=local_sandbox))
+    return replace(plan, profile=replace(plan.profile, local_sandbox=LocalSandbox(local_sandbox)))
 
 
 def _render(tmp_path, plan, **facts_kw):
@@ -187,17 +226,21 @@ def test_the_sandbox_vm_memory_is_the_limit_plus_the_guest_and_its_vcpus_share_t
 
 def test_a_sandbox_vm_runs_the_workloads_image_with_its_command_and_env():
     from hybridorch.backends.qemu import program_for
+    from hybridorch.core.runtime import Runtime
 
     w = Workload(name="plug", image="hybridorch.local/httpd:1", runtime="sandboxed", command=("httpd", "-f"),
                  args=("-p", "8082"), env={"PAGE_TITLE": "t"}, ports=(Port(8082),))
-    (run,) = program_for(w, "sandboxed", "shop").containers
+    (run,) = program_for(w, Runtime.SANDBOXED, "shop").containers
     assert run.command == ("httpd", "-f", "-p", "8082") and run.rootfs == "docker:hybridorch.local/httpd:1"
     assert run.env == {"PAGE_TITLE": "t", "HYBRIDORCH_STACK": "shop", "HYBRIDORCH_WORKLOAD": "plug",
                        "HYBRIDORCH_REPLICA": "0"}
-    assert program_for(w, "sandboxed", "shop", 2).containers[0].env["HYBRIDORCH_REPLICA"] == "2"
+    assert program_for(w, Runtime.SANDBOXED, "shop", 2).containers[0].env["HYBRIDORCH_REPLICA"] == "2"
     assert run.host_network and run.timeout == 0     # a service on the guest's network, where the forward lands
+    assert run.read_only                             # the one hardening rule: read-only root, a tmpfs /tmp
+    writable = Workload(name="plug", image="x:1", runtime="sandboxed", writable_root=True)
+    assert not program_for(writable, Runtime.SANDBOXED).containers[0].read_only
     # args alone go to the image's entrypoint, which only the exported image knows (vm.image_export.materialize)
-    (run,) = program_for(Workload(name="plug", image="x:1", runtime="sandboxed", args=("-v",)), "sandboxed").containers
+    (run,) = program_for(Workload(name="plug", image="x:1", runtime="sandboxed", args=("-v",)), Runtime.SANDBOXED).containers
     assert run.command == ()
 
 

@@ -12,7 +12,8 @@ from hybridorch.ops import snapshots as snaps
 from hybridorch.cli import cli
 from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD
 from hybridorch.core.policy import PROFILES
-from hybridorch.core.spec import Snapshots, Workload, parse_duration
+from hybridorch.core.durations import parse_duration
+from hybridorch.core.spec import Snapshots, Workload
 
 DAY = 86400
 NOW = calendar.timegm((2026, 11, 28, 18, 0, 0))
@@ -66,15 +67,18 @@ def test_restore_warns_that_patches_are_rolled_back() -> None:
 
 
 def test_kubevirt_objects_carry_the_stack_labels_and_point_at_the_vm() -> None:
-    s = snaps.snapshot_object("shop", "ledger-vm", "ledger-vm", "payments", "snap-20261128-180000")
+    # the objects the Kubernetes backend's snapshot side applies (pure: rendered before any kubectl call)
+    from hybridorch.backends import kubevirt_snapshots as kubevirt
+
+    s = kubevirt.snapshot_object("shop", "ledger-vm", "ledger-vm", "payments", "snap-20261128-180000")
     assert s["apiVersion"] == "snapshot.kubevirt.io/v1beta1" and s["kind"] == "VirtualMachineSnapshot"
     assert s["metadata"] == {"name": "snap-20261128-180000", "namespace": "payments",
                              "labels": {"app.kubernetes.io/managed-by": "hybridorch", LABEL_STACK: "shop",
                                         LABEL_WORKLOAD: "ledger-vm"}}
     assert s["spec"]["source"] == {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "ledger-vm"}
     # a replica's VM gets its own snapshot object
-    assert snaps.snapshot_object("shop", "db", "db-1", "ns", "s")["metadata"]["name"] == "s-db-1"
-    r = snaps.restore_object("shop", "ledger-vm", "ledger-vm", "payments", "snap-20261128-180000")
+    assert kubevirt.snapshot_object("shop", "db", "db-1", "ns", "s")["metadata"]["name"] == "s-db-1"
+    r = kubevirt.restore_object("shop", "ledger-vm", "ledger-vm", "payments", "snap-20261128-180000")
     assert r["kind"] == "VirtualMachineRestore" and r["metadata"]["labels"][LABEL_STACK] == "shop"
     assert r["spec"] == {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "ledger-vm"},
                          "virtualMachineSnapshotName": "snap-20261128-180000"}

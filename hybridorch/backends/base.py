@@ -10,11 +10,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
+from hybridorch.core.runtime import Named, Runtime, State
+from hybridorch.backends.events import EventSink, ignore
 from hybridorch.errors import BackendError
 
 if TYPE_CHECKING:
     from hybridorch.core.plan import Plan
-    from hybridorch.render.stack import Rendered
+    from hybridorch.render.writer import Rendered
 
 # target name -> "module:Class"; adding a backend is a new module plus one line here
 REGISTRY: dict[str, str] = {
@@ -28,8 +30,8 @@ REGISTRY: dict[str, str] = {
 @dataclass(frozen=True)
 class WorkloadStatus:
     name: str
-    runtime: str
-    state: str                      # a runtime.State: running | ready | pending | stopped | failed | absent
+    runtime: Runtime
+    state: State                    # running | ready | pending | stopped | failed | absent
     ports: tuple[str, ...] = ()     # e.g. "127.0.0.1:8080->8080/tcp"
     accelerator: str | None = None  # kvm | tcg for VMs
     uptime_seconds: float | None = None
@@ -37,7 +39,7 @@ class WorkloadStatus:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        # plain strings: YAML (safe_dump) cannot represent the StrEnums
+        # plain strings: YAML (safe_dump) cannot represent the enums
         out = {"name": self.name, "runtime": str(self.runtime), "state": str(self.state), "ports": list(self.ports),
                "accelerator": self.accelerator,
                "uptimeSeconds": None if self.uptime_seconds is None else round(self.uptime_seconds, 1),
@@ -73,6 +75,92 @@ class Removal:
     def data_kept(self) -> bool:
         return any(k.reason.startswith("data") for k in self.kept)
 
+    def lines(self) -> list[str]:
+        """What was removed, then one "kept ..." line per thing left in place."""
+        return list(self.removed) + [str(k) for k in self.kept]
+
+
+# --- what `inventory` reports: everything hybridorch made on a target ------------------------------------------
+
+class Made(Named):
+    """What a local engine made (a cluster's items carry the object's own kind: Deployment, VirtualMachine...)."""
+
+    CONTAINER = "container"
+    VM = "vm"
+
+
+@dataclass(frozen=True)
+class Managed:
+    """One thing hybridorch made that runs a workload: a container, a local VM or a cluster workload object."""
+
+    target: str                 # local | kubernetes
+    kind: str                   # a Made, or the cluster object's kind: Deployment | StatefulSet | VirtualMachine
+    name: str
+    namespace: str
+    stack: str
+    workload: str
+    runtime: Runtime | None
+    owner: str | None
+    ttl: str | None
+    created: float | None       # start time (containers, VMs) or creationTimestamp
+
+    def age(self, now: float) -> float | None:
+        return None if self.created is None else max(0.0, now - self.created)
+
+    def expired(self, now: float) -> bool:
+        from hybridorch.core.durations import is_duration, parse_duration
+
+        age = self.age(now)
+        return bool(self.ttl and age is not None and is_duration(self.ttl) and age > parse_duration(self.ttl))
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        age = self.age(now)
+        return {"target": self.target, "kind": str(self.kind), "name": self.name, "namespace": self.namespace,
+                "stack": self.stack, "workload": self.workload,
+                "runtime": "" if self.runtime is None else str(self.runtime), "owner": self.owner,
+                "ttl": self.ttl, "ageSeconds": None if age is None else round(age, 1),
+                "expired": self.expired(now)}
+
+
+# --- what `live_facts` reports: what runs of one stack, as plain data the live audit rules read ---------------
+
+@dataclass(frozen=True)
+class LiveContainer:
+    workload: str
+    attrs: dict[str, Any]           # the engine's inspect document (Config, HostConfig, State, Mounts, ...)
+    image_created: float | None     # None: the image is gone, its age unknown
+
+
+@dataclass(frozen=True)
+class LiveVM:
+    workload: str
+    state: dict[str, Any]           # the record the VM engine keeps beside a running VM
+
+
+@dataclass(frozen=True)
+class LiveFacts:
+    containers: tuple[LiveContainer, ...] = ()
+    vms: tuple[LiveVM, ...] = ()
+    objects: tuple[dict[str, Any], ...] = ()   # cluster objects of the stack, then the snapshots of its VMs
+
+    def __add__(self, other: LiveFacts) -> LiveFacts:
+        return LiveFacts(self.containers + other.containers, self.vms + other.vms, self.objects + other.objects)
+
+
+# --- snapshots of VM workloads ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    vm: str                   # the libvirt domain, or NAMESPACE/VM on a cluster
+    created: float            # epoch seconds
+    size: int | None = None   # bytes of saved VM state (local); None where the engine does not say
+    state: str = ""           # local: running | shutoff (what a restore brings back); cluster: the phase
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {"name": self.name, "vm": self.vm, "created": self.created, "ageSeconds": round(now - self.created),
+                "size": self.size, "state": self.state}
+
 
 class Backend(ABC):
     """up/status/logs/down for one kind of runtime. Each backend owns its SDK and raises only BackendError."""
@@ -81,6 +169,8 @@ class Backend(ABC):
 
     def __init__(self, **options: Any) -> None:
         self.options = options
+        # progress (backends.events); left in options so the local target hands the sink to both its sides
+        self.events: EventSink = options.get("events") or ignore
 
     @abstractmethod
     def up(self, plan: Plan, rendered: Rendered, *, wait: bool = True, timeout: float = 300) -> list[WorkloadStatus]:
@@ -99,12 +189,50 @@ class Backend(ABC):
         """Remove everything this tool created for the stack, and nothing else. Data (volumes, claims, disks)
         outlives it unless `delete_data`; the result says what was removed and what was kept."""
 
+    # --- what runs, across stacks (`ps`, `gc`) and for one stack (`audit --live`) ------------------------------
+
+    @abstractmethod
+    def inventory(self) -> list[Managed]:
+        """Everything hybridorch made on this target that runs a workload, whatever stack file it came from."""
+
+    @abstractmethod
+    def remove(self, items: list[Managed], *, keep_data: bool = True) -> Removal:
+        """Remove these items of this target's inventory (only ours: a reused name is left alone); their data
+        stays, as `down` keeps it, unless not `keep_data`."""
+
+    @abstractmethod
+    def live_facts(self, plan: Plan) -> LiveFacts:
+        """What runs of the plan's stack here, as the live audit reads it."""
+
+    # --- snapshots of VM workloads: a target without them says so ----------------------------------------------
+
+    def snapshot_create(self, plan: Plan, workload: str, name: str) -> list[Snapshot]:
+        """Snapshot every replica of the workload as `name`; the snapshots made."""
+        raise self.no_snapshots()
+
+    def snapshot_list(self, plan: Plan, workload: str) -> list[Snapshot]:
+        raise self.no_snapshots()
+
+    def snapshot_restore(self, plan: Plan, workload: str, name: str | None) -> list[Snapshot]:
+        """Roll every replica back to `name` (None: its newest snapshot); the snapshots restored."""
+        raise self.no_snapshots()
+
+    def snapshot_prune(self, plan: Plan, workload: str, doomed: list[Snapshot]) -> None:
+        """Delete these snapshots (chosen by the caller's retention rules)."""
+        raise self.no_snapshots()
+
+    def no_snapshots(self) -> BackendError:
+        return BackendError(f"snapshots are not supported on target {self.name}")
+
 
 def get_backend(target: str, **options: Any) -> Backend:
     try:
         module_name, cls_name = REGISTRY[target].split(":")
     except KeyError:
         raise BackendError(f"unknown target {target!r}: use one of {', '.join(sorted(REGISTRY))}") from None
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise BackendError(f"the {target} backend cannot be loaded ({err}); reinstall hybridorch") from err
     backend: Backend = getattr(module, cls_name)(**options)
     return backend

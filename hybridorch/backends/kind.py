@@ -12,9 +12,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from hybridorch import proc
+from hybridorch.backends.events import Event, EventKind, EventSink
 from hybridorch.errors import BackendError
 
 KIND_LABEL = "io.x-k8s.kind.cluster"
@@ -86,9 +87,10 @@ def snapshotter(node: str) -> str | None:
     return str(found) if found else None
 
 
-def load_images(cluster: str, refs: list[str], progress: Callable[[str], None]) -> list[str]:
+def load_images(cluster: str, refs: list[str], events: EventSink) -> list[str]:
     """Import every image of `refs` (present in the local Docker engine) into every node of the kind cluster,
-    skipping nodes that already hold the same image ID; returns one line per image loaded or skipped."""
+    skipping nodes that already hold the same image ID; returns one line per image loaded or skipped (and
+    tells `events` about each)."""
     nodes = node_containers(cluster)
     done: list[str] = []
     snapshotters: dict[str, str | None] = {}
@@ -100,8 +102,9 @@ def load_images(cluster: str, refs: list[str], progress: Callable[[str], None]) 
         missing = [n for n in nodes if node_image_id(n, ref) != local]
         if not missing:
             done.append(f"image {ref}: already on {len(nodes)} node(s) of kind cluster {cluster}")
-            progress(done[-1])
+            events(Event(ref, EventKind.IMAGE_LOADED, f"already on {len(nodes)} node(s) of kind cluster {cluster}"))
             continue
+        events(Event(ref, EventKind.IMAGE_LOADING, f"into {', '.join(missing)}"))
         with tempfile.TemporaryDirectory(prefix="hybridorch-load-") as tmp:
             archive = os.path.join(tmp, "image.tar")
             _docker("save", "-o", archive, ref, what=f"saving image {ref}")
@@ -113,5 +116,5 @@ def load_images(cluster: str, refs: list[str], progress: Callable[[str], None]) 
                         "--all-platforms", "--digests", *flags, "-", stdin_file=archive,
                         what=f"loading image {ref} into kind node {node}")
         done.append(f"image {ref}: loaded into {', '.join(missing)}")
-        progress(done[-1])
+        events(Event(ref, EventKind.IMAGE_LOADED, f"into {', '.join(missing)}"))
     return done

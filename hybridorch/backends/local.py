@@ -6,19 +6,21 @@ vm: never a plain container), merges results in plan order, and removes what a f
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from hybridorch.core import images
 from hybridorch.errors import BackendError
-from hybridorch.core.runtime import VM_RUNTIMES
+from hybridorch.core.runtime import VM_RUNTIMES, LocalSandbox, Runtime
 from hybridorch.vm.host import state_root
-from hybridorch.backends.base import Backend, Removal, WorkloadStatus
+from hybridorch.backends.base import Backend, LiveFacts, Managed, Removal, Snapshot, WorkloadStatus, get_backend
 
 if TYPE_CHECKING:
     from hybridorch.core.plan import Plan
-    from hybridorch.render.stack import Rendered
+    from hybridorch.render.writer import Rendered
+
+# the registry's name of the backend each side of this target runs on
+SIDES = {"containers": "docker", "vms": "qemu"}
 
 
 def sandbox_runtime() -> str | None:
@@ -41,16 +43,9 @@ class LocalBackend(Backend):
         self._backends: dict[str, Backend] = {}
 
     def _side(self, kind: str) -> Backend:
-        """The Docker or QEMU backend, imported on first use so a container-only stack never needs QEMU."""
+        """The Docker or QEMU backend, from the registry on first use so a container-only stack never needs QEMU."""
         if kind not in self._backends:
-            module_name, cls_name = {"containers": ("hybridorch.backends.docker", "DockerBackend"),
-                                     "vms": ("hybridorch.backends.qemu", "QemuBackend")}[kind]
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as err:
-                raise BackendError(f"the local {kind} backend cannot be loaded ({err}); "
-                                   "reinstall hybridorch") from err
-            self._backends[kind] = getattr(module, cls_name)(**self.options)
+            self._backends[kind] = get_backend(SIDES[kind], **self.options)
         return self._backends[kind]
 
     @staticmethod
@@ -71,12 +66,12 @@ class LocalBackend(Backend):
         sandboxed workload whose VM exists is looked for there (the engine's runtimes may have changed since)."""
         from hybridorch.render.domain import sandbox_in_vm
 
-        sandboxed = [p.name for p in plan.placements if p.runtime == "sandboxed"]
+        sandboxed = [p.name for p in plan.placements if p.runtime is Runtime.SANDBOXED]
         if not sandboxed:
             return frozenset()
         choice = plan.profile.local_sandbox
-        runtime = None if choice == "vm" else sandbox_runtime()
-        if up and choice == "runtime" and runtime is None:
+        runtime = None if choice is LocalSandbox.VM else sandbox_runtime()
+        if up and choice is LocalSandbox.RUNTIME and runtime is None:
             raise BackendError(f"workload(s) {', '.join(sandboxed)} are sandboxed and the policy's localSandbox is "
                                "runtime, but the Docker engine has no gVisor (runsc) or Kata runtime registered: "
                                "register one in /etc/docker/daemon.json, or use localSandbox: auto or vm (own VM)")
@@ -116,16 +111,15 @@ class LocalBackend(Backend):
         vms = [p for p in plan.placements if _side_of(p.runtime, p.name in sandbox_vms) == "vms"]
         if not vms:
             return
-        qemu = importlib.import_module("hybridorch.backends.qemu")
-        disks = importlib.import_module("hybridorch.vm.disks")
-        prefix = importlib.import_module("hybridorch.vm.image_export").DOCKER_PREFIX
-        refs = [c.rootfs[len(prefix):] for p in vms for c in qemu.program_for(p.workload, p.runtime).containers
-                if c.rootfs.startswith(prefix)]
+        from hybridorch.vm import disks
+        from hybridorch.vm.host import missing_disks
+
+        refs = self._side("vms").exported_images(vms)  # type: ignore[attr-defined]
         wanted = disks.plan_disks(plan)
         # a VM boots the disk its spec names or does not start: nothing may boot in its place
-        missing = importlib.import_module("hybridorch.vm.host").missing_disks(wanted, plan.stack.file)
+        missing = missing_disks(wanted, plan.stack.file)
         for p in vms:
-            image = disks.disk_image(p.workload) if p.runtime in ("vm", "nested") else None
+            image = disks.disk_image(p.workload) if p.runtime in VM_RUNTIMES else None
             if image in missing:
                 raise BackendError(
                     f"workload {p.name}: containerDisk {image} is not in the local Docker engine and no recipe "
@@ -161,6 +155,33 @@ class LocalBackend(Backend):
                 # nothing of this kind in the plan and its runtime is unusable: nothing of ours runs there
         return removed
 
+    # --- across stacks and for the live audit: both sides, containers first ------------------------------------
+
+    def inventory(self) -> list[Managed]:
+        return self._side("containers").inventory() + self._side("vms").inventory()
+
+    def remove(self, items: list[Managed], *, keep_data: bool = True) -> Removal:
+        # each side removes only its own kind of item
+        return self._side("containers").remove(items, keep_data=keep_data) + \
+            self._side("vms").remove(items, keep_data=keep_data)
+
+    def live_facts(self, plan: Plan) -> LiveFacts:
+        return self._side("containers").live_facts(plan) + self._side("vms").live_facts(plan)
+
+    # --- snapshots: only VMs have them (a sandboxed workload in its own VM keeps no disk) ----------------------
+
+    def snapshot_create(self, plan: Plan, workload: str, name: str) -> list[Snapshot]:
+        return self._side("vms").snapshot_create(plan, workload, name)
+
+    def snapshot_list(self, plan: Plan, workload: str) -> list[Snapshot]:
+        return self._side("vms").snapshot_list(plan, workload)
+
+    def snapshot_restore(self, plan: Plan, workload: str, name: str | None) -> list[Snapshot]:
+        return self._side("vms").snapshot_restore(plan, workload, name)
+
+    def snapshot_prune(self, plan: Plan, workload: str, doomed: list[Snapshot]) -> None:
+        self._side("vms").snapshot_prune(plan, workload, doomed)
+
 
 def check_runnable_here(plan: Plan) -> None:
     """Refuse, before anything starts, what this machine cannot really run: its guests are Linux kernels from
@@ -172,9 +193,9 @@ def check_runnable_here(plan: Plan) -> None:
                            "(vm.disk.pvc or vm.disk.image), or remove them from the stack")
 
 
-def _side_of(runtime: str, sandbox_vm: bool) -> str:
+def _side_of(runtime: Runtime, sandbox_vm: bool) -> str:
     """Which side runs a placement: "vms" for vm/nested and for a sandboxed one in its own VM, else "containers"."""
-    return "vms" if runtime in VM_RUNTIMES or (runtime == "sandboxed" and sandbox_vm) else "containers"
+    return "vms" if runtime in VM_RUNTIMES or (runtime is Runtime.SANDBOXED and sandbox_vm) else "containers"
 
 
 def _in_plan_order(plan: Plan, results: list[WorkloadStatus]) -> list[WorkloadStatus]:

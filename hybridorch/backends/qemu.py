@@ -23,22 +23,24 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from hybridorch import proc
 from hybridorch.errors import BackendError
-from hybridorch.core.runtime import State, container_env, readiness_port
-from hybridorch.vm import console
+from hybridorch.core.runtime import VM_RUNTIMES, Runtime, container_env, read_only_root
 from hybridorch.vm.guestimage import load_guest
 from hybridorch.vm.initramfs import ContainerRun, GuestProgram, build_initrd
-from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD
+from hybridorch.core.labels import LABEL_REPLICA, LABEL_STACK, LABEL_WORKLOAD, replica_dir, replica_path, replica_title
 from hybridorch.vm import disks, libvirt
-from hybridorch.vm.boot import GuestVM, check_port_free, last_lines, port_answers, run_guest, service_answers
-from hybridorch.render.domain import (LABEL_REPLICA, MACHINES, Forward, replica_dir, replica_forwards, workload_forwards)
+from hybridorch.vm.boot import GuestVM, check_port_free, run_guest
+from hybridorch.render.domain import AUTO_PORT, MACHINES, Forward, forwards_in, workload_forwards
 from hybridorch.vm.host import accelerator_for, local_facts, qemu_binary, state_root
 from hybridorch.vm.image_export import DOCKER_PREFIX, inner_rootfs, materialize
-from hybridorch.backends.base import Backend, Removal, WorkloadStatus
+from hybridorch.backends import qemu_inventory, qemu_snapshots
+from hybridorch.backends.qemu_status import replicas_status, sandbox_reason, wait_vm_ready
+from hybridorch.backends.base import Backend, LiveFacts, Managed, Removal, Snapshot, WorkloadStatus
+from hybridorch.backends.events import Event, EventKind
 
 if TYPE_CHECKING:
     from hybridorch.core.plan import Plan
     from hybridorch.core.policy import Placement
-    from hybridorch.render.stack import Rendered
+    from hybridorch.render.writer import Rendered
     from hybridorch.core.spec import Workload
 
 __all__ = ["QemuBackend", "run_guest", "state_root", "qemu_binary", "MACHINES", "Forward",
@@ -48,23 +50,19 @@ _forwards = workload_forwards
 
 # --- the backend -------------------------------------------------------------------------------------
 
-def ready_forward(w: Workload, forwards: tuple[Forward, ...]) -> Forward | None:
-    """The forward of the port a readiness probe connects to (runtime.readiness_port)."""
-    port = readiness_port(w)
-    return next((f for f in forwards if f.guest_port == port), None) if port else None
-
-
-def program_for(w: Workload, runtime: str, stack: str = "", replica: int = 0) -> GuestProgram:
+def program_for(w: Workload, runtime: Runtime, stack: str = "", replica: int = 0) -> GuestProgram:
     """What the guest of a vm/nested workload runs: inner containers, the workload's command, or httpd; a
     sandboxed workload's guest runs its container image with runc on the guest's own kernel, with the spec's
     command (args go to the image's entrypoint: see materialize) and env, as Docker would."""
-    if runtime == "sandboxed":
+    if runtime is Runtime.SANDBOXED:
         assert w.image is not None   # the spec loader requires an image for container runtimes
         env = container_env(w, stack, replica)
         argv = tuple(w.command or ()) + tuple(w.args or ()) if w.command is not None else ()
-        run = ContainerRun(w.name, argv, inner_rootfs(w.image), env, timeout=0, host_network=True)
+        # the same hardening as the container would get in Docker or a pod: core.runtime.read_only_root
+        run = ContainerRun(w.name, argv, inner_rootfs(w.image), env, timeout=0, host_network=True,
+                           read_only=read_only_root(w))
         return GuestProgram(w.name, containers=(run,), env=dict(w.env))
-    if runtime == "nested":
+    if runtime is Runtime.NESTED:
         containers = []
         for c in w.containers:
             rootfs = inner_rootfs(c.image)
@@ -74,7 +72,7 @@ def program_for(w: Workload, runtime: str, stack: str = "", replica: int = 0) ->
                                            timeout=0, host_network=True))
         return GuestProgram(w.name, containers=tuple(containers), env=dict(w.env))
     command = tuple(w.command or ()) + tuple(w.args or ()) or None
-    if w.runtime == "auto" and w.image and not (w.vm.disk_image or w.vm.disk_pvc):
+    if w.runtime is None and w.image and not (w.vm.disk_image or w.vm.disk_pvc):
         # a container image the policy moved into a VM (own kernel, escape surface, ...): the guest runs it with
         # runc on its own kernel, as the KubeVirt rendering runs it with podman; an image named by an explicit
         # `runtime: vm` is a boot disk instead, which the local busybox guest stands in for
@@ -101,15 +99,12 @@ class _Desired:
         return vm_label(self.placement.name, self.replica)
 
 
-def sandbox_reason(plan: Plan) -> str:
-    """Why a sandboxed placement runs in its own VM here (this backend gets one only when it does)."""
-    if plan.profile.local_sandbox == "vm":
-        return "the policy's localSandbox: vm"
-    return "no gVisor/Kata runtime in Docker"
+vm_label = replica_title   # a VM replica in messages
 
 
-def vm_label(workload: str, replica: int) -> str:
-    return workload if replica == 0 else f"{workload} replica {replica}"
+def _of_replica(replica: int) -> str:
+    """What an event's detail adds for replica i > 0 (the workload's progress line is shared by its replicas)."""
+    return f" (replica {replica})" if replica else ""
 
 
 class QemuBackend(Backend):
@@ -117,7 +112,7 @@ class QemuBackend(Backend):
     sandboxed placement given to this backend runs in its own VM)."""
 
     name = "qemu"
-    RUNTIMES = ("vm", "nested", "sandboxed")
+    RUNTIMES = VM_RUNTIMES | {Runtime.SANDBOXED}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -140,6 +135,13 @@ class QemuBackend(Backend):
     def _mine(self, plan: Plan) -> list[Placement]:
         return [p for p in plan.placements if p.runtime in self.RUNTIMES and p.workload.replicas > 0]
 
+    @staticmethod
+    def exported_images(placements: list[Placement]) -> list[str]:
+        """The local Docker images these VMs run inside (exported into the guest): the local target builds them
+        like its containers' own before any VM starts."""
+        return [c.rootfs[len(DOCKER_PREFIX):] for p in placements for c in program_for(p.workload, p.runtime).containers
+                if c.rootfs.startswith(DOCKER_PREFIX)]
+
     # -- up ------------------------------------------------------------------------------------------
     def up(self, plan: Plan, rendered: Rendered | None = None, *, wait: bool = True,
            timeout: float = 300) -> list[WorkloadStatus]:
@@ -150,7 +152,7 @@ class QemuBackend(Backend):
             libvirt.check_daemon()
         if rendered is None or rendered.target != "local":
             from hybridorch.render.stack import render_plan
-            rendered = render_plan(plan, "local", local=local_facts(sandboxes=plan.has_runtime("sandboxed")))
+            rendered = render_plan(plan, "local", local=local_facts(sandboxes=plan.has_runtime(Runtime.SANDBOXED)))
         try:
             desired = [self._desire(p, stack_dir, rendered) for p in wanted]
             # VMs of this stack whose workload left the plan (or moved to a container), and replicas beyond the
@@ -191,7 +193,7 @@ class QemuBackend(Backend):
         out = []
         for i in range(w.replicas):
             program = program_for(w, p.runtime, stack_dir.name, i)   # the state dir is named after the stack
-            where = w.name if i == 0 else f"{w.name}-{i}"
+            where = replica_path(w.name, i)
             try:
                 xml = rendered.file(f"{where}/domain.xml").content
             except KeyError:
@@ -209,7 +211,8 @@ class QemuBackend(Backend):
             key = {"xml": xml, "program": repr(program), "kernel": guest.kernel_version,
                    "packages": dict(guest.packages), "ready": repr(w.ready), "seed": seed}
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-            out.append(_Desired(p, program, replica_forwards(workload_forwards(w), i), digest, workdir, i, xml, seed))
+            # the rendered domain decides (the stack-wide host ports: runtime.assign_host_ports)
+            out.append(_Desired(p, program, forwards_in(xml), digest, workdir, i, xml, seed))
         return out
 
     def _current(self, d: _Desired) -> bool:
@@ -221,6 +224,7 @@ class QemuBackend(Backend):
         the state dirs of the (re)started replicas."""
         stale = [d for d in replicas if not self._current(d)]  # unchanged and running: idempotent
         if not stale:
+            self.events(Event(replicas[0].placement.name, EventKind.UNCHANGED, "already running"))
             return set()
         w = stale[0].placement.workload
         for d in stale:
@@ -230,7 +234,8 @@ class QemuBackend(Backend):
         qemu_binary(w.arch)  # fail before building anything when QEMU is missing
         for d in stale:
             for f in d.forwards:
-                check_port_free(f.host_addr, f.host_port)
+                if f.host_port != AUTO_PORT:   # an automatic one is free by definition
+                    check_port_free(f.host_addr, f.host_port)
         # the rendered domain decides: a disk boot, or the busybox guest (no disk named)
         disk = disks.disk_image(w) if "/disk.qcow2" in stale[0].xml else None
         base: disks.BaseDisk | None = disks.base_disk(disk, w.arch) if disk else None
@@ -241,13 +246,15 @@ class QemuBackend(Backend):
         try:
             for d in stale:
                 d.workdir.mkdir(parents=True, exist_ok=True)
+                what = "preparing its disk" if base is not None else "building its initramfs"
+                self.events(Event(w.name, EventKind.CREATED, what + _of_replica(d.replica)))
                 try:
                     if base is not None:
                         disks.prepare(base, d.workdir, d.seed)
                     elif initrd is None or d.program != built:
                         if exported is None:
                             # a sandboxed container's args go to its image's entrypoint, as with `docker run`
-                            args = {w.name: tuple(w.args or ())} if d.placement.runtime == "sandboxed" else None
+                            args = {w.name: tuple(w.args or ())} if d.placement.runtime is Runtime.SANDBOXED else None
                             exported = materialize(d.program, w.arch, d.workdir, args)
                         # a replica's own env (a sandbox's HYBRIDORCH_REPLICA) over the exported image's
                         own = tuple(replace(e, env={**e.env, **c.env})
@@ -267,7 +274,7 @@ class QemuBackend(Backend):
                 tar.unlink()  # copied into the initramfs images
         if wait:
             for vm, d in zip(vms, stale):
-                self._wait_ready(vm, w, timeout, d.label, booted_disk=base is not None)
+                wait_vm_ready(vm, w, timeout, self.events, d.label, booted_disk=base is not None)
         return {d.workdir.name for d in stale}
 
     def _start(self, d: _Desired, plan: Plan) -> GuestVM:
@@ -286,43 +293,14 @@ class QemuBackend(Backend):
                  "runtime": d.placement.runtime, "arch": w.arch, "accelerator": accel, "cpus": w.vcpus,
                  "memoryMib": w.resources.memory_bytes // 2**20,
                  "guest": "disk" if "/disk.qcow2" in d.xml else "busybox",
-                 "disk": disks.disk_image(w), "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in d.forwards],
+                 # as bound: an automatic host port is the one QEMU picked (status and readiness use it)
+                 "disk": disks.disk_image(w), "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in vm.forwards],
                  "digest": d.digest, "started": time.time(), "owner": w.owner, "ttl": w.ttl,
-                 "tenant": w.tenant, "sandbox": sandbox_reason(plan) if d.placement.runtime == "sandboxed" else ""}
+                 "tenant": w.tenant,
+                 "sandbox": sandbox_reason(plan) if d.placement.runtime is Runtime.SANDBOXED else ""}
         (d.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        self.events(Event(w.name, EventKind.BOOTING, f"libvirt domain {vm.name}, {accel}" + _of_replica(d.replica)))
         return vm
-
-    def _wait_ready(self, vm: GuestVM, w: Workload, timeout: float, label: str | None = None,
-                    booted_disk: bool = False) -> None:
-        limit = float(w.ready.timeout) if w.ready else timeout
-        label = label or w.name
-        if proc.wait_until(lambda: self._is_ready(vm, w, booted_disk), limit, poll=0.05,
-                           abort=lambda: not vm.running()):
-            return
-        if not vm.running():
-            error = vm.qemu_error()
-            vm.stop()
-            raise BackendError(f"VM {label} exited during boot: "
-                               f"{error or 'last console lines: ' + last_lines(vm.console())}")
-        vm.stop()
-        raise BackendError(f"VM {label} was not ready within {limit:.0f}s (stopped it); last console "
-                           f"lines: {last_lines(vm.console())}")
-
-    def _is_ready(self, vm: GuestVM, w: Workload, booted_disk: bool = False) -> bool:
-        """The busybox guest prints the ready marker; a booted disk's OS is ready only when its own service
-        answers on the forwarded ready port (or its console shows the spec's marker)."""
-        text = vm.console()
-        marker = w.ready.marker if w.ready and w.ready.marker else None
-        if marker and marker not in text:
-            return False
-        if not marker and not booted_disk and not console.shows_ready(text):
-            return False
-        port = ready_forward(w, vm.forwards)
-        if booted_disk and port is None and not marker:
-            return vm.running()
-        # a disk's own OS brings its network up after boot: only a reply shows its service is there
-        answers = service_answers if booted_disk and not marker else port_answers
-        return port is None or answers(port.host_port, port.host_addr)
 
     # -- status / logs / down ---------------------------------------------------------------------------
     def status(self, plan: Plan) -> list[WorkloadStatus]:
@@ -332,53 +310,13 @@ class QemuBackend(Backend):
         """One row per workload; `known_ready` names the replica state dirs `up` just waited for."""
         out = []
         for p in self._mine(plan):
-            w = p.workload
             loaded = []
-            for i in range(w.replicas):
+            for i in range(p.workload.replicas):
                 workdir = self._stack_dir(plan) / replica_dir(p.name, i)
                 vm, state = self._load(workdir)
                 if vm is not None:
                     loaded.append((i, workdir.name, vm, state))
-            if not loaded:
-                out.append(WorkloadStatus(p.name, p.runtime, State.ABSENT, detail="not created: run `hybridorch up`"))
-                continue
-            ports = tuple(str(Forward(*f)) for *_, state in loaded for f in state.get("forwards", []))
-            state0 = loaded[0][3]
-            accel = state0.get("accelerator")
-            booted_disk = state0.get("guest") == "disk"
-            what_boots = (f"its own disk {state0.get('disk')}" if state0.get("guest") == "disk" else
-                          "the busybox guest (no disk or image named)")
-            alive = [(i, name, vm) for i, name, vm, _ in loaded if vm.owns()]
-            counts = f"{len(alive)}/{w.replicas} replicas running"
-            dead = [(i, vm) for i, _, vm, _ in loaded if not vm.owns()]
-            if dead:
-                i, vm = dead[0]
-                what = "domain " + vm.name
-                out.append(WorkloadStatus(p.name, p.runtime, State.FAILED, ports, accel,
-                                          detail=f"{counts}; {what} is not running; last console lines: "
-                                                 f"{last_lines(vm.console(), 3)}"))
-                continue
-            pids = [vm.pid for _, _, vm in alive]
-            domains = ', '.join(vm.name for _, _, vm in alive)
-            if p.runtime == "sandboxed":
-                # the words `status` users and tests look for: where the sandbox is, and why
-                detail = f"{counts}; sandboxed in its own VM ({state0.get('sandbox') or sandbox_reason(plan)}): " \
-                         f"libvirt domain {domains} ({state0['arch']}) runs image {w.image} with runc on the " \
-                         "guest's kernel; pid " + ", ".join(str(pid) for pid in pids)
-            else:
-                detail = f"{counts}; libvirt domain {domains} ({state0['arch']}) boots {what_boots}; pid " + \
-                    ", ".join(str(pid) for pid in pids)
-            if len(alive) < w.replicas:
-                phase = State.PENDING
-            else:
-                ready = all(name in known_ready or self._is_ready(vm, w, booted_disk) for _, name, vm in alive)
-                phase = State.READY if ready else State.RUNNING
-            started = min(st["started"] for *_, st in loaded)
-            out.append(WorkloadStatus(p.name, p.runtime, phase, ports, accel,
-                                      uptime_seconds=time.time() - started, detail=detail,
-                                      extra={"pid": pids[0], "pids": pids, "domain": alive[0][2].name,
-                                             "guest": state0.get("guest", "busybox"),
-                                             **({"sandbox": "vm"} if p.runtime == "sandboxed" else {})}))
+            out.append(replicas_status(plan, p, loaded, known_ready))
         return out
 
     def logs(self, plan: Plan, workload: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
@@ -417,17 +355,27 @@ class QemuBackend(Backend):
         shutil.rmtree(workdir, ignore_errors=True)
         return stopped
 
-    @staticmethod
-    def remove_vm(workdir: Path) -> bool:
-        """One replica's VM, by its state dir (what `gc` removes): the domain is destroyed and undefined and the
-        state dir goes, as `down` does for the whole stack. False when no such VM was recorded."""
-        try:
-            state = json.loads((workdir / "state.json").read_text())
-        except (OSError, ValueError):
-            return False
-        libvirt.remove(str(state.get("domain", "")))
-        shutil.rmtree(workdir, ignore_errors=True)
-        return True
+    # -- inventory and live facts (qemu_inventory.py), snapshots (qemu_snapshots.py) --------------------------
+    def inventory(self) -> list[Managed]:
+        return qemu_inventory.managed_vms()
+
+    def remove(self, items: list[Managed], *, keep_data: bool = True) -> Removal:
+        return qemu_inventory.remove_vms(items)   # a local VM holds no data: its overlay is rebuilt on start
+
+    def live_facts(self, plan: Plan) -> LiveFacts:
+        return qemu_inventory.live_vms(plan.stack.name)
+
+    def snapshot_create(self, plan: Plan, workload: str, name: str) -> list[Snapshot]:
+        return qemu_snapshots.local_create(plan.stack.name, workload, name)
+
+    def snapshot_list(self, plan: Plan, workload: str) -> list[Snapshot]:
+        return qemu_snapshots.local_list(plan.stack.name, workload)
+
+    def snapshot_restore(self, plan: Plan, workload: str, name: str | None) -> list[Snapshot]:
+        return qemu_snapshots.local_restore(plan.stack.name, workload, name)
+
+    def snapshot_prune(self, plan: Plan, workload: str, doomed: list[Snapshot]) -> None:
+        qemu_snapshots.local_delete(plan.stack.name, workload, doomed)
 
     def down(self, plan: Plan, *, delete_data: bool = False) -> Removal:
         """Every domain carrying the stack's label, whatever the plan says now (a workload removed from the stack
@@ -438,6 +386,7 @@ class QemuBackend(Backend):
         for dom in sorted(found, key=lambda x: x.name):
             libvirt.remove(dom.name)
             removed.append(f"vm {vm_label(dom.labels.get(LABEL_WORKLOAD, dom.name), int(dom.labels.get(LABEL_REPLICA) or 0))}")
+            self.events(Event(dom.labels.get(LABEL_WORKLOAD, dom.name), EventKind.REMOVED, f"libvirt domain {dom.name}"))
         stack_dir = self._stack_dir(plan)
         if stack_dir.is_dir():
             shutil.rmtree(stack_dir, ignore_errors=True)

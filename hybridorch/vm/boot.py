@@ -8,16 +8,16 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from hybridorch import proc
 from hybridorch.errors import BackendError
 from hybridorch.vm import console, libvirt
 from hybridorch.vm.guestimage import load_guest
 from hybridorch.vm.initramfs import GuestProgram, build_initrd
-from hybridorch.render.domain import MACHINES, Forward, LocalFacts
+from hybridorch.render.domain import AUTO_PORT, Forward, LocalFacts, guest_domain_context
 
 
 def _alive(pid: int) -> bool:
@@ -52,6 +52,14 @@ class GuestVM:
         name = (libvirt.create_transient if transient else libvirt.define_and_start)(xml_file)
         vm = cls(name, console_log, forwards)
         vm.pid = libvirt.Domain(name, {}, True).pid or 0
+        if any(f.host_port == AUTO_PORT for f in forwards):
+            try:
+                bound = libvirt.bound_ports(name)
+            except BaseException:
+                libvirt.remove(name)
+                raise
+            vm.forwards = tuple(replace(f, host_port=bound.get(f.guest_port, AUTO_PORT)) if f.host_port == AUTO_PORT
+                                else f for f in forwards)
         return vm
 
     def owns(self) -> bool:
@@ -151,20 +159,11 @@ def service_answers(port: int, addr: str = "127.0.0.1", wait: float = 1.0) -> bo
 def guest_domain_xml(facts: LocalFacts, *, name: str, arch: str, accel: str, cpus: int, memory_mib: int,
                      initrd: Path, console_log: Path, machine: str | None = None,
                      labels: dict[str, str] | None = None) -> str:
-    from hybridorch.render.stack import Templates
+    from hybridorch.render.sandbox import Templates
     from hybridorch.render import validate
 
-    m = MACHINES[arch]
-    d: dict[str, Any] = {
-        "name": name, "title": name, "type": "kvm" if accel == "kvm" else "qemu", "labels": labels or {},
-        "memory_mib": memory_mib, "vcpus": cpus, "arch": m.uname, "machine": machine or m.machine, "acpi": m.acpi,
-        "cpu": "host" if accel == "kvm" else m.cpu, "emulator": facts.emulators.get(arch) or f"/usr/bin/{m.binary}",
-        "kernel": f"{facts.guests_dir}/{arch}/vmlinuz", "initrd": str(initrd),
-        "cmdline": f"console={m.console} quiet loglevel=3 panic=-1", "efi": False, "disk": None, "seed": None,
-        "console_log": str(console_log), "forwards": [], "bus": "virtio", "nic_device": "virtio-net-pci",
-        "windows": False, "on_reboot": "destroy", "run_as": facts.run_as, "isolated": False,
-        "tb_cache_mib": None, "cpu_period_us": None, "cpu_quota_us": None,
-    }
+    d = guest_domain_context(facts, name=name, arch=arch, accel=accel, cpus=cpus, memory_mib=memory_mib,
+                             initrd=str(initrd), console_log=str(console_log), machine=machine, labels=labels)
     xml = Templates().text("libvirt/domain.xml.j2", d=d)
     problem = validate.libvirt_problem(xml)
     if problem:

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Mapping
 
 from hybridorch import proc
 from hybridorch.errors import BackendError
-from hybridorch.core.runtime import cache_root
+from hybridorch.core.runtime import VM_RUNTIMES, cache_root
 
 if TYPE_CHECKING:
     from hybridorch.core.plan import Plan
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def plan_disks(plan: "Plan") -> list[str]:
-    return [image for p in plan.placements if p.runtime in ("vm", "nested") and (image := disk_image(p.workload))]
+    return [image for p in plan.placements if p.runtime in VM_RUNTIMES and (image := disk_image(p.workload))]
 
 
 def disk_image(w: Workload) -> str | None:
@@ -186,17 +186,18 @@ def write_root_initramfs(modules: Mapping[str, Path], busybox: bytes, out: IO[by
     return order
 
 
-def build_kernel_boot(out: Path, arch: str = "amd64", kernel_package: str = "linux-image-amd64") -> str:
+def build_kernel_boot(out: Path, arch: str = "amd64", kernel_package: str | None = None) -> str:
     """Debian's kernel (apt-get download + dpkg-deb -x with private apt lists, never installed) as
-    out/vmlinuz, and out/initrd.img that mounts an ext4 virtio root; returns the kernel version."""
+    out/vmlinuz, and out/initrd.img that mounts an ext4 virtio root; returns the kernel version. The kernel is
+    the arch's from the arch table (the guests' own) unless `kernel_package` names another."""
     from hybridorch.vm.guestimage import Apt, check_arch, extract_deb, module_name
     from hybridorch.core.images import static_busybox
 
-    check_arch(arch)
+    info = check_arch(arch)
     apt = Apt(arch, cache_root() / "apt" / arch)
     if not any(apt.lists.glob("*_Packages*")):
         apt.update()
-    package = apt.resolve(kernel_package)
+    package = apt.resolve(kernel_package or info.kernel_package)
     with tempfile.TemporaryDirectory(prefix="hybridorch-kernel-") as tmp:
         work = Path(tmp)
         (work / "debs").mkdir()

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 
 from hybridorch import proc
 from hybridorch.errors import BackendError
-from hybridorch.core.runtime import LOCAL_ARCHES, Arch, cache_root, local_arch
+from hybridorch.core.runtime import LOCAL_ARCHES, Arch, cache_root, guest_refusal, local_arch
 from hybridorch.vm.initramfs import write_base_initramfs
 
 DEBIAN_ARCHES = LOCAL_ARCHES
@@ -31,9 +31,9 @@ def guest_dir(arch: str) -> Path:
 def check_arch(arch: str) -> Arch:
     info = local_arch(arch)
     if info is None:
-        if arch == "riscv64":
-            raise BackendError("riscv64 guests are not supported: Debian 12 ships no riscv64 packages "
-                               "(use amd64 or arm64)")
+        refusal = guest_refusal(arch)
+        if refusal:
+            raise BackendError(refusal)
         raise BackendError(f"unknown guest arch {arch!r}: use one of {', '.join(LOCAL_ARCHES)}")
     return info
 

@@ -159,6 +159,7 @@ class ContainerRun:
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: int = 0                  # seconds; 0 = no limit (a service)
     host_network: bool = False        # share the guest's network (ports forwarded to the guest reach it)
+    read_only: bool = False           # a read-only root (its /tmp is a tmpfs either way): core.runtime.read_only_root
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def oci_config(c: ContainerRun, arch: str) -> dict[str, object]:
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": list(c.command), "env": env,
                     "cwd": "/", "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
                     "noNewPrivileges": True},
-        "root": {"path": "rootfs", "readonly": False},
+        "root": {"path": "rootfs", "readonly": c.read_only},
         "hostname": c.name,
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},

@@ -126,6 +126,22 @@ def is_running(name: str) -> bool:
     return virsh("domstate", name, what="libvirt", check=False).strip() == "running"
 
 
+# QEMU's `info usernet` row of a forward: TCP[HOST_FORWARD]  FD  host-address host-port  guest-address guest-port ...
+_USERNET_FORWARD = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+\S+\s+(\d+)\s+\S+\s+(\d+)")
+
+
+def usernet_ports(text: str) -> dict[int, int]:
+    """guest port -> the host port QEMU bound for it, from `info usernet` (a forward asked with port 0 gets a free
+    one, as `docker run -P` does)."""
+    return {int(guest): int(host) for host, guest in _USERNET_FORWARD.findall(text)}
+
+
+def bound_ports(name: str) -> dict[int, int]:
+    """usernet_ports of a running domain, asked through libvirt's monitor passthrough."""
+    return usernet_ports(virsh("qemu-monitor-command", name, "--hmp", "info usernet",
+                               what=f"libvirt: read the port forwards of {name}"))
+
+
 # --- snapshots (hybridorch/snapshots.py) -----------------------------------------------------------------------
 # Internal qcow2 snapshots taken by libvirt (disk and, for a running domain, memory). libvirt's own record of a
 # snapshot is dropped right after it is taken and kept as XML beside the overlay instead: a domain with snapshot

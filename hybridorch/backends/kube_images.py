@@ -1,0 +1,78 @@
+"""The kubernetes backend's images: before anything is applied, the stack's locally built images are built and
+loaded into the nodes of a kind cluster (kind.py), or refused when the nodes of another cluster cannot have them."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+from hybridorch.core import images
+from hybridorch.errors import BackendError
+
+if TYPE_CHECKING:
+    from hybridorch.core.plan import Plan
+    from hybridorch.backends.kubernetes import KubernetesBackend
+
+
+def prepare_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, Any]]) -> list[str]:
+    """Make the stack's locally built images available to the nodes before anything is applied: on a kind
+    cluster, build the missing ones and load them into every node; on any other cluster, fail in one line when
+    a node that may run a pod lacks one (nodes report the images they hold; kwok's fake nodes pull nothing)."""
+    wanted = pod_images(docs)
+    local = {ref: where for ref, where in wanted.items() if images.is_local(ref)}
+    if not local:
+        return []
+    nodes = backend.get_json("nodes")
+    from hybridorch.backends.kind import kind_cluster_name, load_images
+
+    cluster = kind_cluster_name(backend.current_context(), [(n.get("spec") or {}).get("providerID", "")
+                                                            for n in nodes])
+    if cluster is not None:
+        _build_images(backend, plan, list(local))
+        return load_images(cluster, list(local), backend.events)
+    for ref, (workload, node_selector) in local.items():
+        eligible = [n for n in nodes if _matches(node_selector, (n.get("metadata") or {}).get("labels") or {})]
+        lacking = [n["metadata"]["name"] for n in eligible if not _node_has(n, ref)]
+        if lacking:
+            name = ref[len(images.LOCAL_REGISTRY) + 1:]
+            raise BackendError(
+                f"image {ref} (workload {workload}) was built on this machine and node {lacking[0]} of "
+                f"{backend.where} cannot pull it: push it (`docker tag {ref} REGISTRY/{name} && docker push "
+                f"REGISTRY/{name}`, then use that image in the stack) or load it into every node, then apply "
+                "again (--no-load skips this check); nothing was applied")
+    return []
+
+
+def _build_images(backend: KubernetesBackend, plan: Plan, refs: list[str]) -> None:
+    """Build missing content-tagged images from their recipes, through the Docker backend's builder."""
+    from hybridorch.backends.base import get_backend
+
+    dirs = images.image_dirs(plan.stack.file)
+    sources = {images.content_ref(p.workload.image, dirs): p.workload.image for p in plan.placements
+               if p.workload.image and images.is_local(p.workload.image)}
+    missing = [sources.get(ref, ref) for ref in refs]
+    builder: Any = get_backend("docker", events=backend.events)
+    builder.ensure_images(missing, plan.stack.file)
+
+
+def pod_images(docs: Iterable[dict[str, Any]]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Every image the pod templates of `docs` run -> (its workload, the pod's nodeSelector)."""
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    for d in docs:
+        if d.get("kind") not in ("Deployment", "StatefulSet"):
+            continue
+        pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+            if c.get("image"):
+                out.setdefault(c["image"], ((d.get("metadata") or {}).get("name", ""), pod.get("nodeSelector") or {}))
+    return out
+
+
+def _matches(node_selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in node_selector.items())
+
+
+def _node_has(node: dict[str, Any], ref: str) -> bool:
+    """A node can run `ref` when it reports holding it, or when it is one of kwok's fake nodes (which run nothing)."""
+    if ((node.get("metadata") or {}).get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake":
+        return True
+    names = {n for img in (node.get("status") or {}).get("images") or [] for n in img.get("names") or []}
+    return ref in names or f"docker.io/{ref}" in names
