@@ -58,6 +58,25 @@ def hybridorch(*args: str, env: dict[str, str] | None = None, timeout: float = 3
     return result
 
 
+def progress_lines(stderr: str) -> list[str]:
+    """The progress lines `up`/`down`/`apply`/`delete`/`gc` write to stderr (`[  1.2s] web: ready (...)`)."""
+    from hybridorch.progress import LINE_PREFIX
+
+    return [line for line in stderr.splitlines() if LINE_PREFIX.match(line)]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the progress lines and blank lines: the errors and warnings a command printed."""
+    from hybridorch.progress import LINE_PREFIX
+
+    return [line for line in stderr.strip().splitlines() if line.strip() and not LINE_PREFIX.match(line)]
+
+
+def ready_line(stderr: str, workload: str) -> str | None:
+    """The progress line that says `workload` became ready (None when there is none)."""
+    return next((line for line in progress_lines(stderr) if f"] {workload}: ready" in line), None)
+
+
 def _engine() -> Any:
     try:
         import docker

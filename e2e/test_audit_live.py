@@ -136,8 +136,10 @@ def test_ps_lists_and_gc_removes_only_what_is_past_its_ttl(docker_client, state_
         assert f"would remove container {stack}-scratch-0" in dry and "keeper" not in dry, dry
         assert docker_client.containers.get(f"{stack}-scratch-0").status == "running"
         assert f"would remove vm testvm (stack {stack}, ttl 2s)" in dry, dry
-        swept = hybridorch("gc").stdout
+        sweep = hybridorch("gc")
+        swept = sweep.stdout
         assert f"removed container {stack}-scratch-0" in swept and "keeper" not in swept, swept
+        assert f"] container {stack}-scratch-0: removed" in sweep.stderr, sweep.stderr   # the progress line
         # the expired VM went the way `down` takes it: domain destroyed and undefined
         assert f"removed vm {stack}/testvm" in swept, swept
         assert f"hyb-{stack}-testvm-0" not in subprocess.run(["virsh", "list", "--all", "--name"],

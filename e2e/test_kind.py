@@ -151,7 +151,10 @@ def shop(kind: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iter
 def test_apply_loads_the_local_image_into_the_kind_node(kind: dict[str, str], shop: dict[str, Any]) -> None:
     ref = shop_image()
     err = shop["apply"].stderr
-    assert f"image {ref}: loaded into" in err or f"image {ref}: already on" in err, err
+    assert f"image {ref}: loaded (into " in err or f"image {ref}: loaded (already on " in err, err
+    # progress on stderr: a line per workload whose objects the API server took (--no-wait: no ready lines)
+    for name in ("web", "api", "recommender-plugin", "payments", "ledger-vm"):
+        assert f"] {name}: applied (" in err, err
     for node in node_containers():
         out = subprocess.run(["docker", "exec", node, "crictl", "inspecti", "-o", "json", ref], capture_output=True,
                              text=True, check=True).stdout
@@ -160,7 +163,7 @@ def test_apply_loads_the_local_image_into_the_kind_node(kind: dict[str, str], sh
         assert json.loads(out)["status"]["id"] == local
     # a second apply finds it there and does not load it again
     again = hybridorch("apply", shop["path"], "--namespace-prefix", PREFIX, "--no-wait", env=kind).stderr
-    assert f"image {ref}: already on {len(node_containers())} node(s) of kind cluster {NAME}" in again, again
+    assert f"image {ref}: loaded (already on {len(node_containers())} node(s) of kind cluster {NAME})" in again, again
 
 
 def test_container_workloads_are_ready_on_a_real_kubelet(kind: dict[str, str], shop: dict[str, Any]) -> None:

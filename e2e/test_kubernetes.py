@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.conftest import ROOT, hybridorch, kube_get as get, kubectl, reinstall_kubevirt_crds
+from e2e.conftest import ROOT, error_lines, hybridorch, kube_get as get, kubectl, progress_lines, \
+    reinstall_kubevirt_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -38,13 +39,8 @@ def plan_of(path: str) -> dict[str, Any]:
     return json.loads(hybridorch("plan", path, "-o", "json").stdout)
 
 
-def image_progress(line: str) -> bool:
-    """apply's line about loading a local image into the kind node (or finding it there): progress, not error."""
-    return line.startswith("image ") and (" node(s) of kind cluster " in line or ": loaded into " in line)
-
-
 def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip() and not image_progress(line)]
+    lines = error_lines(stderr)   # progress lines (images loaded, workload states) are not errors
     assert len(lines) == 1, f"expected one error line, got:\n{stderr}"
     assert "Traceback" not in stderr
     return lines[0]
@@ -490,12 +486,14 @@ def test_an_unschedulable_pod_fails_the_apply_fast_with_the_schedulers_reason(cl
         result = hybridorch("apply", path, "--timeout", "120", env=cluster, check=False)
         took = time.monotonic() - t0
         assert result.returncode == 4, result.stderr
-        lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not image_progress(ln)]
         assert "Traceback" not in result.stderr
         # progress: a line per workload as its state changes (the pod may fail before the Deployment is seen),
         # then the error
-        assert all(ln.startswith("board: pending") for ln in lines[:-1]), lines
-        error = lines[-1]
+        states = [ln.split("] ", 1)[1] for ln in progress_lines(result.stderr) if "] image " not in ln]
+        assert all(s.startswith(("board: applied", "board: pending", "board: failed")) for s in states), states
+        lines = error_lines(result.stderr)
+        assert len(lines) == 1, result.stderr
+        error = lines[0]
         assert error.startswith("error: workload board failed: pod board-"), error
         assert ": Unschedulable: 0/" in error and "node affinity/selector" in error, error
         assert "kubectl describe -n e2e-unsched pod board-" in error, error

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.conftest import ROOT, free_ports, hybridorch, register_stack, require
+from e2e.conftest import (ROOT, error_lines, free_ports, hybridorch, progress_lines, ready_line, register_stack,
+                          require)
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +72,7 @@ def ip_of(container: Any) -> str:
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert result.returncode == 4, result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)   # progress lines come before the error
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     for needle in needles:
@@ -105,10 +106,22 @@ def shop(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     path = tmp_path_factory.mktemp("shop") / "shop.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     started = time.monotonic()
-    hybridorch("up", str(path), "--target", "local")
+    up = hybridorch("up", str(path), "--target", "local")
     up_seconds = time.monotonic() - started
-    yield {"file": str(path), "ports": ports, "stack": "e2e-shop", "up_seconds": up_seconds}
+    yield {"file": str(path), "ports": ports, "stack": "e2e-shop", "up_seconds": up_seconds, "up": up}
     hybridorch("down", str(path), check=False)
+
+
+def test_up_shows_each_workload_becoming_ready_on_stderr(shop: Any) -> None:
+    up = shop["up"]
+    for workload in shop["ports"]:
+        line = ready_line(up.stderr, workload)
+        assert line is not None, up.stderr
+        elapsed = float(line[1:].split("s]", 1)[0])
+        assert 0 <= elapsed <= shop["up_seconds"], line
+    # created before ready, a line per step; stdout is the status table alone
+    assert any(line.endswith("] web: created (container e2e-shop-web-0)") for line in progress_lines(up.stderr))
+    assert error_lines(up.stderr) == [] and up.stdout.startswith("WORKLOAD ")
 
 
 def test_every_published_port_answers_http(shop: Any) -> None:
@@ -223,6 +236,8 @@ def test_down_removes_the_stack_and_nothing_else(shop: Any, docker_client: Any, 
     try:
         result = hybridorch("down", shop["file"])
         assert "removed container e2e-shop-web-0" in result.stdout
+        assert any(line.endswith("] web: removed (container e2e-shop-web-0)") for line in
+                   progress_lines(result.stderr)), result.stderr
         assert "removed network hybridorch-e2e-shop-payments" in result.stdout
         assert containers_of(docker_client, "e2e-shop") == {}
         assert networks_of(docker_client, "e2e-shop") == []
@@ -341,6 +356,8 @@ def test_image_whose_build_fails(stack_file: Any, tmp_path: Path, docker_client:
     path, _, _ = small(stack_file, "e2e-broken", image="hybridorch.local/e2e-broken:1")
     result = hybridorch("up", path, env={"HYBRIDORCH_IMAGES": str(tmp_path / "images")}, check=False)
     assert_one_line_error(result, "building image hybridorch.local/e2e-broken:1", "failed")
+    # the build was announced while it ran (a cold build is the slowest step of an `up`)
+    assert "] image hybridorch.local/e2e-broken:1: building (from " in result.stderr, result.stderr
     assert_nothing_left(docker_client, "e2e-broken")
     with pytest.raises(Exception):
         docker_client.images.get("hybridorch.local/e2e-broken:1")
@@ -355,6 +372,72 @@ def test_port_already_in_use(stack_file: Any, docker_client: Any) -> None:
         result = hybridorch("up", path, check=False)
     assert_one_line_error(result, f"127.0.0.1:{p2}/tcp", "second", "already in use")
     assert_nothing_left(docker_client, "e2e-busyport")
+
+
+TWINS = """
+apiVersion: hybridorch.dev/v1alpha1
+kind: Stack
+metadata: {{name: e2e-twins}}
+spec:
+  workloads:
+    - {{name: first, image: hybridorch.local/httpd:1, command: [httpd, -f, -p, "{port}", -h, /www], ports: [{port}],
+       trust: trusted}}
+    - {{name: second, image: hybridorch.local/httpd:1, command: [httpd, -f, -p, "{port}", -h, /www],
+       ports: [{port}], trust: trusted}}
+"""
+
+
+def test_two_workloads_on_one_port_both_answer_on_the_host_ports_status_reports(stack_file: Any,
+                                                                                 docker_client: Any) -> None:
+    """The same container port twice is a valid stack: the first gets that host port, the second an automatic one
+    (as `docker run -P`), and both answer where `status` says. The port is a free one: the machine is shared."""
+    (port,) = free_ports(1)
+    path = stack_file(TWINS.format(port=port))
+    try:
+        up = json.loads(hybridorch("up", path, "-o", "json").stdout)
+        statuses = {s["name"]: s for s in json.loads(hybridorch("status", path, "-o", "json").stdout)}
+        assert {s["name"]: s["ports"] for s in up} == {n: s["ports"] for n, s in statuses.items()}
+        assert statuses["first"]["ports"] == [f"127.0.0.1:{port}->{port}/tcp"]
+        (second,) = statuses["second"]["ports"]
+        host_port = int(second.split("->")[0].rsplit(":", 1)[1])
+        assert second == f"127.0.0.1:{host_port}->{port}/tcp" and host_port != port
+        for name, published in (("first", port), ("second", host_port)):
+            assert statuses[name]["state"] == "ready"
+            assert f"workload {name} replica 0 on e2e-twins-{name}-0" in http_get(published)
+        # both containers run with the hardening Kubernetes gets: a read-only root, a writable /tmp
+        for name in ("first", "second"):
+            host_config = docker_client.containers.get(f"e2e-twins-{name}-0").attrs["HostConfig"]
+            assert host_config["ReadonlyRootfs"] is True and "/tmp" in host_config["Tmpfs"]
+    finally:
+        hybridorch("down", path, check=False)
+    assert_nothing_left(docker_client, "e2e-twins")
+
+
+def test_a_vm_on_a_containers_port_forwards_from_an_automatic_one(stack_file: Any, docker_client: Any) -> None:
+    """A local VM's forward follows the same rule: QEMU binds a free host port, which `status` reports."""
+    (port,) = free_ports(1)
+    path = stack_file({"apiVersion": "hybridorch.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "e2e-twinvm"},
+                       "spec": {"workloads": [
+                           {"name": "first", "image": "hybridorch.local/httpd:1", "trust": "trusted",
+                            "command": ["httpd", "-f", "-p", str(port), "-h", "/www"], "ports": [port]},
+                           # the busybox guest serves its ports with httpd
+                           {"name": "second", "runtime": "vm", "resources": {"cpu": "500m", "memory": "128Mi"},
+                            "ports": [port]}]}})
+    try:
+        hybridorch("up", path, timeout=600)
+        statuses = {s["name"]: s for s in json.loads(hybridorch("status", path, "-o", "json").stdout)}
+        assert statuses["second"]["runtime"] == "vm" and statuses["second"]["state"] == "ready"
+        (second,) = statuses["second"]["ports"]
+        host_port = int(second.split("->")[0].rsplit(":", 1)[1])
+        assert host_port not in (0, port) and second.endswith(f"->{port}/tcp")
+        assert "workload first " in http_get(port) and "second" in http_get(host_port)
+        # the automatic port is part of what runs, not of the spec: a second `up` changes nothing
+        hybridorch("up", path, timeout=600)
+        again = {s["name"]: s for s in json.loads(hybridorch("status", path, "-o", "json").stdout)}
+        assert again["second"]["ports"] == [second]
+    finally:
+        hybridorch("down", path, check=False, timeout=300)
+    assert_nothing_left(docker_client, "e2e-twinvm")
 
 
 def test_workload_that_exits_rolls_back_this_run(stack_file: Any, docker_client: Any) -> None:
@@ -383,7 +466,7 @@ def test_ctrl_c_during_up_leaves_nothing(stack_file: Any, docker_client: Any) ->
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip() == "error: interrupted"
+    assert error_lines(err) == ["error: interrupted"], err
     assert_nothing_left(docker_client, "e2e-sigint")
 
 
@@ -423,7 +506,11 @@ def test_full_shop_example_with_its_vm(docker_client: Any, tmp_path: Path) -> No
     path = tmp_path / "shop.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
-        hybridorch("up", str(path), timeout=600)
+        up = hybridorch("up", str(path), timeout=600)
+        # the VM's boot is followed, not silent: booting, then ready, like every container's ready line
+        for w in doc["spec"]["workloads"]:
+            assert ready_line(up.stderr, w["name"]) is not None, up.stderr
+        assert any("] ledger-vm: booting (libvirt domain " in line for line in progress_lines(up.stderr)), up.stderr
         statuses = {s["name"]: s for s in json.loads(hybridorch("status", str(path), "-o", "json").stdout)}
         assert list(statuses) == [w["name"] for w in doc["spec"]["workloads"]]
         assert statuses["ledger-vm"]["runtime"] == "vm"

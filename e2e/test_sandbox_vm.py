@@ -105,6 +105,7 @@ def test_sandboxed_plugin_in_its_own_vm(tmp_path: Path, state_dir: Path, stack_f
                'echo "<title>$PAGE_TITLE</title> workload $HYBRIDORCH_WORKLOAD" > /tmp/www/index.html; '
                f"(wget -q -T 3 -O /dev/null http://10.0.2.2:{web_port}/ && echo reached || echo isolated) "
                "> /tmp/www/egress.tmp && mv /tmp/www/egress.tmp /tmp/www/egress & "
+               "(touch /etc/hyb-probe 2>/dev/null && echo writable || echo read-only) > /tmp/www/root; "
                "exec /bin/busybox httpd -f -v -p 8082 -h /www"]
     stack = "e2e-sandbox-vm"
     path = write(tmp_path, stack_file, shop_plugin_stack(tmp_path, stack, "vm", plugin_port, web_port, command))
@@ -119,6 +120,8 @@ def test_sandboxed_plugin_in_its_own_vm(tmp_path: Path, state_dir: Path, stack_f
         guest_kernel = get(plugin_port, "/kernel").strip()
         assert guest_kernel != os.uname().release
         assert guest_kernel == json.loads((guest_dir("amd64") / "guest.json").read_text())["kernelVersion"]
+        # the one hardening rule of every container: a read-only root (its /tmp is writable), as in Docker and pods
+        assert get(plugin_port, "/root").strip() == "read-only"
         # QEMU's restrict=on: the sandbox cannot reach the host (nor the web container published there)
         assert get(web_port).startswith("<!doctype html>")
         assert proc.wait_until(lambda: exists(plugin_port, "/egress"), 30)

@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import TYPE_CHECKING, Any, Iterator
 
 from hybridorch.core.packing import DEFAULT_SOLVER_BUDGET
 from hybridorch.core.plan import Plan, plan_stack
 from hybridorch.core.policyfile import load_policy, resolve_policy
+from hybridorch.core.runtime import VM_RUNTIMES, Runtime
 from hybridorch.core.spec import namespace_prefix_problem
-from hybridorch.errors import BackendError, Problem, SpecError
+from hybridorch.errors import Problem, SpecError
 
 __all__ = ["plan_stack", "load_policy", "resolve_policy"]   # re-exported: part of the library API
 
 if TYPE_CHECKING:
     from hybridorch.ops.audit import AuditReport
-    from hybridorch.ops.lifecycle import Managed
     from hybridorch.ops.capacity import Assumptions, CapacityReport
-    from hybridorch.backends.base import Removal, WorkloadStatus
-    from hybridorch.render.stack import Rendered
+    from hybridorch.backends.base import Backend, Managed, Removal, Snapshot, WorkloadStatus
+    from hybridorch.backends.events import EventSink
+    from hybridorch.render.writer import Rendered
 
 def _check_namespace_prefix(plan: Plan, prefix: str) -> None:
     bad = namespace_prefix_problem(plan.stack, prefix)
@@ -77,7 +77,7 @@ def render(path: str, target: str = "kubernetes", templates: str | None = None, 
     if target == "local":
         from hybridorch.vm.host import local_facts
         # what `up` would define here (the cached KVM verdict, real paths)
-        local = local_facts(probe=False, sandboxes=plan.has_runtime("sandboxed"))
+        local = local_facts(probe=False, sandboxes=plan.has_runtime(Runtime.SANDBOXED))
     return render_plan(plan, target=target, templates_dir=templates, namespace_prefix=namespace_prefix, local=local)
 
 
@@ -91,20 +91,26 @@ def _backend_run(path: str, target: str, policy: str | None, options: dict[str, 
 
 
 def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 300, policy: str | None = None,
-       templates: str | None = None, **options: Any) -> list["WorkloadStatus"]:
-    """Make every workload of the stack run on the target (idempotent)."""
+       templates: str | None = None, events: "EventSink | None" = None, **options: Any) -> list["WorkloadStatus"]:
+    """Make every workload of the stack run on the target (idempotent); `events` hears each step of each
+    workload and image as it happens (hybridorch.backends.events)."""
     from hybridorch.render.stack import render_plan
 
-    plan, backend = _backend_run(path, target, policy, options)
+    plan, backend = _backend_run(path, target, policy, {**options, "events": events})
     render_target = "kubernetes" if target == "kubernetes" else "local"
     local = None
     if render_target == "local":
         from hybridorch.vm.host import local_facts
         # the rendered domains point at this machine's guests and disks and use its KVM verdict
-        local = local_facts(sandboxes=plan.has_runtime("sandboxed"))
+        local = local_facts(sandboxes=plan.has_runtime(Runtime.SANDBOXED))
     rendered = render_plan(plan, target=render_target, templates_dir=templates,
                            namespace_prefix=options.get("namespace_prefix", ""), local=local)
     return backend.up(plan, rendered, wait=wait, timeout=timeout)
+
+
+def apply(path: str, **options: Any) -> list["WorkloadStatus"]:
+    """`up` on a Kubernetes cluster (`hybridorch apply`): load local images, dry run, server-side apply, prune, wait."""
+    return up(path, "kubernetes", **options)
 
 
 def status(path: str, target: str = "local", *, policy: str | None = None, **options: Any) -> list["WorkloadStatus"]:
@@ -121,11 +127,17 @@ def logs(path: str, workload: str, target: str = "local", *, tail: int | None = 
 
 
 def down(path: str, target: str = "local", *, delete_data: bool = False, policy: str | None = None,
-         **options: Any) -> "Removal":
+         events: "EventSink | None" = None, **options: Any) -> "Removal":
     """Remove everything the tool created for the stack on the target, and nothing else. Data (claims,
-    DataVolumes, volumes, disks) is kept unless `delete_data`; the result names what was removed and kept."""
-    plan, backend = _backend_run(path, target, policy, options)
+    DataVolumes, volumes, disks) is kept unless `delete_data`; the result names what was removed and kept.
+    `events` hears each workload's removal."""
+    plan, backend = _backend_run(path, target, policy, {**options, "events": events})
     return backend.down(plan, delete_data=delete_data)
+
+
+def delete(path: str, **options: Any) -> "Removal":
+    """`down` on a Kubernetes cluster (`hybridorch delete`): only objects carrying the stack's labels."""
+    return down(path, "kubernetes", **options)
 
 
 def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = None, templates: str | None = None,
@@ -137,11 +149,11 @@ def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = No
     from hybridorch import __version__
     from hybridorch.ops.audit import AuditReport
     from hybridorch.ops.audit_live import audit_files
-    from hybridorch.core.spec import parse_duration
+    from hybridorch.core.durations import is_duration, parse_duration
 
     age = None
     if max_image_age is not None:
-        if not re.fullmatch(r"([0-9]+[smhdw])+", max_image_age):
+        if not is_duration(max_image_age):
             raise SpecError([Problem("--max-image-age", 0, "", f"{max_image_age!r} is not a duration such as 30d")])
         age = parse_duration(max_image_age)
     findings = audit_files(paths, policy=policy, hosts=hosts, templates=templates, live=live, target=target,
@@ -159,11 +171,17 @@ def ps(target: str = "local", *, context: str | None = None,
 
 
 def gc(target: str = "local", *, dry_run: bool = False, context: str | None = None,
-       skipped: list[str] | None = None) -> tuple[list["Managed"], list[str]]:
-    """Remove what hybridorch made that is past its TTL, keeping data (`hybridorch gc`): (expired, removed)."""
+       skipped: list[str] | None = None, events: "EventSink | None" = None) -> tuple[list["Managed"], list[str]]:
+    """Remove what hybridorch made that is past its TTL, keeping data (`hybridorch gc`): (expired, removed);
+    `events` hears a `removed` event per thing removed."""
+    from hybridorch.backends.events import Event, EventKind
     from hybridorch.ops import lifecycle
 
-    return lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
+    expired, removed = lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
+    for item in removed:
+        if events is not None and not item.startswith("kept "):
+            events(Event(item, EventKind.REMOVED))
+    return expired, removed
 
 
 
@@ -176,24 +194,23 @@ def _snapshot_plan(path: str, workload: str, policy: str | None) -> tuple[Plan, 
     if w is None:
         raise SpecError([Problem(path, 0, "", f"no workload named {workload!r} in stack {plan.stack.name}")])
     runtime = next(p.runtime for p in plan.placements if p.workload.name == workload)
-    if runtime not in ("vm", "nested"):
+    if runtime not in VM_RUNTIMES:
         raise SpecError([Problem(path, w.line(), f"spec.workloads[{w.index}]",
                                  f"workload {workload} runs as {runtime}: only VMs (vm, nested) have snapshots")])
     return plan, w
 
 
-def _cluster(context: str | None, namespace_prefix: str) -> Any:
-    from hybridorch.backends.kubernetes import KubernetesBackend
-    from hybridorch.ops.snapshots import check_crds
+def _snapshot_backend(target: str, context: str | None, namespace_prefix: str) -> "Backend":
+    """The target's engine (the registry's); one that cannot snapshot says so when asked."""
+    from hybridorch.backends.base import get_backend
 
-    backend = KubernetesBackend(context=context, namespace_prefix=namespace_prefix)
-    check_crds(backend)
-    return backend
+    options = {"context": context, "namespace_prefix": namespace_prefix} if target == "kubernetes" else {}
+    return get_backend(target, **options)
 
 
 def snapshot_create(path: str, workload: str, prefix: str | None = None, target: str = "local", *,
                     policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
-                    now: float | None = None) -> list[Any]:
+                    now: float | None = None) -> list["Snapshot"]:
     """Snapshot every replica of a VM workload as PREFIX-YYYYMMDD-HHMMSS; the snapshots made."""
     import time
 
@@ -203,30 +220,19 @@ def snapshot_create(path: str, workload: str, prefix: str | None = None, target:
         raise SpecError([Problem("NAME", 0, "", why)])
     plan, w = _snapshot_plan(path, workload, policy)
     name = snaps.snapshot_name(prefix, time.time() if now is None else now)
-    if target == "local":
-        return snaps.local_create(plan.stack.name, workload, name)
-    backend = _cluster(context, namespace_prefix)
-    ns, vms = snaps.cluster_vms(plan, workload, namespace_prefix)
-    snaps.apply_objects(backend, [snaps.snapshot_object(plan.stack.name, workload, vm, ns, name) for vm in vms])
-    return [s for s in snaps.cluster_list(backend, plan.stack.name, workload, ns) if s.name.startswith(name)]
+    return _snapshot_backend(target, context, namespace_prefix).snapshot_create(plan, workload, name)
 
 
 def snapshot_list(path: str, workload: str, target: str = "local", *, policy: str | None = None,
-                  context: str | None = None, namespace_prefix: str = "") -> list[Any]:
-    from hybridorch.ops import snapshots as snaps
-
+                  context: str | None = None, namespace_prefix: str = "") -> list["Snapshot"]:
     plan, w = _snapshot_plan(path, workload, policy)
-    if target == "local":
-        found = snaps.local_list(plan.stack.name, workload)
-    else:
-        ns, _ = snaps.cluster_vms(plan, workload, namespace_prefix)
-        found = snaps.cluster_list(_cluster(context, namespace_prefix), plan.stack.name, workload, ns)
+    found = _snapshot_backend(target, context, namespace_prefix).snapshot_list(plan, workload)
     return sorted(found, key=lambda s: (s.vm, s.created))
 
 
 def snapshot_restore(path: str, workload: str, name: str | None = None, target: str = "local", *,
                      policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
-                     now: float | None = None) -> tuple[list[Any], list[str]]:
+                     now: float | None = None) -> tuple[list["Snapshot"], list[str]]:
     """Roll the VM back to snapshot `name` (default: the newest): (snapshots restored, warnings to show; a
     restore undoes every patch applied since the snapshot)."""
     import time
@@ -235,26 +241,13 @@ def snapshot_restore(path: str, workload: str, name: str | None = None, target: 
 
     plan, w = _snapshot_plan(path, workload, policy)
     now = time.time() if now is None else now
-    if target == "local":
-        restored = snaps.local_restore(plan.stack.name, workload, name)
-    else:
-        backend = _cluster(context, namespace_prefix)
-        ns, vms = snaps.cluster_vms(plan, workload, namespace_prefix)
-        found = sorted(snaps.cluster_list(backend, plan.stack.name, workload, ns), key=lambda s: s.created)
-        restored = []
-        for vm in vms:
-            mine = [s for s in found if s.vm == f"{ns}/{vm}" and (name is None or s.name.startswith(name))]
-            if not mine:
-                raise BackendError(f"VirtualMachine {ns}/{vm} has no snapshot" + (f" {name}" if name else ""))
-            restored.append(mine[-1])
-        snaps.apply_objects(backend, [snaps.restore_object(plan.stack.name, workload, s.vm.split("/", 1)[1], ns,
-                                                           s.name) for s in restored])
+    restored = _snapshot_backend(target, context, namespace_prefix).snapshot_restore(plan, workload, name)
     return restored, [snaps.rollback_warning(s, now) for s in restored]
 
 
 def snapshot_prune(path: str, workload: str, name: str | None = None, target: str = "local", *,
                    policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
-                   dry_run: bool = False, now: float | None = None) -> list[Any]:
+                   dry_run: bool = False, now: float | None = None) -> list["Snapshot"]:
     """Remove the snapshots the workload's retention (`snapshots: {retain, maxAge}`) no longer keeps, or exactly
     snapshot `name`; the snapshots removed (or, with `dry_run`, that would be)."""
     import time
@@ -262,21 +255,10 @@ def snapshot_prune(path: str, workload: str, name: str | None = None, target: st
     from hybridorch.ops import snapshots as snaps
 
     plan, w = _snapshot_plan(path, workload, policy)
-    now = time.time() if now is None else now
-    found = snapshot_list(path, workload, target, policy=policy, context=context, namespace_prefix=namespace_prefix)
-    if name is not None:
-        doomed = [s for s in found if s.name == name]
-        if not doomed:
-            raise BackendError(f"workload {workload} has no snapshot {name}")
-    else:
-        doomed = snaps.select_prune(found, snaps.retention_for(w, resolve_policy(plan.stack, policy)), now)
-    if dry_run or not doomed:
-        return doomed
-    if target == "local":
-        snaps.local_delete(plan.stack.name, workload, doomed)
-    else:
-        backend = _cluster(context, namespace_prefix)
-        for s in doomed:
-            backend.kubectl("delete", snaps.SNAPSHOT_RESOURCE, s.name, "-n", s.vm.split("/", 1)[0],
-                            "--ignore-not-found")
+    backend = _snapshot_backend(target, context, namespace_prefix)
+    found = sorted(backend.snapshot_list(plan, workload), key=lambda s: (s.vm, s.created))
+    doomed = snaps.select_doomed(found, w, resolve_policy(plan.stack, policy), name,
+                                 time.time() if now is None else now)
+    if doomed and not dry_run:
+        backend.snapshot_prune(plan, workload, doomed)
     return doomed

@@ -160,8 +160,19 @@ load_option = click.option("--load/--no-load", default=True, show_default=True,
                                 "kubernetes); on other clusters, check that the nodes have them.")
 
 
-def _progress(line: str) -> None:
-    click.echo(line, err=True)
+def _events() -> Any:
+    """The progress display of a command that changes what runs: the engine's events on stderr (rewritten in
+    place on a terminal), so stdout keeps only the result (`-o json` stays parseable)."""
+    import shutil
+    import sys
+
+    from hybridorch.progress import ProgressDisplay
+
+    return ProgressDisplay(sys.stderr, columns=shutil.get_terminal_size().columns)
+
+
+result_output_option = click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
+                                    show_default=True, help="The resulting status as a table or JSON (stdout).")
 
 
 def _backend_options(context: str | None, namespace_prefix: str = "") -> dict[str, str]:
@@ -195,14 +206,15 @@ def _print_status(statuses: list, output: str) -> None:
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
 @load_option
+@result_output_option
 def up(file: str, target: str, context: str | None, wait: bool, timeout: float, templates: str | None,
-       policy: str | None, load: bool) -> None:
+       policy: str | None, load: bool, output: str) -> None:
     """Run the stack: containers in Docker and VMs in QEMU (local), or apply it to a cluster (kubernetes)."""
     from hybridorch import api
 
-    extra = {"load": load, "progress": _progress} if target == "kubernetes" else {}
+    extra = {"load": load} if target == "kubernetes" else {}
     _print_status(api.up(file, target, wait=wait, timeout=timeout, policy=policy, templates=templates,
-                         **_backend_options(context), **extra), "table")
+                         events=_events(), **_backend_options(context), **extra), output)
 
 
 @cli.command()
@@ -214,14 +226,15 @@ def up(file: str, target: str, context: str | None, wait: bool, timeout: float, 
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
 @load_option
+@result_output_option
 def apply(file: str, context: str | None, namespace_prefix: str, wait: bool, timeout: float,
-          templates: str | None, policy: str | None, load: bool) -> None:
+          templates: str | None, policy: str | None, load: bool, output: str) -> None:
     """Render, load local images into kind nodes, dry-run on the server, then kubectl apply --server-side, prune
     what left the stack and watch until it is ready (fails fast with a pod's own reason)."""
     from hybridorch import api
 
-    _print_status(api.up(file, "kubernetes", wait=wait, timeout=timeout, policy=policy, templates=templates,
-                         load=load, progress=_progress, **_backend_options(context, namespace_prefix)), "table")
+    _print_status(api.apply(file, wait=wait, timeout=timeout, policy=policy, templates=templates, load=load,
+                            events=_events(), **_backend_options(context, namespace_prefix)), output)
 
 
 @cli.command()
@@ -279,7 +292,8 @@ def down(file: str, target: str, context: str | None, delete_data: bool, policy:
     Data (volumes, VM disks) is kept unless --delete-data."""
     from hybridorch import api
 
-    result = api.down(file, target, delete_data=delete_data, policy=policy, **_backend_options(context))
+    result = api.down(file, target, delete_data=delete_data, policy=policy, events=_events(),
+                      **_backend_options(context))
     _print_removal(result, "removed", f"hybridorch down {file}" + (f" --target {target}" if target != "local" else ""))
 
 
@@ -294,8 +308,8 @@ def delete(file: str, context: str | None, namespace_prefix: str, delete_data: b
     objects hybridorch did not make is kept; claims and DataVolumes are kept unless --delete-data."""
     from hybridorch import api
 
-    result = api.down(file, "kubernetes", delete_data=delete_data, policy=policy,
-                      **_backend_options(context, namespace_prefix))
+    result = api.delete(file, delete_data=delete_data, policy=policy, events=_events(),
+                        **_backend_options(context, namespace_prefix))
     _print_removal(result, "deleted", f"hybridorch delete {file}" + (f" --context {context}" if context else "")
                    + (f" --namespace-prefix {namespace_prefix}" if namespace_prefix else ""))
 
@@ -367,7 +381,7 @@ def gc(target: str, context: str | None, dry_run: bool) -> None:
     from hybridorch import api
 
     skipped: list[str] = []
-    expired, removed = api.gc(target, dry_run=dry_run, context=context, skipped=skipped)
+    expired, removed = api.gc(target, dry_run=dry_run, context=context, skipped=skipped, events=_events())
     for line in skipped:
         click.echo(f"warning: skipped {line}", err=True)
     for m in expired:
@@ -398,7 +412,7 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
     import time
 
     from hybridorch import api
-    from hybridorch.ops.audit import human_age
+    from hybridorch.ops.snapshots import snapshot_table
 
     where = {"target": target, "policy": policy, "context": context, "namespace_prefix": namespace_prefix}
     warnings: list[str] = []
@@ -418,12 +432,7 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
     else:
         verb = {"create": "created", "restore": "restored", "prune": "would remove" if dry_run else "removed"}
         if action == "list":
-            rows = [("NAME", "VM", "AGE", "SIZE", "STATE")] + [
-                (s.name, s.vm, human_age(max(now - s.created, 0)),
-                 f"{s.size / 2**20:.1f}MiB" if s.size is not None else "-", s.state) for s in snaps]
-            widths = [max(len(r[i]) for r in rows) for i in range(5)]
-            for r in rows:
-                click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            click.echo(snapshot_table(snaps, now))
         for s in snaps if action != "list" else []:
             click.echo(f"{verb[action]} snapshot {s.name} of {s.vm}")
         if action == "prune" and not snaps:

@@ -73,6 +73,16 @@ def test_the_layers_contract_names_every_package_and_top_module():
     assert {f"hybridorch.{n}" for n in tops | packages} <= set(layers) | {"hybridorch.data"}
 
 
+def test_the_engine_interface_contract_forbids_every_concrete_backend_module():
+    # a new backend helper module must not slip past the contract by being left off its list
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    forbidden = set(cfg["importlinter:contract:engine-interface"]["forbidden_modules"].split())
+    concrete = {f"hybridorch.backends.{p.stem}" for p in (PACKAGE / "backends").glob("*.py")
+                if p.stem not in ("__init__", "base", "events")}
+    assert sorted(concrete - forbidden) == []
+
+
 def test_few_modules_sit_at_the_top_of_the_package():
     tops = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(tops) <= MAX_TOP_MODULES, tops

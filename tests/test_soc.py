@@ -59,7 +59,7 @@ def test_plan_defaults_and_program(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arch,machine,line,field,message", [
-    ("riscv64", "virt", 7, "spec.target.arch", "Debian 12 has no riscv64"),
+    ("riscv64", "virt", 7, "spec.target.arch", "Debian 12 ships no riscv64"),   # runtime.guest_refusal
     ("arm64", "q35", 8, "spec.target.machine", "'q35' is not a arm64 machine: use virt"),
     ("amd64", "virt", 8, "spec.target.machine", "use q35 or pc"),
 ])

@@ -8,17 +8,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from xml.parsers import expat
 
 import yaml
 
 from hybridorch.errors import AuditFailed
-from hybridorch.core.labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD
+from hybridorch.core.labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD, replica_dir
 from hybridorch.core.plan import Plan
 from hybridorch.core.policy import Profile
-from hybridorch.core.spec import Stack, Workload, cpu_millis, parse_duration
+from hybridorch.core.runtime import CONTAINER_RUNTIMES, VM_RUNTIMES, Runtime, runtime_of
+from hybridorch.core.durations import human_age, is_duration, parse_duration, parse_time
+from hybridorch.core.spec import Stack, Workload, cpu_millis
+from hybridorch.render.domain import HOSTFWD   # one reading of a domain's forwards (domain.forwards_in)
 
 SEVERITIES = ("low", "medium", "high")
 SARIF_LEVEL = {"low": "note", "medium": "warning", "high": "error"}
@@ -196,10 +198,10 @@ def check_plan(plan: Plan, ctx: Context) -> list[Finding]:
 
         def add(rule: str, message: str, fld: str = "") -> None:
             out.append(ctx.finding(rule, message, where.at(w.name, fld), obj, w.name))
-        container = p.runtime in ("container", "sandboxed")
-        if w.trust == "untrusted" and p.runtime == "container":
+        container = p.runtime in CONTAINER_RUNTIMES
+        if w.trust == "untrusted" and p.runtime is Runtime.CONTAINER:
             add("HYB012", f"untrusted workload {w.name} is placed as a plain container", "runtime")
-        if p.runtime in ("vm", "nested"):
+        if p.runtime in VM_RUNTIMES:
             cpus = max(w.vcpus, -(-w.resources.cpu_millis // 1000))
             if cpus > limit:
                 add("HYB002", f"VM {w.name} gets {cpus} CPUs; policy {ctx.profile.name} allows at most {limit} per VM",
@@ -248,31 +250,10 @@ def _labels(doc: dict[str, Any]) -> dict[str, str]:
     return dict((doc.get("metadata") or {}).get("labels") or {})
 
 
-def parse_time(text: Any) -> float | None:
-    """An RFC 3339 timestamp (creationTimestamp, docker's Created) as epoch seconds."""
-    if not isinstance(text, str) or not text:
-        return None
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
-    try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.timestamp()
-
-
-def human_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
 def check_ttl(labels: Mapping[str, str], created: float | None, ctx: Context, where: tuple[str, int], obj: str,
               workload: str = "") -> list[Finding]:
     ttl = labels.get(LABEL_TTL)
-    if not ttl or created is None or not re.fullmatch(r"([0-9]+[smhdw])+", ttl):
+    if not ttl or created is None or not is_duration(ttl):
         return []
     age = ctx.now - created
     if age <= parse_duration(ttl):
@@ -329,8 +310,8 @@ def _default_deny(doc: dict[str, Any]) -> bool:
 def _check_pod(doc: dict[str, Any], prefix: str, labels: dict[str, str], add: Callable[..., None]) -> None:
     spec = _get(doc, prefix) or {}
     template_labels = _get(doc, prefix.rsplit(".spec", 1)[0] + ".metadata.labels") if prefix != "spec" else labels
-    runtime = (template_labels or labels).get(LABEL_RUNTIME)
-    if runtime == "sandboxed" and not spec.get("runtimeClassName"):
+    runtime = runtime_of((template_labels or labels).get(LABEL_RUNTIME))   # a foreign label: any value
+    if runtime is Runtime.SANDBOXED and not spec.get("runtimeClassName"):
         add("HYB012", "placed as sandboxed but the pod has no runtimeClassName: it runs as a plain container",
             prefix)
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
@@ -547,9 +528,6 @@ def check_domain(text: str, ctx: Context, where: Callable[[int, str], tuple[str,
     return out
 
 
-HOSTFWD = re.compile(r"hostfwd=tcp:([^:,-]*):(\d+)-[^:,]*:(\d+)")
-
-
 # --- cloud-init user data -------------------------------------------------------------------------------
 
 AGENT_PACKAGES = ("qemu-guest-agent", "spice-vdagent", "spice-webdavd")
@@ -626,7 +604,8 @@ def check_container(attrs: Mapping[str, Any], image_created: float | None, ctx: 
             if (what or what_host) and public_address(b.get("HostIp")):
                 add("HYB009", f"{what or what_host} port {number} of {obj} is published on "
                               f"{b.get('HostIp') or '0.0.0.0'}:{b.get('HostPort')}")
-    if labels.get(LABEL_RUNTIME) == "sandboxed" and host.get("Runtime", "runc") in ("runc", "", None):
+    sandboxed = runtime_of(labels.get(LABEL_RUNTIME)) is Runtime.SANDBOXED     # a label: any value
+    if sandboxed and host.get("Runtime", "runc") in ("runc", "", None):
         add("HYB012", f"{obj} was placed as sandboxed but runs under runc on the shared kernel "
                       "(no kata/runsc runtime registered with Docker)")
     out += check_ttl(labels, parse_time((attrs.get("State") or {}).get("StartedAt")) or
@@ -641,7 +620,7 @@ def check_local_vm(state: Mapping[str, Any], w: Workload | None, ctx: Context, w
     """Rules over one local QEMU VM's state record (cpus, forwards, start time); owner/ttl come from the spec."""
     workload = str(state.get("workload", ""))
     replica = int(state.get("replica", 0) or 0)
-    obj = f"vm {state.get('stack')}/{workload}" + (f".{replica}" if replica else "")
+    obj = f"vm {state.get('stack')}/{replica_dir(workload, replica)}"
     out: list[Finding] = []
     cpus = int(state.get("cpus") or 0)
     if cpus > ctx.profile.max_vm_cpus:

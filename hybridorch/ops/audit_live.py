@@ -1,7 +1,7 @@
 """Gather what the audit rules (audit.py) look at: the input files, a stack's plan and rendered output, cached guest
 images and, with --live, what runs (Docker containers and QEMU VMs by their labels and state, or the cluster).
 
-Runtimes are only read, through the existing backend classes (their Docker client, kubectl and state directory).
+Runtimes are only read, through the engine interface (Backend.live_facts: plain data the rules take).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
+from hybridorch.backends.base import LiveFacts, get_backend
 from hybridorch.ops import audit
 from hybridorch.ops.audit import Context, Finding
 from hybridorch.errors import BackendError, Problem, SpecError
@@ -22,7 +23,6 @@ from hybridorch.core.policy import PROFILES, Profile
 from hybridorch.core.spec import Workload
 
 LIVE_TARGETS = ("local", "kubernetes")
-SNAPSHOT_RESOURCE = "virtualmachinesnapshots.snapshot.kubevirt.io"
 
 
 def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | None = None,
@@ -199,47 +199,30 @@ def _guest_images(plan: Plan, ctx: Context, locate: Callable[[str, str], tuple[s
 
 def audit_running(plan: Plan, target: str, *, context: str | None = None, namespace_prefix: str = "",
                   max_image_age: int | None = None, now: float | None = None) -> list[Finding]:
+    if target not in LIVE_TARGETS:
+        raise BackendError(f"unknown live target {target!r}: use {' or '.join(LIVE_TARGETS)}")
     ctx = replace(_stack_context(plan, time.time() if now is None else now, max_image_age), live=True)
-    if target == "kubernetes":
-        return _running_kubernetes(plan, ctx, context, namespace_prefix)
-    if target == "local":
-        return _running_containers(plan, ctx) + _running_vms(plan, ctx)
-    raise BackendError(f"unknown live target {target!r}: use {' or '.join(LIVE_TARGETS)}")
+    options = {"context": context, "namespace_prefix": namespace_prefix} if target == "kubernetes" else {}
+    # a BackendError naming the engine when it is unreachable
+    facts = get_backend(target, **options).live_facts(plan)
+    return (_running_containers(plan, ctx, facts) + _running_vms(plan, ctx, facts)
+            + _running_objects(plan, ctx, facts, namespace_prefix))
 
 
-def _running_containers(plan: Plan, ctx: Context) -> list[Finding]:
-    from hybridorch.backends.docker import DockerBackend, stack_filter
-
-    client = DockerBackend().client   # a BackendError naming the engine when it is unreachable
+def _running_containers(plan: Plan, ctx: Context, facts: LiveFacts) -> list[Finding]:
     locate = _stack_locate(plan)
-    out: list[Finding] = []
-    try:
-        containers = client.containers.list(all=True, filters=stack_filter(plan.stack.name))
-    except Exception as err:  # noqa: BLE001 - the SDK's errors, turned into ours at this boundary
-        raise BackendError(f"listing the containers of stack {plan.stack.name}: {err}") from err
-    for c in containers:
-        attrs = c.attrs
-        if (attrs.get("State") or {}).get("Status") not in ("running", "restarting", "paused", "created"):
-            continue
-        try:
-            image_created = audit.parse_time(client.images.get(attrs.get("Image")).attrs.get("Created"))
-        except Exception:  # noqa: BLE001 - image removed meanwhile: its age is unknown, not an error
-            image_created = None
-        workload = ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_WORKLOAD, "")
-        out += audit.check_container(attrs, image_created, ctx, locate(workload, ""))
-    return out
+    return [f for c in facts.containers
+            for f in audit.check_container(c.attrs, c.image_created, ctx, locate(c.workload, ""))]
 
 
-def _running_vms(plan: Plan, ctx: Context) -> list[Finding]:
-    """QEMU VMs of the stack: the state records the qemu backend keeps beside each running VM."""
-    from hybridorch.vm.host import running_vm_states
-
+def _running_vms(plan: Plan, ctx: Context, facts: LiveFacts) -> list[Finding]:
+    """Local VMs of the stack: the state records the VM engine keeps beside each running VM."""
     locate = _stack_locate(plan)
     workloads = {w.name: w for w in plan.stack.workloads}
     out: list[Finding] = []
-    for _, state in running_vm_states(plan.stack.name):
-        w: Workload | None = workloads.get(str(state.get("workload", "")))
-        out += audit.check_local_vm(state, w, ctx, locate(w.name if w else "", ""))
+    for vm in facts.vms:
+        w: Workload | None = workloads.get(vm.workload)
+        out += audit.check_local_vm(vm.state, w, ctx, locate(w.name if w else "", ""))
         if w is not None and not (w.owner and w.ttl):
             missing = [x for x, v in (("owner", w.owner), ("ttl", w.ttl)) if not v]
             out.append(ctx.finding("HYB013", f"running VM {w.name} has no {' and no '.join(missing)}",
@@ -247,18 +230,11 @@ def _running_vms(plan: Plan, ctx: Context) -> list[Finding]:
     return out
 
 
-def _running_kubernetes(plan: Plan, ctx: Context, context: str | None, namespace_prefix: str) -> list[Finding]:
-    from hybridorch.backends.kubernetes import KubernetesBackend
-
-    backend = KubernetesBackend(context=context, namespace_prefix=namespace_prefix)
-    objects = backend.owned_objects(plan.stack.name)
-    served = set(backend.kubectl("api-resources", "-o", "name").stdout.split())
-    if SNAPSHOT_RESOURCE in served:
-        vms = {(o["metadata"].get("namespace"), o["metadata"].get("name")) for o in objects
-               if o.get("kind") == "VirtualMachine"}
-        # snapshots are made by people or tools other than apply, so they are matched by the VM they copy
-        objects += [s for s in backend.get_json(SNAPSHOT_RESOURCE, "--all-namespaces")
-                    if (s["metadata"].get("namespace"), (s.get("spec") or {}).get("source", {}).get("name")) in vms]
+def _running_objects(plan: Plan, ctx: Context, facts: LiveFacts, namespace_prefix: str) -> list[Finding]:
+    """Cluster objects of the stack, and the snapshots of its VMs (found by the VM they copy: no stack label)."""
+    objects = list(facts.objects)
+    if not objects:
+        return []   # a local target has none
     locate = _stack_locate(plan)
     stack = plan.stack.name
 

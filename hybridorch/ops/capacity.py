@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridorch.errors import PolicyError
+from hybridorch.core.labels import replica_name, replica_ref
 from hybridorch.core.packing import Unplaced
 from hybridorch.core.plan import Plan
 from hybridorch.core.spec import HostPool
@@ -173,15 +174,15 @@ def capacity_report(plan: Plan, assumptions: Assumptions = Assumptions()) -> Cap
         pool = min(fitting, key=lambda p: (sum(power[p.name]), p.cpu_millis, p.memory_bytes, pl.pools.index(p.name)))
         idle, peak = power[pool.name]
         for r in range(replicas):
-            baseline.append(Server(f"{pl.name}-{r}", pool.name, cpu, pool.cpu_millis, mem, pool.memory_bytes,
-                                   _watts(idle, peak, cpu / pool.cpu_millis), (f"{pl.name}/{r}",)))
+            baseline.append(Server(replica_name(pl.name, r), pool.name, cpu, pool.cpu_millis, mem, pool.memory_bytes,
+                                   _watts(idle, peak, cpu / pool.cpu_millis), (replica_ref(pl.name, r),)))
     packed: list[Server] = []
     for h in packing.hosts:
         pool = pools[h.pool]
         idle, peak = power[h.pool]
         packed.append(Server(h.name, h.pool, h.cpu_used, pool.cpu_millis, h.memory_used, pool.memory_bytes,
                              _watts(idle, peak, h.cpu_used / pool.cpu_millis),
-                             tuple(f"{i.workload}/{i.replica}" for i in h.items)))
+                             tuple(replica_ref(i.workload, i.replica) for i in h.items)))
     used_pools = {s.pool for s in baseline} | {s.pool for s in packed}
     defaulted = tuple(n for n, p in pools.items() if n in used_pools and (p.idleWatts is None or p.peakWatts is None))
     return CapacityReport(plan.stack.name, plan.profile.name, assumptions, defaulted,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hybridorch.errors import HybridorchError
+from hybridorch.core.durations import uptime_text
+from hybridorch.core.labels import replica_ref
 from hybridorch.core.packing import Packing
 from hybridorch.core.plan import Plan
 
@@ -45,15 +47,8 @@ def plan_table(plan: Plan) -> str:
                   f"allocated CPU {cpu:.0%}, memory {mem:.0%} of the hosts used"]
     for h in pk.hosts:
         lines.append(f"  {h.name}: {h.cpu_used}m/{h.cpu_capacity}m CPU, {_mi(h.memory_used)}/{_mi(h.memory_capacity)}: "
-                     + ", ".join(f"{i.workload}/{i.replica}" for i in h.items))
+                     + ", ".join(replica_ref(i.workload, i.replica) for i in h.items))
     return "\n".join(lines)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60}m" if s >= 3600 else f"{s // 60}m{s % 60}s" if s >= 60 else f"{s}s"
 
 
 def status_table(statuses: list) -> str:
@@ -61,7 +56,7 @@ def status_table(statuses: list) -> str:
     rows = [["WORKLOAD", "RUNTIME", "STATE", "PORTS", "ACCEL", "UPTIME", "DETAIL"]]
     for s in statuses:
         rows.append([s.name, s.runtime, s.state, ",".join(s.ports) or "-", s.accelerator or "-",
-                     _age(s.uptime_seconds), s.detail])
+                     uptime_text(s.uptime_seconds), s.detail])
     return "\n".join(_table(rows))
 
 
@@ -116,30 +111,40 @@ def capacity_figure(report: "CapacityReport", fmt: str) -> bytes:
     import matplotlib.pyplot as plt
 
     b, p, saved = report.baseline, report.packed, report.saved()
-    before, after = "#9e9e9e", "#2e7d32"
     fig = plt.figure(figsize=(12, 7.5), layout="constrained")
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.25])
     fig.suptitle(f"{report.stack}: {b.count} servers \u2192 {p.count} "
                  f"({saved['serversFraction']:.0%} fewer), energy {saved['energyFraction']:.0%} lower",
                  fontsize=15, fontweight="bold")
+    _bars(fig.add_subplot(grid[0, 0]), [b.count, p.count], "servers", [str(b.count), str(p.count)])
+    _bars(fig.add_subplot(grid[0, 1]), [b.kwh_per_year / 1000, p.kwh_per_year / 1000],
+          f"energy per year, MWh (PUE {report.assumptions.pue:g})",
+          [f"{b.kwh_per_year / 1000:,.1f}", f"{p.kwh_per_year / 1000:,.1f}"])
+    _bars(fig.add_subplot(grid[0, 2]), [b.co2_kg_per_year / 1000, p.co2_kg_per_year / 1000],
+          f"CO\u2082 per year, t ({report.assumptions.grid_g_per_kwh:g} g/kWh)",
+          [f"{b.co2_kg_per_year / 1000:,.2f}", f"{p.co2_kg_per_year / 1000:,.2f}"])
+    _hosts_panel(fig.add_subplot(grid[1, :]), report)
+    if report.unfit:
+        fig.text(0.01, 0.005, "did not fit: " + "; ".join(f"{u.workload} ({u.replicas})" for u in report.unfit),
+                 fontsize=9, color="#b71c1c")
+    out = io.BytesIO()
+    fig.savefig(out, format=fmt, dpi=110)
+    plt.close(fig)
+    return out.getvalue()
 
-    def bars(ax: Any, values: list[float], labels: list[str], title: str, text: list[str]) -> None:
-        drawn = ax.bar(["one workload\nper server", "packed"], values, color=[before, after], width=0.6)
-        ax.set_title(title, fontsize=12)
-        ax.bar_label(drawn, labels=text, padding=3, fontsize=11)
-        ax.set_ylim(0, max(values + [1]) * 1.2)
-        ax.spines[["top", "right"]].set_visible(False)
 
-    bars(fig.add_subplot(grid[0, 0]), [b.count, p.count], [], "servers", [str(b.count), str(p.count)])
-    bars(fig.add_subplot(grid[0, 1]), [b.kwh_per_year / 1000, p.kwh_per_year / 1000], [],
-         f"energy per year, MWh (PUE {report.assumptions.pue:g})",
-         [f"{b.kwh_per_year / 1000:,.1f}", f"{p.kwh_per_year / 1000:,.1f}"])
-    bars(fig.add_subplot(grid[0, 2]), [b.co2_kg_per_year / 1000, p.co2_kg_per_year / 1000], [],
-         f"CO\u2082 per year, t ({report.assumptions.grid_g_per_kwh:g} g/kWh)",
-         [f"{b.co2_kg_per_year / 1000:,.2f}", f"{p.co2_kg_per_year / 1000:,.2f}"])
+def _bars(ax: Any, values: list[float], title: str, text: list[str]) -> None:
+    """One before/after pair: one workload per server (grey) against the packing (green)."""
+    drawn = ax.bar(["one workload\nper server", "packed"], values, color=["#9e9e9e", "#2e7d32"], width=0.6)
+    ax.set_title(title, fontsize=12)
+    ax.bar_label(drawn, labels=text, padding=3, fontsize=11)
+    ax.set_ylim(0, max(values + [1]) * 1.2)
+    ax.spines[["top", "right"]].set_visible(False)
 
-    ax = fig.add_subplot(grid[1, :])
-    servers = p.servers
+
+def _hosts_panel(ax: Any, report: "CapacityReport") -> None:
+    """Every packed host's CPU and memory, against the headroom kept free and the one-per-server average."""
+    b, servers = report.baseline, report.packed.servers
     xs = list(range(len(servers)))
     width = 0.4
     ax.bar([x - width / 2 for x in xs], [s.cpu_utilisation * 100 for s in servers], width, label="CPU",
@@ -173,10 +178,3 @@ def capacity_figure(report: "CapacityReport", fmt: str) -> bytes:
     ax.set_xlim(-0.6, max(len(servers), 6) - 0.4)  # a few hosts keep a readable bar width
     ax.legend(loc="upper left", ncols=2, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    if report.unfit:
-        fig.text(0.01, 0.005, "did not fit: " + "; ".join(f"{u.workload} ({u.replicas})" for u in report.unfit),
-                 fontsize=9, color="#b71c1c")
-    out = io.BytesIO()
-    fig.savefig(out, format=fmt, dpi=110)
-    plt.close(fig)
-    return out.getvalue()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridorch.errors import BackendError, HybridorchError, Problem, SpecError, TestFailure
-from hybridorch.core.runtime import ARCHES
+from hybridorch.core.runtime import ARCHES, guest_refusal
 from hybridorch.vm import console
 from hybridorch.vm.initramfs import ContainerRun, GuestProgram
 from hybridorch.core.schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
@@ -120,9 +120,9 @@ def load_soc_plan(path: str, text: str | None = None) -> SocPlan:
     spec = doc.values.get("spec") or {}
     target = spec.get("target") or {}
     arch = target.get("arch")
-    if arch == "riscv64":
-        errors.add(doc.line("spec.target.arch"), "spec.target.arch",
-                   "riscv64 is not supported: Debian 12 has no riscv64 kernel or busybox packages (use amd64 or arm64)")
+    refusal = guest_refusal(arch) if isinstance(arch, str) else None
+    if refusal:
+        errors.add(doc.line("spec.target.arch"), "spec.target.arch", refusal)
     machine = target.get("machine")
     machines = ARCHES[arch].machines if arch in ARCHES else ()
     if machines and machine and machine not in machines:
