@@ -114,7 +114,9 @@ def test_sarif_validates_against_the_official_schema_and_carries_rules_and_locat
     assert {res["ruleId"] for res in run["results"]} >= {r.id for r in RULES} - {"HYB016"}
     for res in run["results"]:
         loc = res["locations"][0]["physicalLocation"]
-        assert Path(loc["artifactLocation"]["uri"]).exists() and loc["region"]["startLine"] >= 1
+        # a relative reference under %SRCROOT% (the directory the audit ran in; tests/test_output_safety.py)
+        assert loc["artifactLocation"]["uriBaseId"] == "%SRCROOT%"
+        assert (Path.cwd() / loc["artifactLocation"]["uri"]).exists() and loc["region"]["startLine"] >= 1
         assert rules[res["ruleIndex"]]["id"] == res["ruleId"]
     # a broken document must fail the same validation (the check is not vacuous)
     del run["results"][0]["message"]
@@ -170,7 +172,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, write_stack: Callable[
         spec:
           workloads: [{name: w, image: x}]
         """)
-    for args, expect in (([str(bad_xml)], f"{bad_xml}: not a well-formed XML document"),
+    for args, expect in (([str(bad_xml)], f"{bad_xml}:1: XML syntax error: mismatched tag"),
                          ([not_k8s], f"{not_k8s}:1: not a Kubernetes object"),
                          ([bad_stack], f"{bad_stack}:3: metadata.ttl: '7 days' is not a duration"),
                          ([str(tmp_path / "missing.yaml")], "missing.yaml: cannot read"),

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridorch.core.safeload import read_input
 from hybridorch.errors import BackendError
 
 LOCAL_REGISTRY = "hybridorch.local"
@@ -113,7 +114,7 @@ def find_recipe(ref: str, dirs: list[Path], _chain: tuple[str, ...] = ()) -> Rec
         directory = base / name
         dockerfile = directory / "Dockerfile"
         if dockerfile.is_file():
-            text = dockerfile.read_text()
+            text = read_input(str(dockerfile), "a Dockerfile")   # the one reader: bounded, UTF-8, one-line errors
             parents = tuple(p for p in _FROM.findall(text) if is_local(p))
             digest = _recipe_digest(directory, parents, dirs, _chain + (ref,))
             return Recipe(ref, directory, parents, bool(_COPY_BUSYBOX.search(text)), _pinned(ref, digest))
@@ -140,8 +141,11 @@ def _recipe_digest(directory: Path, parents: tuple[str, ...], dirs: list[Path], 
     h = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         executable = b"x" if path.stat().st_mode & 0o111 else b"-"
-        h.update(path.relative_to(directory).as_posix().encode() + b"\0" + executable
-                 + hashlib.sha256(path.read_bytes()).digest())
+        content = hashlib.sha256()
+        with open(path, "rb") as fh:   # in chunks: a build context may hold large files
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                content.update(chunk)
+        h.update(path.relative_to(directory).as_posix().encode() + b"\0" + executable + content.digest())
     for parent in parents:
         recipe = None if parent in chain else find_recipe(parent, dirs, chain)   # a cycle: build_order reports it
         h.update(parent.encode() + b"\0" + (recipe.content_ref.encode() if recipe else b"-"))

@@ -63,7 +63,7 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def read_input(path: str) -> str:
+def read_input(path: str, what: str = "YAML text") -> str:
     """The UTF-8 text of a regular file of at most MAX_INPUT_BYTES; anything else is a one-line SpecError that
     quotes nothing of the file (it may be a key or a password file named by mistake or on purpose)."""
     try:
@@ -93,12 +93,14 @@ def read_input(path: str) -> str:
     data = b"".join(chunks)
     if len(data) > MAX_INPUT_BYTES:  # it grew after the stat
         raise _fail(path, f"file is larger than the {MAX_INPUT_BYTES // 2**20} MiB input limit")
-    return decode_text(path, data)
+    return decode_text(path, data, what)
 
 
-def decode_text(path: str, data: bytes) -> str:
+def decode_text(path: str, data: bytes, what: str = "YAML text") -> str:
+    """UTF-8 text without its BOM (YAML, cloud-config and XML allow one); a NUL byte or bad UTF-8 is refused at
+    its line, quoting nothing."""
     if b"\0" in data:
-        raise _fail(path, "is a binary file, not YAML text", data.count(b"\n", 0, data.index(b"\0")) + 1)
+        raise _fail(path, f"is a binary file (a NUL byte), not {what}", data.count(b"\n", 0, data.index(b"\0")) + 1)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -161,42 +163,84 @@ def compose_yaml(text: str, path: str, *, max_depth: int = MAX_DEPTH,
                 raise _fail(path, "expected one YAML document, found several", event.start_mark.line + 1)
             return node
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        reason = getattr(err, "problem", None) or "unreadable"
-        raise _fail(path, f"YAML syntax error: {_safe_reason(str(reason))}", line) from None
+        raise _syntax_error(err, path, text) from None
     finally:
         loader.dispose()
 
 
-def _compose_node(loader: Any, max_depth: int, alias_floor: int) -> yaml.Node:
+def compose_documents(text: str, path: str, *, max_depth: int = MAX_DEPTH,
+                      alias_floor: int = ALIAS_NODES_FLOOR) -> list[yaml.Node]:
+    """Every document of a YAML stream as nodes (Kubernetes manifests, cloud-config), empty documents left out;
+    the same limits as compose_yaml, with one alias budget for the whole stream."""
+    loader = _Loader(text)
+    budget = [0, 0]   # nodes written, nodes aliases add: over the stream, so a bomb split across documents counts
+    tags: dict[tuple[str, Any], str] = {}
+    out: list[yaml.Node] = []
+    try:
+        with no_gc():
+            loader.get_event()  # StreamStart
+            while not loader.check_event(yaml.StreamEndEvent):
+                loader.get_event()  # DocumentStart
+                if loader.check_event(yaml.DocumentEndEvent):
+                    loader.get_event()
+                    continue
+                node = _compose_node(loader, max_depth, alias_floor, budget, tags)
+                loader.get_event()  # DocumentEnd
+                if not (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+                    out.append(node)
+        return out
+    except yaml.YAMLError as err:
+        raise _syntax_error(err, path, text) from None
+    finally:
+        loader.dispose()
+
+
+def _syntax_error(err: yaml.YAMLError, path: str, text: str) -> SpecError:
+    """A parser error as one line at its line; a character YAML does not allow (a control character, say) is
+    named by its kind, never shown."""
+    if isinstance(err, yaml.reader.ReaderError):
+        line = text.count("\n", 0, max(0, int(err.position))) + 1
+        return _fail(path, "YAML syntax error: a control or other character YAML does not allow", line)
+    mark = getattr(err, "problem_mark", None)
+    reason = getattr(err, "problem", None) or "unreadable"
+    return _fail(path, f"YAML syntax error: {_safe_reason(str(reason))}", mark.line + 1 if mark else 0)
+
+
+def _compose_node(loader: Any, max_depth: int, alias_floor: int, budget: list[int] | None = None,
+                  tags: dict[tuple[str, Any], str] | None = None) -> yaml.Node:
     """Build the node tree from parser events without recursion, counting each collection's expanded size (aliases
     included) so that an alias bomb is refused while it is read, long before anything walks it."""
     anchors: dict[str, yaml.Node] = {}
     sizes: dict[int, int] = {}          # id(anchored node) -> its expanded size, once complete
     open_: list[list[Any]] = []         # [node, expanded size, anchor, flat children]
-    written = aliased = 0
-    tags: dict[tuple[str, Any], str] = {}  # resolving is regex work, and keys such as `name:` repeat endlessly
+    written, aliased = budget if budget is not None else (0, 0)
+    if tags is None:
+        tags = {}   # resolving is regex work, and keys such as `name:` repeat endlessly
+    get_event, Scalar, Node = loader.get_event, yaml.ScalarEvent, yaml.ScalarNode   # the loop runs once per event
     while True:
-        event = loader.get_event()
-        if isinstance(event, yaml.AliasEvent):
-            target = anchors.get(event.anchor)
-            if target is None:
-                raise YamlLimit("an alias names no anchor defined before it", event.start_mark)
-            size = sizes.get(id(target))
-            if size is None:
-                raise YamlLimit("an alias refers to a collection that contains it", event.start_mark)
-            aliased += size
-            if aliased > max(alias_floor, written):
-                raise YamlLimit(f"aliases expand to more than {max(alias_floor, written)} nodes", event.start_mark)
-            node: yaml.Node = target
-        elif isinstance(event, yaml.ScalarEvent):
-            node = _scalar_node(loader, event, tags)
+        event = get_event()
+        if type(event) is Scalar:   # by far the most frequent: inline, no helper call
+            tag = event.tag
+            if tag is None or tag == "!":
+                key = (event.value, event.implicit)
+                tag = tags.get(key) or tags.setdefault(key, loader.resolve(Node, event.value, event.implicit))
+            node: yaml.Node = Node(tag, event.value, event.start_mark, event.end_mark, event.style)
             written += 1
             size = 1
             if event.anchor is not None:
                 anchors[event.anchor] = node
                 sizes[id(node)] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            target = anchors.get(event.anchor)
+            if target is None:
+                raise YamlLimit("an alias names no anchor defined before it", event.start_mark)
+            size = sizes.get(id(target))   # type: ignore[assignment]
+            if size is None:
+                raise YamlLimit("an alias refers to a collection that contains it", event.start_mark)
+            aliased += size
+            if aliased > max(alias_floor, written):
+                raise YamlLimit(f"aliases expand to more than {max(alias_floor, written)} nodes", event.start_mark)
+            node = target
         elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             node = _collection_node(loader, event)
             written += 1
@@ -215,6 +259,8 @@ def _compose_node(loader: Any, max_depth: int, alias_floor: int) -> yaml.Node:
         else:  # pragma: no cover - the parser emits no other events inside a document
             raise YamlLimit(f"unexpected {type(event).__name__}", event.start_mark)
         if not open_:
+            if budget is not None:
+                budget[0], budget[1] = written, aliased
             return node
         parent = open_[-1]
         parent[1] += size

@@ -6,20 +6,22 @@ returns Findings. Reading files, rendering and talking to runtimes happen in api
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
-from xml.parsers import expat
+from typing import Any, Callable, Iterable, Mapping
 
-import yaml
-
-from hybridorch.errors import AuditFailed
+from hybridorch.errors import AuditFailed, OutputError
 from hybridorch.core.labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD, replica_dir
 from hybridorch.core.plan import Plan
 from hybridorch.core.policy import Profile
 from hybridorch.core.runtime import CONTAINER_RUNTIMES, VM_RUNTIMES, Runtime, runtime_of
 from hybridorch.core.durations import human_age, is_duration, parse_duration, parse_time
 from hybridorch.core.spec import Stack, Workload, cpu_millis
+from hybridorch.core.safeload import compose_documents
+from hybridorch.core.schema import parse_quantity
+from hybridorch.core.safexml import parse_xml
+from hybridorch.ops import foreign
+from hybridorch.core.text import table
+from hybridorch.ops.sarif import artifact_location, original_uri_base_ids
 from hybridorch.render.domain import HOSTFWD   # one reading of a domain's forwards (domain.forwards_in)
 
 SEVERITIES = ("low", "medium", "high")
@@ -403,7 +405,8 @@ def _check_kubevirt(doc: dict[str, Any], labels: dict[str, str], ctx: Context, a
 
 
 def _quantity(value: Any) -> bool:
-    return value is not None and re.fullmatch(r"[0-9.]+m?", str(value)) is not None
+    # the quantity parser, not a loose pattern: "1.2.3" must not reach cpu_millis (which asserts)
+    return value is not None and parse_quantity(str(value)) is not None
 
 
 def _check_snapshot(doc: dict[str, Any], ctx: Context, add: Callable[..., None]) -> None:
@@ -422,109 +425,51 @@ def _check_snapshot(doc: dict[str, Any], ctx: Context, add: Callable[..., None])
 
 # --- libvirt domain XML ---------------------------------------------------------------------------------
 
-@dataclass
-class XmlNode:
-    tag: str
-    attrs: dict[str, str]
-    line: int
-    children: list["XmlNode"] = field(default_factory=list)
-    text: str = ""
-
-    def find(self, *path: str) -> list["XmlNode"]:
-        nodes = [self]
-        for tag in path:
-            nodes = [c for n in nodes for c in n.children if c.tag == tag]
-        return nodes
-
-    def iter(self) -> Iterator["XmlNode"]:
-        yield self
-        for c in self.children:
-            yield from c.iter()
-
-
-def parse_xml(text: str) -> XmlNode:
-    """XML into nodes that remember their line (for SARIF regions); raises ValueError when malformed."""
-    parser = expat.ParserCreate()
-    stack: list[XmlNode] = []
-    root: list[XmlNode] = []
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        node = XmlNode(tag, attrs, parser.CurrentLineNumber)
-        (stack[-1].children if stack else root).append(node)
-        stack.append(node)
-
-    def end(tag: str) -> None:
-        stack.pop()
-
-    def data(chars: str) -> None:
-        if stack:
-            stack[-1].text += chars
-    parser.StartElementHandler, parser.EndElementHandler, parser.CharacterDataHandler = start, end, data
-    try:
-        parser.Parse(text, True)
-    except expat.ExpatError as err:
-        raise ValueError(f"line {err.lineno}: {expat.ErrorString(err.code)}") from None
-    if not root:
-        raise ValueError("no root element")
-    return root[0]
-
-
-def domain_labels(root: XmlNode) -> dict[str, str]:
-    return {n.attrs.get("key", ""): n.attrs.get("value", "") for n in root.iter() if n.tag.endswith("label")
-            and "key" in n.attrs}
-
-
-def check_domain(text: str, ctx: Context, where: Callable[[int, str], tuple[str, int]]) -> list[Finding]:
-    """Rules over a libvirt domain. where(line in the XML, workload) -> (file, line)."""
-    root = parse_xml(text)
-    labels = domain_labels(root)
-    workload = labels.get(LABEL_WORKLOAD, "")
-    name = (root.find("name") or [XmlNode("name", {}, 0)])[0].text.strip() or "?"
-    obj = f"domain {name}"
+def check_domain(text: str, ctx: Context, where: Callable[[int, str], tuple[str, int]],
+                 file: str = "domain.xml") -> list[Finding]:
+    """Rules over a libvirt domain, read through its typed shape (foreign.Domain); malformed or unsafe XML is a
+    one-line SpecError naming `file`. where(line in the XML, workload) -> (file, line)."""
+    d = foreign.read_domain(parse_xml(text, file), file, HOSTFWD, public_address)
+    workload = d.labels.get(LABEL_WORKLOAD, "")
+    name, obj = d.name, f"domain {d.name}"
     out: list[Finding] = []
 
-    def add(rule: str, message: str, node: XmlNode) -> None:
-        out.append(ctx.finding(rule, message, where(node.line, workload), obj, workload))
-    for vcpu in root.find("vcpu"):
-        if vcpu.text.strip().isdigit() and int(vcpu.text) > ctx.profile.max_vm_cpus:
-            add("HYB002", f"domain {name} gets {int(vcpu.text)} vCPUs; policy {ctx.profile.name} allows at most "
-                          f"{ctx.profile.max_vm_cpus} per VM", vcpu)
-    if not root.find("vcpu") or not root.find("memory"):
-        add("HYB001", f"domain {name} sets no <vcpu> or no <memory>", root)
-    for fs in root.find("devices", "filesystem"):
-        driver = (fs.find("driver") or [XmlNode("driver", {}, 0)])[0].attrs.get("type", "path (9p)")
-        source = (fs.find("source") or [XmlNode("source", {}, 0)])[0].attrs
-        path = source.get("dir") or source.get("file") or source.get("socket") or "?"
-        add("HYB003", f"domain {name} shares host folder {path} with the guest ({driver})", fs)
-        if runtime_socket(path):
-            add("HYB010", f"domain {name} shares the runtime socket path {path}", fs)
-    for ch in root.find("devices", "channel"):
-        target = (ch.find("target") or [XmlNode("target", {}, 0)])[0].attrs.get("name", "")
-        if ch.attrs.get("type") == "spicevmc" or target.startswith(("org.qemu.guest_agent", "com.redhat.spice")):
-            add("HYB004", f"domain {name} has a {ch.attrs.get('type')} channel {target or ''}".rstrip(), ch)
-    for dev in root.find("devices", "hostdev"):
-        add("HYB008", f"domain {name} passes through a host {dev.attrs.get('type', 'device')} device", dev)
-    for g in root.find("devices", "graphics"):
-        addrs = [g.attrs.get("listen")] + [x.attrs.get("address") for x in g.find("listen")]
-        public = [a for a in addrs if a and public_address(a)]
-        if public or any(x.attrs.get("type") == "network" for x in g.find("listen")):
-            add("HYB009", f"domain {name} serves its {g.attrs.get('type')} console on "
-                          f"{public[0] if public else 'a network address'}", g)
+    def add(rule: str, message: str, line: int) -> None:
+        out.append(ctx.finding(rule, message, where(line, workload), obj, workload))
+    for count, line in d.vcpus:
+        if count > ctx.profile.max_vm_cpus:
+            add("HYB002", f"domain {name} gets {count} vCPUs; policy {ctx.profile.name} allows at most "
+                          f"{ctx.profile.max_vm_cpus} per VM", line)
+    if not d.has_vcpu or not d.has_memory:
+        add("HYB001", f"domain {name} sets no <vcpu> or no <memory>", d.line)
+    for fs in d.filesystems:
+        add("HYB003", f"domain {name} shares host folder {fs.name} with the guest ({fs.type})", fs.line)
+        if runtime_socket(fs.name):
+            add("HYB010", f"domain {name} shares the runtime socket path {fs.name}", fs.line)
+    for ch in d.channels:
+        if ch.type == "spicevmc" or ch.name.startswith(("org.qemu.guest_agent", "com.redhat.spice")):
+            add("HYB004", f"domain {name} has a {ch.type} channel {ch.name}".rstrip(), ch.line)
+    for dev in d.hostdevs:
+        add("HYB008", f"domain {name} passes through a host {dev.type} device", dev.line)
+    for g in d.graphics:
+        if g.name or g.extra:
+            add("HYB009", f"domain {name} serves its {g.type} console on {g.name or 'a network address'}", g.line)
     # raw QEMU arguments (<qemu:commandline>) bypass libvirt's own elements: user-mode forwards, 9p, VFIO
-    for arg in (n for n in root.iter() if n.tag.endswith(":arg") and "value" in n.attrs):
-        value = arg.attrs["value"]
-        for addr, host_port, guest_port in HOSTFWD.findall(value):
-            what = management_port(int(guest_port)) or management_port(int(host_port))
-            if what and public_address(addr or "0.0.0.0"):
-                add("HYB009", f"domain {name} forwards {what} port {guest_port} from {addr or '0.0.0.0'}:{host_port}",
-                    arg)
+    for addr, host_port, guest_port, line in d.forwards:
+        what = management_port(guest_port) or management_port(host_port)
+        if what and public_address(addr or "0.0.0.0"):
+            add("HYB009", f"domain {name} forwards {what} port {guest_port} from {addr or '0.0.0.0'}:{host_port}",
+                line)
+    for arg in d.qemu_args:
+        value = arg.name
         if value.startswith(("local,", "fsdev,")) or value.split(",", 1)[0] in ("virtio-9p-pci", "vhost-user-fs-pci"):
-            add("HYB003", f"domain {name} shares a host folder through QEMU arguments ({value.split(',')[0]})", arg)
+            add("HYB003", f"domain {name} shares a host folder through QEMU arguments ({value.split(',')[0]})",
+                arg.line)
         if value.split(",", 1)[0] == "vfio-pci":
-            add("HYB008", f"domain {name} passes through a host device with vfio-pci", arg)
-    missing = [x for x, key in (("owner", LABEL_OWNER), ("ttl", LABEL_TTL)) if not labels.get(key)]
+            add("HYB008", f"domain {name} passes through a host device with vfio-pci", arg.line)
+    missing = [x for x, key in (("owner", LABEL_OWNER), ("ttl", LABEL_TTL)) if not d.labels.get(key)]
     if missing:
-        add("HYB013", f"domain {name} has no {' and no '.join(missing)} label", root)
+        add("HYB013", f"domain {name} has no {' and no '.join(missing)} label", d.line)
     return out
 
 
@@ -534,12 +479,11 @@ AGENT_PACKAGES = ("qemu-guest-agent", "spice-vdagent", "spice-webdavd")
 
 
 def check_cloud_init(text: str, ctx: Context, where: Callable[[str], tuple[str, int]], obj: str,
-                     workload: str = "") -> list[Finding]:
-    """Rules over #cloud-config user data: shared folders mounted, guest agents installed."""
-    data = yaml.safe_load(text) or {}
+                     workload: str = "", file: str = "user-data") -> list[Finding]:
+    """Rules over #cloud-config user data: shared folders mounted, guest agents installed. Read through the safe
+    reader and its declared shape (foreign.CLOUD_CONFIG); bad input is a one-line SpecError naming `file`."""
+    data, _node = foreign.read_cloud_config(compose_documents(text, file), file)
     out: list[Finding] = []
-    if not isinstance(data, dict):
-        return out
     for entry in data.get("mounts") or []:
         if isinstance(entry, list) and len(entry) >= 3 and str(entry[2]) in ("9p", "virtiofs"):
             out.append(ctx.finding("HYB003", f"mounts host share {entry[0]} at {entry[1]} ({entry[2]})",
@@ -638,33 +582,11 @@ def check_local_vm(state: Mapping[str, Any], w: Workload | None, ctx: Context, w
 
 # --- parsing hand-written inputs with line numbers ------------------------------------------------------
 
-def yaml_documents(text: str) -> list[tuple[Any, dict[str, int]]]:
-    """Every YAML document with the line of each path in it (a.b[0].c), for SARIF regions."""
-    out: list[tuple[Any, dict[str, int]]] = []
-    loader = yaml.SafeLoader(text)
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            lines: dict[str, int] = {"": node.start_mark.line + 1}
-            _node_lines(node, "", lines)
-            out.append((loader.construct_document(node), lines))
-    finally:
-        loader.dispose()
-    return [(d, ls) for d, ls in out if d is not None]
-
-
-def _node_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            sub = f"{path}.{key.value}" if path else str(key.value)
-            lines.setdefault(sub, key.start_mark.line + 1)
-            _node_lines(value, sub, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.setdefault(f"{path}[{i}]", item.start_mark.line + 1)
-            _node_lines(item, f"{path}[{i}]", lines)
+def manifest_objects(text: str, file: str) -> list[foreign.Foreign]:
+    """The objects of a hand-written manifest file through the safe reader and their declared shapes
+    (foreign.SPEC_OF_KIND): `kind: List` expanded, a wrong type a one-line SpecError; lines come from each
+    object's node when a finding needs one."""
+    return foreign.read_manifests(compose_documents(text, file), file)
 
 
 def line_for(lines: Mapping[str, int], path: str) -> int:
@@ -707,8 +629,7 @@ def format_table(findings: list[Finding]) -> str:
         return "no findings"
     rows = [("SEVERITY", "RULE", "WHERE", "OBJECT", "FINDING")]
     rows += [(f.severity, f.rule, f"{f.file}:{f.line}", f.object, f.message) for f in findings]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines = table(rows)   # names from the audited files are escaped: one finding, one line
     counts = ", ".join(f"{sum(f.severity == s for f in findings)} {s}" for s in reversed(SEVERITIES))
     return "\n".join(lines) + f"\n\n{len(findings)} finding(s): {counts}"
 
@@ -718,8 +639,9 @@ def format_json(findings: list[Finding]) -> str:
     return json.dumps({"findings": [f.to_dict() for f in findings], "summary": summary}, indent=2)
 
 
-def to_sarif(findings: list[Finding], version: str) -> dict[str, Any]:
-    """SARIF 2.1.0: every rule's metadata, one result per finding located at its file and line."""
+def to_sarif(findings: list[Finding], version: str, base_dir: str = ".") -> dict[str, Any]:
+    """SARIF 2.1.0: every rule's metadata, one result per finding located at its file and line; files are
+    relative URI references under %SRCROOT%, which the run maps to `base_dir` (see ops/sarif.py)."""
     index = {r.id: i for i, r in enumerate(RULES)}
     rules = [{"id": r.id, "name": r.name, "shortDescription": {"text": r.summary},
               "fullDescription": {"text": r.why}, "help": {"text": r.fix},
@@ -727,21 +649,14 @@ def to_sarif(findings: list[Finding], version: str) -> dict[str, Any]:
               "properties": {"severity": r.severity}} for r in RULES]
     results = [{"ruleId": f.rule, "ruleIndex": index[f.rule], "level": SARIF_LEVEL[f.severity],
                 "message": {"text": f"{f.object}: {f.message}"},
-                "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(f.file)},
+                "locations": [{"physicalLocation": {"artifactLocation": artifact_location(f.file, base_dir),
                                                     "region": {"startLine": max(f.line, 1)}},
                                "logicalLocations": [{"name": f.object}]}]} for f in findings]
     return {"$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
             "runs": [{"tool": {"driver": {"name": "hybridorch", "version": version, "informationUri": TOOL_URI,
                                           "rules": rules}},
+                      "originalUriBaseIds": original_uri_base_ids(base_dir),
                       "results": results}]}
-
-
-def _uri(path: str) -> str:
-    # SARIF wants a URI reference: forward slashes, and no raw characters that end or split one
-    out = path.replace("\\", "/")
-    for ch, code in (("%", "%25"), (" ", "%20"), ("#", "%23"), ("?", "%3F")):
-        out = out.replace(ch, code)
-    return out
 
 
 @dataclass(frozen=True)
@@ -764,6 +679,16 @@ class AuditReport:
     @property
     def failing(self) -> list[Finding]:
         return at_or_above(self.findings, self.fail_on)
+
+    def write(self, path: str) -> None:
+        """The report into `path` (--output); a full device or an unwritable path is an OutputError (exit 2),
+        never mistaken for findings (exit 1)."""
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.text + "\n")
+        except (OSError, ValueError) as err:   # ValueError: a NUL byte in the path
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise OutputError(f"cannot write the report to {path}: {reason}") from None
 
     def check(self) -> None:
         """Raise AuditFailed (exit code 1) when a finding is at or above --fail-on."""

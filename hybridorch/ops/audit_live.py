@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from hybridorch.backends.base import LiveFacts, get_backend
-from hybridorch.ops import audit
+from hybridorch.core.safeload import compose_documents, no_gc, read_input
+from hybridorch.ops import audit, foreign
 from hybridorch.ops.audit import Context, Finding
 from hybridorch.errors import BackendError, Problem, SpecError
 from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD
@@ -40,12 +40,9 @@ def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | Non
     problems: list[Problem] = []
     for path in paths:
         try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            problems.append(Problem(path, 0, "", f"cannot read: {getattr(err, 'strerror', None) or err}"))
-            continue
-        try:
-            kind = _kind(path, text)
+            # the one reader: regular files only, size-limited, UTF-8 (a BOM dropped), never quoting the content
+            text = read_input(path, "text")
+            kind, nodes = _kind(path, text)
             if kind == "stack":
                 plan = plan_stack(path, policy, hosts)
                 findings += audit_plan(plan, templates=templates, max_image_age=max_image_age, now=now)
@@ -54,7 +51,7 @@ def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | Non
                                               max_image_age=max_image_age, now=now)
             else:
                 ctx = Context(default_profile, now, max_image_age)
-                findings += _audit_plain(path, text, kind, ctx)
+                findings += _audit_plain(path, text, kind, ctx, nodes)
         except SpecError as err:
             problems += err.problems
     if problems:
@@ -76,49 +73,42 @@ def _policy(policy: str | None, resolve: Callable[..., Profile]) -> Profile:
     return load_policy(policy)
 
 
-def _kind(path: str, text: str) -> str:
+def _kind(path: str, text: str) -> tuple[str, list[yaml.Node]]:
+    """What a file is, and its YAML documents when it is YAML (composed once, through the safe reader). A stack is
+    a file whose first document has hybridorch's apiVersion and kind Stack; anything else of kind Stack is a
+    foreign object, audited like the documents after it."""
     head = text.lstrip()
     if path.endswith(".xml") or head.startswith("<"):
-        return "domain"
+        return "domain", []
     if head.startswith("#cloud-config"):
-        return "cloud-init"
-    try:
-        first = next(iter(yaml.safe_load_all(text)), None)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise SpecError([Problem(path, mark.line + 1 if mark else 0, "", f"not valid YAML: "
-                                 f"{getattr(err, 'problem', None) or err}")]) from None
-    if isinstance(first, dict) and first.get("kind") == "Stack":
-        return "stack"
-    return "manifests"
+        return "cloud-init", []
+    nodes = compose_documents(text, path)
+    if nodes and foreign.is_stack(nodes[0]):
+        return "stack", nodes
+    return "manifests", nodes
 
 
-def _audit_plain(path: str, text: str, kind: str, ctx: Context) -> list[Finding]:
+def _audit_plain(path: str, text: str, kind: str, ctx: Context, nodes: list[yaml.Node] | None = None
+                 ) -> list[Finding]:
     """A file that is already rendered: Kubernetes/KubeVirt objects, a libvirt domain or cloud-init user data.
 
     Its findings are kept one per object and line (not merged per workload as a stack's are)."""
-    return [replace(f, workload="") for f in _audit_rendered_file(path, text, kind, ctx)]
+    return [replace(f, workload="") for f in _audit_rendered_file(path, text, kind, ctx, nodes)]
 
 
-def _audit_rendered_file(path: str, text: str, kind: str, ctx: Context) -> list[Finding]:
+def _audit_rendered_file(path: str, text: str, kind: str, ctx: Context, nodes: list[yaml.Node] | None = None
+                         ) -> list[Finding]:
     if kind == "domain":
-        try:
-            return audit.check_domain(text, ctx, lambda line, _w: (path, line))
-        except ValueError as err:
-            raise SpecError([Problem(path, 0, "", f"not a well-formed XML document: {err}")]) from None
+        return audit.check_domain(text, ctx, lambda line, _w: (path, line), path)
     if kind == "cloud-init":
-        lines = audit.yaml_documents(text)
-        where = lines[0][1] if lines else {}
-        return audit.check_cloud_init(text, ctx, lambda key: (path, audit.line_for(where, key)),
-                                      f"user-data {os.path.basename(path)}")
-    docs = audit.yaml_documents(text)
-    objects = [(d, lines) for d, lines in docs if isinstance(d, dict) and d.get("kind")]
-    if len(objects) != len(docs):
-        bad = next(lines[""] for d, lines in docs if not (isinstance(d, dict) and d.get("kind")))
-        raise SpecError([Problem(path, bad, "", "not a Kubernetes object (no kind); audit takes stack files, "
-                                                "Kubernetes manifests, libvirt domain XML and #cloud-config")])
-    return audit.check_objects([d for d, _ in objects], ctx,
-                               lambda i, p: (path, audit.line_for(objects[i][1], p)))
+        documents = compose_documents(text, path)
+        first = documents[0] if documents else None
+        return audit.check_cloud_init(text, ctx, lambda key: (path, foreign.node_line(first, key) if first else 1),
+                                      f"user-data {os.path.basename(path)}", file=path)
+    # millions of acyclic nodes and small dicts: the cyclic collector would rescan them all again and again
+    with no_gc():
+        objects = foreign.read_manifests(compose_documents(text, path) if nodes is None else nodes, path)
+        return audit.check_objects([o.doc for o in objects], ctx, lambda i, p: (path, objects[i].line(p)))
 
 
 # --- a stack: its plan and both renderings ----------------------------------------------------------------
