@@ -1,17 +1,27 @@
 """The one exception hierarchy of hybridorch.
 
 Every failure a user can cause or meet is a HybridorchError with an exit code; the CLI turns it into a
-one-line message in exactly one place (cli.main).
+one-line message in exactly one place (cli.HybridorchGroup). Exit codes, kept apart (README, Commands):
+0 ok, 1 findings or failed tests (only), 2 bad input or unusable output, 3 render, 4 runtime, 70 internal error
+(a bug: any other exception), 130 interrupted, 141 stdout closed by its reader; a subclass may name its own
+(the stack lock's).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+EXIT_FINDINGS = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 70      # EX_SOFTWARE (sysexits.h): never 1, which means "findings"
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away, as a shell reports it
+
 
 class HybridorchError(Exception):
-    """Root of every error the tool reports to a user."""
+    """Root of every error the tool reports to a user. Exit 2 unless a subclass says otherwise: 1 is reserved
+    for completed runs that found something (AuditFailed, TestFailure)."""
 
-    exit_code = 1
+    exit_code = EXIT_BAD_INPUT
 
     def lines(self) -> list[str]:
         """The message as the lines printed to stderr (one line per problem)."""
@@ -63,10 +73,16 @@ class BackendError(HybridorchError):
     exit_code = 4
 
 
+class OutputError(HybridorchError):
+    """The result could not be written (--output to a full device or an unwritable path, a closed stdout)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class AuditFailed(HybridorchError):
     """An audit completed and found something at or above the --fail-on severity."""
 
-    exit_code = 1
+    exit_code = EXIT_FINDINGS
 
 
 class TestFailure(HybridorchError):

@@ -7,6 +7,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from hybridorch.core.text import printable
+
 if TYPE_CHECKING:
     from hybridorch.backends.events import Event
 
@@ -17,8 +19,9 @@ _CLEAR_LINE = "\x1b[2K"
 
 
 def subject(event: Event) -> str:
-    """What a line is about: the workload, or `image REF` for the steps of an image."""
-    return f"image {event.workload}" if event.kind.of_image else event.workload
+    """What a line is about: the workload, or `image REF` for the steps of an image (escaped: a name must not
+    move the cursor that rewrites the block, nor add a line)."""
+    return printable(f"image {event.workload}" if event.kind.of_image else event.workload)
 
 
 def state_text(event: Event) -> str:
@@ -30,7 +33,7 @@ def state_text(event: Event) -> str:
 def format_line(event: Event, elapsed: float, width: int = 0) -> str:
     """`[  2.3s] web: ready (1/1 replicas)`; `width` pads the subject so a live block lines up."""
     name = f"{subject(event)}:".ljust(width + 1 if width else 0)
-    detail = f" ({event.detail})" if event.detail else ""
+    detail = f" ({printable(event.detail)})" if event.detail else ""   # engines quote names and errors
     return f"[{max(elapsed, 0.0):5.1f}s] {name} {state_text(event)}{detail}"
 
 
@@ -46,16 +49,23 @@ class ProgressDisplay:
         self.columns = columns          # a live line longer than the terminal would wrap and break the rewrite
         self._latest: dict[str, Event] = {}   # subject -> its last event, in order of first appearance
         self._drawn = 0
+        self._lost = False              # the stream failed once: stop writing to it
         self._lock = threading.Lock()   # events may come from a backend's worker threads
 
     def __call__(self, event: Event) -> None:
         with self._lock:
-            if self.live:
-                self._latest[subject(event)] = event
-                self._redraw()
-            else:
-                self.stream.write(format_line(event, event.at - self.start) + "\n")
-            self.stream.flush()
+            if self._lost:
+                return
+            try:
+                if self.live:
+                    self._latest[subject(event)] = event
+                    self._redraw()
+                else:
+                    self.stream.write(format_line(event, event.at - self.start) + "\n")
+                self.stream.flush()
+            except OSError:
+                # a full or closed stderr must not fail (or roll back) the command the display only reports on
+                self._lost = True
 
     def _redraw(self) -> None:
         width = max(len(s) for s in self._latest)

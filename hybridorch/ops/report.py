@@ -9,14 +9,14 @@ from hybridorch.core.durations import uptime_text
 from hybridorch.core.labels import replica_ref
 from hybridorch.core.packing import Packing
 from hybridorch.core.plan import Plan
+from hybridorch.core.text import printable, table
 
 if TYPE_CHECKING:
     from hybridorch.ops.capacity import CapacityReport
 
 
 def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return table(rows)   # the one formatter: every cell escaped, one row per line
 
 
 def _mi(n: int) -> str:
@@ -37,17 +37,18 @@ def plan_table(plan: Plan) -> str:
         host = f"{p.host_os}/{p.host_arch}" + (" (emulated)" if p.emulated else "")
         rows.append([p.name, p.runtime, p.workload.tenant, str(p.workload.replicas), host, str(p.overhead),
                      ",".join(r.rule for r in p.reasons)])
-    lines = [f"stack {plan.stack.name} (policy {plan.profile.name})", ""] + _table(rows) + ["", "why:"]
+    lines = [printable(f"stack {plan.stack.name} (policy {plan.profile.name})"), ""] + _table(rows) + ["", "why:"]
     for p in plan.placements:
         for r in p.reasons:
-            lines.append(f"  {p.name}: [{r.rule}] {r.message}")
+            lines.append(printable(f"  {p.name}: [{r.rule}] {r.message}"))
     pk = plan.packing
     cpu, mem = pk.utilisation()
     lines += ["", f"hosts: {pk.hosts_used} used ({gap_text(pk)}); "
                   f"allocated CPU {cpu:.0%}, memory {mem:.0%} of the hosts used"]
     for h in pk.hosts:
-        lines.append(f"  {h.name}: {h.cpu_used}m/{h.cpu_capacity}m CPU, {_mi(h.memory_used)}/{_mi(h.memory_capacity)}: "
-                     + ", ".join(replica_ref(i.workload, i.replica) for i in h.items))
+        lines.append(printable(f"  {h.name}: {h.cpu_used}m/{h.cpu_capacity}m CPU, "
+                               f"{_mi(h.memory_used)}/{_mi(h.memory_capacity)}: "
+                               + ", ".join(replica_ref(i.workload, i.replica) for i in h.items)))
     return "\n".join(lines)
 
 
@@ -78,7 +79,7 @@ def capacity_table(report: "CapacityReport") -> str:
             ["energy per year", _kwh(b.kwh_per_year), _kwh(p.kwh_per_year),
              f"{_kwh(saved['kwhPerYear'])} ({saved['energyFraction']:.0%})"],
             ["CO2 per year", _kg(b.co2_kg_per_year), _kg(p.co2_kg_per_year), _kg(saved["co2KgPerYear"])]]
-    lines = [f"stack {report.stack} (policy {report.policy}): consolidation", ""] + _table(rows)
+    lines = [printable(f"stack {report.stack} (policy {report.policy}): consolidation"), ""] + _table(rows)
     lines += ["", f"packed hosts ({gap_text(report.plan.packing)}):"]
     host_rows = [["HOST", "CPU", "MEMORY", "WATTS", "REPLICAS"]]
     for s in p.servers:
@@ -88,8 +89,8 @@ def capacity_table(report: "CapacityReport") -> str:
     lines += ["  " + line for line in _table(host_rows)]
     if report.unfit:
         lines += ["", "did not fit:"]
-        lines += [f"  {u.workload}: {u.replicas} replica(s): {u.reason}" for u in report.unfit]
-    lines += ["", "assumptions:"] + [f"  {a}" for a in report.assumption_lines()]
+        lines += [printable(f"  {u.workload}: {u.replicas} replica(s): {u.reason}") for u in report.unfit]
+    lines += ["", "assumptions:"] + [printable(f"  {a}") for a in report.assumption_lines()]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from hybridorch.backends.base import Snapshot
 from hybridorch.core.durations import human_age, parse_duration
+from hybridorch.core.text import table
 from hybridorch.errors import BackendError
 
 if TYPE_CHECKING:
@@ -86,5 +87,4 @@ def snapshot_table(snaps: list[Snapshot], now: float) -> str:
     rows = [("NAME", "VM", "AGE", "SIZE", "STATE")] + [
         (s.name, s.vm, human_age(max(now - s.created, 0)),
          f"{s.size / 2**20:.1f}MiB" if s.size is not None else "-", s.state) for s in snaps]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join(table(rows))

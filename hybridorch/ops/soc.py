@@ -17,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridorch.errors import BackendError, HybridorchError, Problem, SpecError, TestFailure
+from hybridorch.errors import BackendError, OutputError, Problem, SpecError, TestFailure
 from hybridorch.core.runtime import ARCHES, guest_refusal
 from hybridorch.vm import console
 from hybridorch.vm.initramfs import ContainerRun, GuestProgram
 from hybridorch.core.schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
 from hybridorch.core.safeload import path_inside
 from hybridorch.core.spec import API_VERSION, image_problem
+from hybridorch.core.text import printable, table
 
 SOC_ARCHES = tuple(a for a, info in ARCHES.items() if info.local)
 
@@ -337,14 +338,13 @@ def format_report(report: SocReport) -> str:
             rows.append((p.plan, p.arch, t.name, t.outcome if t.passed else t.outcome.upper(),
                          "-" if t.exit_code is None else str(t.exit_code), f"{t.duration:.1f}s",
                          _clip(t.message or last_output)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
+    lines = table(rows)   # test output and names are escaped: one test, one line
     for p in report.plans:
         if p.error:
-            lines.append(f"{p.plan}: error: {p.error}")
+            lines.append(printable(f"{p.plan}: error: {p.error}"))
         else:
-            lines.append(f"{p.plan}: {p.arch} on QEMU {p.accelerator}, boot {p.boot_seconds or 0:.1f}s, first result "
-                         f"{p.first_result_seconds or 0:.1f}s, total {p.total_seconds:.1f}s")
+            lines.append(printable(f"{p.plan}: {p.arch} on QEMU {p.accelerator}, boot {p.boot_seconds or 0:.1f}s, "
+                                   f"first result {p.first_result_seconds or 0:.1f}s, total {p.total_seconds:.1f}s"))
     n = report.counts()
     lines.append(f"{n['passed']} passed, {n['failed']} failed, {n['error']} errors in {report.seconds:.1f}s")
     return "\n".join(lines)
@@ -380,7 +380,7 @@ def write_junit(report: SocReport, path: str) -> None:
     try:
         tree.write(path, encoding="utf-8", xml_declaration=True)
     except OSError as err:
-        raise HybridorchError(f"cannot write JUnit XML to {path}: {err.strerror}") from err
+        raise OutputError(f"cannot write JUnit XML to {path}: {err.strerror}") from err
 
 
 def failure_summary(report: SocReport) -> str:

@@ -1,0 +1,39 @@
+"""Text for a terminal: values shown escaped so a name cannot add a row or send an escape sequence, and the one
+fixed-width table formatter every printed table uses. JSON and YAML output stay exact; this is for people.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value: object) -> str:
+    """`value` as text with every character Python does not call printable (C0/C1 controls, DEL, ESC, format
+    characters such as bidi overrides, line/paragraph separators, lone surrogates, unassigned code points, and
+    spaces other than the plain one) shown as an escape: `\\n`, `\\x1b`, `\\u009b`, `\\u202e`, `\\U000e0001`.
+
+    A backslash is left as it is: messages quote values with repr(), whose escapes must not be doubled."""
+    text = str(value)
+    if text.isprintable():          # the common case, decided in C
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if ch in _SHORT:
+        return _SHORT[ch]
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def table(rows: Iterable[Sequence[object]]) -> list[str]:
+    """Rows (the first is the header) as aligned lines, two spaces between columns, no trailing blanks; every
+    cell goes through printable(), so one row is always one line."""
+    cells = [[printable(c) for c in row] for row in rows]
+    if not cells:
+        return []
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
