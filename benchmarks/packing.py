@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hybridorch.core.packing import _capacity, items_of, pack  # noqa: E402
 from hybridorch.core.policy import PROFILES, Placement, Profile, place_workload  # noqa: E402
+from hybridorch.core.runtime import Runtime  # noqa: E402
 from hybridorch.core.spec import HostPool, Resources, Workload  # noqa: E402
 
 CLASSES = (HostPool("c64", cpu="64", memory="256Gi", count=10000),
@@ -47,7 +48,7 @@ def generated(n: int, seed: int, profile: Profile) -> list[Placement]:
         w = Workload(name=f"w{i}", image="x", trust=rng.choice(["trusted", "internal"]),
                      resources=Resources(f"{cpu}m", f"{mem}Mi"), replicas=rng.choice([1, 1, 2, 2, 3, 4]),
                      tenant=f"t{rng.randint(0, 9)}", arch="arm64" if rng.random() < 0.2 else "amd64",
-                     runtime="vm" if rng.random() < 0.1 else "auto")
+                     runtime=Runtime.VM if rng.random() < 0.1 else None)  # None: auto
         out.append(place_workload(w, profile, CLASSES))
     return out
 

@@ -8,6 +8,9 @@ from typing import Any
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 PATTERN = r"([0-9]+[smhdw])+"      # the spec's schema adds a length limit (a duration is also a label value)
+# a ttl or a maximum age of zero (0s, 0m, 0h0m) means "expired at once": some digit must be non-zero
+POSITIVE = r"(?=.*[1-9])" + PATTERN
+POSITIVE_WHAT = "a duration such as 30m, 12h, 7d or 1d12h, and positive (zero would mean expired at once)"
 
 
 def is_duration(text: Any) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from hybridorch.errors import PolicyError
 from hybridorch.core.labels import replica_ref
@@ -129,15 +129,23 @@ class _Group:
     mem: int
     pools: tuple[str, ...]
     count: int
+    # pool -> its place in `pools`: membership and preference in O(1), shared by every group with the same
+    # pools tuple (a stack of thousands of pools made each `in pools` a scan)
+    rank: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _groups(items: Iterable[Item]) -> list[_Group]:
     found: dict[str, _Group] = {}
+    ranks: dict[int, tuple[tuple[str, ...], dict[str, int]]] = {}
     for i in items:
         g = found.get(i.workload)
-        found[i.workload] = (_Group(i.workload, i.tenant, i.runtime, i.cpu_millis, i.memory_bytes, i.pools, 1)
-                             if g is None else _Group(g.workload, g.tenant, g.runtime, g.cpu, g.mem, g.pools,
-                                                      g.count + 1))
+        if g is not None:
+            found[i.workload] = _Group(g.workload, g.tenant, g.runtime, g.cpu, g.mem, g.pools, g.count + 1, g.rank)
+            continue
+        known = ranks.get(id(i.pools))
+        if known is None or known[0] is not i.pools:
+            known = ranks[id(i.pools)] = (i.pools, {p: k for k, p in enumerate(i.pools)})
+        found[i.workload] = _Group(i.workload, i.tenant, i.runtime, i.cpu_millis, i.memory_bytes, i.pools, 1, known[1])
     return list(found.values())
 
 
@@ -213,11 +221,11 @@ class _OpenHosts:
 
 def _too_big(g: _Group, inst: _Instance, headroom: int) -> str:
     return (f"one replica needs {g.cpu}m CPU and {g.mem // 2**20}Mi (overhead included), more than a host of "
-            f"pool(s) {', '.join(g.pools)} offers after {headroom}% headroom")
+            f"pool(s) {_pool_list(g.pools)} offers after {headroom}% headroom")
 
 
 def _out_of_hosts(g: _Group) -> str:
-    return f"pool(s) {', '.join(g.pools)} ran out of hosts (raise count, or lower replicas/resources)"
+    return f"pool(s) {_pool_list(g.pools)} ran out of hosts (raise count, or lower replicas/resources)"
 
 
 class _BestFit:
@@ -233,10 +241,16 @@ class _BestFit:
         self.bins: list[_Bin] = []
         self.by_seq: dict[int, _Bin] = {}
         self.index: dict[tuple[str, str], _OpenHosts] = {}
+        self.indexed: dict[str, list[str]] = {}        # tenant key -> pools with an index, in opening order
+        self.orders: dict[tuple[int, bool], tuple[tuple[str, ...], list[str], list[int]]] = {}
 
     def put(self, b: _Bin, g: _Group, k: int, fresh: bool = False) -> None:
         """Add k replicas of g to b and move b to its new place in the index (or out of it when full)."""
-        idx = self.index.setdefault((b.pool, b.tenant if self.inst.separate else ""), _OpenHosts())
+        tkey = b.tenant if self.inst.separate else ""
+        idx = self.index.get((b.pool, tkey))
+        if idx is None:
+            idx = self.index[b.pool, tkey] = _OpenHosts()
+            self.indexed.setdefault(tkey, []).append(b.pool)
         if not fresh:
             idx.remove(b)   # a no-op when b had already left the index
         b.put(g, k)
@@ -250,7 +264,11 @@ class _BestFit:
         inst, by_seq = self.inst, self.by_seq
         tkey = g.tenant if inst.separate else ""
         found: dict[int, tuple[float, float, int, int]] = {}
-        for po, pool in enumerate(g.pools):
+        # only pools that have open hosts: with thousands of pools, most have none (same hosts, same work count)
+        opened = self.indexed.get(tkey, [])
+        pools = ([(g.rank[p], p) for p in opened if p in g.rank] if len(opened) < len(g.pools)
+                 else enumerate(g.pools))
+        for po, pool in pools:
             idx = self.index.get((pool, tkey))
             if idx is None:
                 continue
@@ -304,17 +322,34 @@ class _BestFit:
 
     def new_bin(self, g: _Group) -> _Bin | None:
         inst = self.inst
-        pools = [p for p in g.pools if inst.fits(g, p) and self.opened[p] < inst.counts[p]]
-        if not pools:
+        pool = self.first_pool(g)
+        if pool is None:
             return None
-        if self.biggest_pool_first:
-            pools.sort(key=lambda p: (-inst.caps[p][0] * inst.caps[p][1], g.pools.index(p)))
-        pool = pools[0]
         b = _Bin(pool, self.opened[pool], inst.caps[pool], g.tenant, len(self.bins))
         self.opened[pool] += 1
         self.bins.append(b)
         self.by_seq[b.seq] = b
         return b
+
+    def first_pool(self, g: _Group) -> str | None:
+        """The first pool of g's order (its preference, or the biggest hosts first) with a host left that g fits.
+        Pools out of hosts stay so for the run: a start pointer per order skips them, so opening hosts on
+        thousands of pools does not rescan them."""
+        inst = self.inst
+        key = (id(g.pools), self.biggest_pool_first)
+        known = self.orders.get(key)
+        if known is None or known[0] is not g.pools:
+            order = (sorted(g.pools, key=lambda p: (-inst.caps[p][0] * inst.caps[p][1], g.rank[p]))
+                     if self.biggest_pool_first else list(g.pools))
+            known = self.orders[key] = (g.pools, order, [0])
+        _, order, start = known
+        while start[0] < len(order) and self.opened[order[start[0]]] >= inst.counts[order[start[0]]]:
+            start[0] += 1
+        for i in range(start[0], len(order)):
+            p = order[i]
+            if self.opened[p] < inst.counts[p] and inst.fits(g, p):
+                return p
+        return None
 
 
 def _greedy(inst: _Instance, sort_key: Callable[[_Group], Any], biggest_pool_first: bool,
@@ -369,7 +404,9 @@ def _fill_hosts(inst: _Instance, sort_key: Callable[[_Group], Any], aim: float) 
     return run.bins, complete, run.work
 
 
-_Type = tuple[int, int, tuple[str, ...], str]   # CPU, memory, pools, tenant (or "" when tenants may share)
+# CPU, memory, pool set (a number per distinct pools tuple: hashing a tuple of thousands of pool names on every
+# lookup made filling quadratic), tenant (or "" when tenants may share)
+_Type = tuple[int, int, int, str]
 
 
 class _HostFill:
@@ -379,8 +416,13 @@ class _HostFill:
         self.inst, self.aim = inst, aim
         groups = sorted(inst.groups, key=sort_key)
         self.types: dict[_Type, list[_Group]] = {}
+        by_id: dict[int, int] = {}
+        canon: dict[tuple[str, ...], int] = {}
         for g in groups:
-            self.types.setdefault((g.cpu, g.mem, g.pools, g.tenant if inst.separate else ""), []).append(g)
+            if id(g.pools) not in by_id:
+                by_id[id(g.pools)] = canon.setdefault(g.pools, len(canon))
+            self.types.setdefault((g.cpu, g.mem, by_id[id(g.pools)], g.tenant if inst.separate else ""),
+                                  []).append(g)
         self.order = list(self.types)                # by sort_key of their largest member: the opener's order
         self.left = {g.workload: g.count for g in groups}
         self.remaining = {t: sum(g.count for g in gs) for t, gs in self.types.items()}
@@ -399,14 +441,14 @@ class _HostFill:
             b = self.open_host(self.order[first])
             if b is None:
                 return False
-            alive = [t for t in self.order[first:] if self.remaining[t] and b.pool in t[2]
+            alive = [t for t in self.order[first:] if self.remaining[t] and b.pool in self.types[t][0].rank
                      and (not self.inst.separate or t[3] == b.tenant)]
             self.work += len(self.order) - first
             self.fill(b, alive)
 
     def open_host(self, opener: _Type) -> _Bin | None:
         inst = self.inst
-        pool = next((p for p in opener[2] if inst.fits(self.types[opener][0], p)
+        pool = next((p for p in self.types[opener][0].pools if inst.fits(self.types[opener][0], p)
                      and self.opened[p] < inst.counts[p]), None)
         if pool is None:
             return None
@@ -497,7 +539,7 @@ def _empty_hosts(inst: _Instance, bins: list[_Bin], ops_budget: int) -> tuple[li
                 if where not in eligible:
                     ops += len(bins)
                     eligible[where] = [b for b in bins
-                                       if b.pool in g.pools and (not inst.separate or b.tenant == g.tenant)]
+                                       if b.pool in g.rank and (not inst.separate or b.tenant == g.tenant)]
                 for _ in range(n):
                     best: tuple[float, int] | None = None
                     for b in eligible[where]:
@@ -547,7 +589,14 @@ class _Exact:
 def _model_size(inst: _Instance, upper: int) -> int:
     """Variables of the CP-SAT model when no solution may use more than `upper` hosts."""
     slots = {p: min(inst.counts[p], upper) for p in inst.order}
-    return sum(slots[p] * (2 if inst.separate else 1) for g in inst.groups for p in g.pools)
+    per_pools: dict[int, int] = {}   # groups share pools tuples: sum each once
+    total = 0
+    for g in inst.groups:
+        n = per_pools.get(id(g.pools))
+        if n is None:
+            n = per_pools[id(g.pools)] = sum(slots[p] for p in g.pools)
+        total += n
+    return total * (2 if inst.separate else 1)
 
 
 def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Exact | None:
@@ -562,11 +611,7 @@ def _exact(inst: _Instance, start: list[_Bin], lower: int, budget: float) -> _Ex
 
     model, used, n = _model(inst, {p: min(inst.counts[p], upper) for p in inst.order}, lower)
     _hint(model, used, n, start)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = 7
-    solver.parameters.max_deterministic_time = budget
-    solver.parameters.max_time_in_seconds = 5 * budget + 1
+    solver = _solver(budget)
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return _Exact(None, False, lower)
@@ -582,8 +627,9 @@ def _model(inst: _Instance, slots: dict[str, int], lower: int) -> tuple[Any, dic
 
     model = cp_model.CpModel()
     used: dict[tuple[str, int], Any] = {}
+    wanted = {p for g in inst.groups for p in g.pools}
     for p in inst.order:
-        if not any(p in g.pools for g in inst.groups):
+        if p not in wanted:
             continue
         for k in range(slots[p]):
             used[p, k] = model.new_bool_var(f"y_{p}_{k}")
@@ -677,6 +723,49 @@ def _hosts(inst: _Instance, bins: list[_Bin], items: Sequence[Item]) -> tuple[Ho
     return tuple(hosts)
 
 
+class _PoolShapes:
+    """The pools a host may move to, one per shape (capacity and power figures) instead of all of them.
+
+    Pools of one shape differ only in their place in the spec, so the first with a host left (and the host's own
+    pool) stand for the rest: the choice is the one a scan of every pool makes, without the scan that made right-
+    sizing hosts on thousands of pools quadratic."""
+
+    def __init__(self, inst: _Instance, spec: Mapping[str, HostPool]):
+        self.inst = inst
+        self.pos = {p: i for i, p in enumerate(inst.order)}
+        self.shape = {p: (inst.caps[p], spec[p].idleWatts, spec[p].peakWatts, spec[p].cpu_millis)
+                      for p in inst.order}
+        self.known: dict[tuple[int, ...], tuple[set[str], list[list[str]]]] = {}
+        self.keep: list[tuple[str, ...]] = []  # the pools tuples whose ids are keys above stay alive
+
+    def classes(self, groups: list[_Group]) -> tuple[set[str], list[list[str]]]:
+        """The pools every group may use, and those pools by shape (each list in spec order)."""
+        key = tuple(sorted({id(g.pools) for g in groups}))
+        found = self.known.get(key)
+        if found is None:
+            allowed = set(groups[0].pools).intersection(*(g.rank for g in groups[1:]))
+            by_shape: dict[Any, list[str]] = {}
+            for p in sorted(allowed, key=self.pos.__getitem__):
+                by_shape.setdefault(self.shape[p], []).append(p)
+            found = self.known[key] = (allowed, list(by_shape.values()))
+            self.keep.extend(g.pools for g in groups)
+        return found
+
+    def options(self, b: _Bin, groups: list[_Group], left: Mapping[str, int], cpu: int, mem: int) -> list[str]:
+        """The pools b may move to, in spec order: b's own, and per shape with room the first with a host left."""
+        allowed, classes = self.classes(groups)
+        caps = self.inst.caps
+        out = [b.pool] if b.pool in allowed and caps[b.pool][0] >= cpu and caps[b.pool][1] >= mem else []
+        for pools in classes:
+            c, m = caps[pools[0]]
+            if c < cpu or m < mem:
+                continue
+            first = next((p for p in pools if left[p] > 0 and p != b.pool), None)
+            if first is not None:
+                out.append(first)
+        return sorted(out, key=self.pos.__getitem__)
+
+
 def _right_size(inst: _Instance, bins: list[_Bin], pools: Sequence[HostPool]) -> None:
     """Move each host, whole, to the pool that runs its load with the least power (or, without power figures,
     the smallest machine) among the pools every replica on it may use. Host count and constraints unchanged."""
@@ -692,13 +781,10 @@ def _right_size(inst: _Instance, bins: list[_Bin], pools: Sequence[HostPool]) ->
             return 0.0
         return p.idleWatts + (p.peakWatts - p.idleWatts) * min(1.0, cpu / p.cpu_millis)
 
+    shapes = _PoolShapes(inst, spec)
     for b in sorted(bins, key=lambda b: (b.load(), b.seq)):
         cpu, mem = b.cap_c - b.rem_c, b.cap_m - b.rem_m
-        allowed = set(inst.order)
-        for w in b.counts:
-            allowed &= set(by_name[w].pools)
-        options = [p for p in inst.order if p in allowed and (p == b.pool or left[p] > 0)
-                   and inst.caps[p][0] >= cpu and inst.caps[p][1] >= mem]
+        options = shapes.options(b, [by_name[w] for w in b.counts], left, cpu, mem)
         known = all(spec[p].idleWatts is not None and spec[p].peakWatts is not None for p in options)
         best = min(options, key=lambda p: (watts(p, cpu) if known else 0.0, inst.caps[p], p != b.pool))
         if best != b.pool:
@@ -718,6 +804,139 @@ def _copy(bins: list[_Bin]) -> list[_Bin]:
     return out
 
 
+def _placed_only(inst: _Instance, items: list[Item], bins: list[_Bin]) -> tuple[list[Item], _Instance]:
+    """What did get a host, packed and bounded on its own (the rest is reported as unplaced)."""
+    done: dict[str, int] = {}
+    for b in bins:
+        for w, c in b.counts.items():
+            done[w] = done.get(w, 0) + c
+    items = [i for i in items if i.replica < done.get(i.workload, 0)]
+    return items, _Instance(tuple(_groups(items)), inst.caps, inst.counts, inst.order, inst.spread, inst.separate)
+
+
+def _when_out_of_hosts(inst: _Instance, keys: list[Callable[[_Group], Any]], bins: list[_Bin],
+                       unplaced: list[Unplaced], solver_budget: float
+                       ) -> tuple[list[_Bin], list[Unplaced], str]:
+    """Best fit left replicas without a host. A replica bigger than every host it may use is refused as it is;
+    otherwise the pools may still hold the stack (best fit's greedy order fails where an exact packing fits), so
+    the other orders and then CP-SAT, with the pools' host counts as the only limit, get the solver budget
+    before the stack is refused, and the refusal says whether no packing exists (proven) or none was found."""
+    by_name = {g.workload: g for g in inst.groups}
+    if any(not any(inst.fits(by_name[u.workload], p) for p in by_name[u.workload].pools) for u in unplaced):
+        return bins, unplaced, "best-fit decreasing"
+    # 0 means "no improvement"; finding a packing that fits is not an improvement, so it gets the default
+    budget = solver_budget if solver_budget > 0 else DEFAULT_SOLVER_BUDGET
+    found, method, why = _fit_within_counts(inst, keys, budget)
+    if found is not None:
+        return found, [], f"{method} (best-fit decreasing ran out of hosts)"
+    return bins, [Unplaced(u.workload, u.replicas, f"{u.reason}; {why}") for u in unplaced], "best-fit decreasing"
+
+
+def _fit_within_counts(inst: _Instance, keys: list[Callable[[_Group], Any]], budget: float
+                       ) -> tuple[list[_Bin] | None, str, str]:
+    """A packing within the pools' host counts: (hosts, how found, "") or (None, "", why none: proven or not)."""
+    proof = _proof(inst)
+    if proof:
+        return None, "", f"proven: {proof}"
+    allowance, spent = int(budget * _OPS_PER_SECOND * 0.2), 0
+    for key in keys:   # the cheap answers first: other greedy orders, then a host at a time
+        for biggest in (False, True):
+            if spent >= allowance or (key is keys[0] and not biggest):   # that one is best fit's own run
+                continue
+            other, missed, cost = _greedy(inst, key, biggest, 0)
+            spent += cost * _GREEDY_OP_COST
+            if not missed:
+                return other, "best-fit decreasing (variant)", ""
+    for aim in (2.0, 3.0):
+        if spent >= allowance:
+            break
+        filled, complete, cost = _fill_hosts(inst, keys[0], aim)
+        spent += cost * _FILL_OP_COST
+        if complete:
+            return filled, "host-at-a-time fill", ""
+    size = _model_size(inst, max(inst.counts.values()))
+    if size > EXACT_MAX_VARIABLES:
+        return None, "", (f"not proven: no packing found, and the pools' hosts are too many for the exact solver "
+                          f"({size} variables, at most {EXACT_MAX_VARIABLES})")
+    return _exact_fit(inst, budget)
+
+
+def _solver(budget: float) -> Any:
+    """A deterministic CP-SAT solver: one worker, a fixed seed, the budget in deterministic time (the wall clock only
+    as a guard at 5x), so the same input gives the same hosts on any machine."""
+    from ortools.sat.python import cp_model
+
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 7
+    solver.parameters.max_deterministic_time = budget
+    solver.parameters.max_time_in_seconds = 5 * budget + 1
+    return solver
+
+
+def _exact_fit(inst: _Instance, budget: float) -> tuple[list[_Bin] | None, str, str]:
+    """CP-SAT over every host of every pool: a packing, a proof that none exists, or the budget ran out."""
+    from ortools.sat.python import cp_model  # lazy: hundreds of ms to import, only paid when solving
+
+    model, used, n = _model(inst, dict(inst.counts), 0)
+    solver = _solver(budget)
+    status = solver.solve(model)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        bins = _solution(inst, solver, used, n)
+        if not _violations(inst, bins):  # belt and braces, as for every solver answer
+            return bins, "CP-SAT", ""
+    if status == cp_model.INFEASIBLE:
+        hosts = sum(inst.counts[p] for p in {p for p, _ in used})
+        return None, "", f"proven: the exact solver (CP-SAT) showed that no packing fits on the pools' {hosts} hosts"
+    return None, "", (f"not proven: the exact solver (CP-SAT) found no packing within its budget of {budget:g} s "
+                      "(try a larger --solver-budget)")
+
+
+def _proof(inst: _Instance) -> str:
+    """Why no packing fits within the pools' host counts, when a bound shows it ("" when none does)."""
+    groups = [g for g in inst.groups if g.count]
+    for comp in _components(inst, groups):
+        tenants = sorted({g.tenant for g in comp}) if inst.separate else [""]
+        needed = 0
+        for t in tenants:
+            bounds = _set_bounds(inst, [g for g in comp if not inst.separate or g.tenant == t])
+            for bound, pools, inside in bounds:
+                why = _short(inst, bound, pools, inside)
+                if why:
+                    return why
+            needed += max(b for b, _, _ in bounds)
+        linked = {p for g in comp for p in g.pools}
+        pools = [p for p in inst.order if p in linked]
+        have = sum(inst.counts[p] for p in pools)
+        if needed > have:
+            return (f"tenants kept apart need at least {needed} hosts of pool(s) {_pool_list(pools)}, "
+                    f"which have {have}")
+    return ""
+
+
+def _short(inst: _Instance, bound: int, pools: list[str], inside: list[_Group]) -> str:
+    """Why `inside` cannot fit on `pools` ("" when the bounds allow it)."""
+    have = sum(inst.counts[p] for p in pools)
+    cpu = sum(g.cpu * g.count for g in inside)
+    mem = sum(g.mem * g.count for g in inside)
+    cpu_have = sum(inst.caps[p][0] * inst.counts[p] for p in pools)
+    mem_have = sum(inst.caps[p][1] * inst.counts[p] for p in pools)
+    where = f"pool(s) {_pool_list(pools)}"
+    if cpu > cpu_have:
+        return f"the replicas need {cpu}m CPU and the {have} hosts of {where} offer {cpu_have}m after headroom"
+    if mem > mem_have:
+        return (f"the replicas need {mem // 2**20}Mi of memory and the {have} hosts of {where} offer "
+                f"{mem_have // 2**20}Mi after headroom")
+    if bound > have:
+        return f"at least {bound} hosts are needed on {where}, which have {have}"
+    return ""
+
+
+def _pool_list(pools: Sequence[str]) -> str:
+    """Pool names for a one-line message: the first few, then how many more."""
+    return ", ".join(pools) if len(pools) <= 6 else f"{', '.join(pools[:5])} and {len(pools) - 5} more"
+
+
 def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Profile, *,
          solver_budget: float = DEFAULT_SOLVER_BUDGET, strict: bool = True) -> Packing:
     """Best-fit decreasing, then improved within `solver_budget` seconds (0 disables): never worse, never
@@ -726,19 +945,16 @@ def pack(placements: Sequence[Placement], pools: Sequence[HostPool], profile: Pr
     inst = _instance(items, pools, profile)
     keys = _sort_keys(inst)
     bins, unplaced, work = _greedy(inst, keys[0], False, profile.headroom_percent)
+    method = "best-fit decreasing"
+    if unplaced:
+        bins, unplaced, method = _when_out_of_hosts(inst, keys, bins, unplaced, solver_budget)
     if unplaced and strict:
         raise PolicyError(f"workload {unplaced[0].workload}: {unplaced[0].reason}")
     if unplaced:
-        # what did get a host is packed and bounded on its own; the rest is reported
-        done: dict[str, int] = {}
-        for b in bins:
-            for w, c in b.counts.items():
-                done[w] = done.get(w, 0) + c
-        items = [i for i in items if i.replica < done.get(i.workload, 0)]
-        inst = _Instance(tuple(_groups(items)), inst.caps, inst.counts, inst.order, inst.spread, inst.separate)
+        items, inst = _placed_only(inst, items, bins)
     lower = _lower_bound(inst)
     greedy_count = len(bins)
-    method, optimal = "best-fit decreasing", greedy_count <= lower
+    optimal = greedy_count <= lower
     if not optimal and solver_budget > 0:
         # improvement only where the plain answer may not be optimal, so a tiny stack never loads the solver.
         # Work is counted, not timed, so the same input gives the same answer on any machine and load.
@@ -791,7 +1007,7 @@ def _violations(inst: _Instance, bins: list[_Bin]) -> list[str]:
             out.append(f"{b.pool}-{b.index}: memory over capacity")
         for w, c in b.counts.items():
             placed[w] = placed.get(w, 0) + c
-            if b.pool not in by_name[w].pools:
+            if b.pool not in by_name[w].rank:
                 out.append(f"{w} on ineligible pool {b.pool}")
             if inst.spread and c > 1:
                 out.append(f"{w}: {c} replicas on {b.pool}-{b.index}")
@@ -877,19 +1093,21 @@ def _bound_on(groups: list[_Group], pools: list[str], inst: _Instance) -> int:
     if inst.spread:
         b = max(b, max(g.count for g in groups))
     else:
-        # replicas of one workload: at most per_host of them fit on any one host
+        # replicas of one workload: at most per_host of them fit on any one host (pools of one size alike)
+        sizes: dict[int, set[tuple[int, int]]] = {}
         for g in groups:
-            per = max((inst.per_host(g, p) for p in pools if p in g.pools and inst.fits(g, p)), default=0)
+            caps = sizes.get(id(g.pools))
+            if caps is None:
+                caps = sizes[id(g.pools)] = {inst.caps[p] for p in g.pools}
+            per = max((min(g.count, c // g.cpu if g.cpu else g.count, m // g.mem if g.mem else g.count)
+                       for c, m in caps if g.cpu <= c and g.mem <= m), default=0)
             if per:
                 b = max(b, math.ceil(g.count / per))
     return b
 
 
-def _lower_bound(inst: _Instance) -> int:
-    groups = [g for g in inst.groups if g.count]
-    if not groups:
-        return 0
-    # pools linked by a workload that may use either form one component; components share no host
+def _components(inst: _Instance, groups: list[_Group]) -> list[list[_Group]]:
+    """Groups by the pools they link (a workload that may use either joins two); components share no host."""
     parent = {p: p for p in inst.order}
 
     def root(p: str) -> str:
@@ -898,21 +1116,43 @@ def _lower_bound(inst: _Instance) -> int:
             p = parent[p]
         return p
 
+    seen: set[int] = set()
     for g in groups:
-        for p in g.pools[1:]:
-            parent[root(p)] = root(g.pools[0])
+        if id(g.pools) not in seen:   # workloads share pools tuples: link each once
+            seen.add(id(g.pools))
+            for p in g.pools[1:]:
+                parent[root(p)] = root(g.pools[0])
     components: dict[str, list[_Group]] = {}
     for g in groups:
         components.setdefault(root(g.pools[0]), []).append(g)
+    return list(components.values())
+
+
+def _set_bounds(inst: _Instance, mine: list[_Group]) -> list[tuple[int, list[str], list[_Group]]]:
+    """A pool set S must hold every workload whose pools all lie in S: for each workload's set and for all of
+    them, the hosts those workloads need, S's pools (spec order) and those workloads."""
+    own: dict[int, frozenset[str]] = {}
+    for g in mine:
+        if id(g.pools) not in own:
+            own[id(g.pools)] = frozenset(g.pools)
+    out = []
+    for s in set(own.values()) | {frozenset().union(*own.values())}:
+        inside = [g for g in mine if own[id(g.pools)] <= s]
+        pools = [p for p in inst.order if p in s]
+        out.append((_bound_on(inside, pools, inst), pools, inside))
+    return out
+
+
+def _lower_bound(inst: _Instance) -> int:
+    groups = [g for g in inst.groups if g.count]
+    if not groups:
+        return 0
     total = 0
-    for comp in components.values():
+    for comp in _components(inst, groups):
         tenants = sorted({g.tenant for g in comp}) if inst.separate else [""]
         for t in tenants:
             mine = [g for g in comp if not inst.separate or g.tenant == t]
-            # a pool set S must hold every workload whose pools all lie in S: try each workload's set and all
-            sets = {frozenset(g.pools) for g in mine} | {frozenset(p for g in mine for p in g.pools)}
-            total += max(_bound_on([g for g in mine if set(g.pools) <= s],
-                                   [p for p in inst.order if p in s], inst) for s in sets)
+            total += max(b for b, _, _ in _set_bounds(inst, mine))
     return total
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from hybridorch.errors import PolicyError, Problem, SpecError
 from hybridorch.core.packing import DEFAULT_SOLVER_BUDGET, Packing, pack
-from hybridorch.core.policy import Placement, Profile, place_workload
+from hybridorch.core.policy import HostFacts, Placement, Profile, place_workload
 from hybridorch.core.policyfile import resolve_policy
 from hybridorch.core.runtime import Runtime
 from hybridorch.core.spec import Stack, load_hosts, load_stack, placement_problems, problem
@@ -46,9 +46,10 @@ def build_plan(stack: Stack, profile: Profile, solver_budget: float = DEFAULT_SO
     gets no host is an error; otherwise it is listed in packing.unplaced (the capacity report shows it)."""
     placements: list[Placement] = []
     problems: list[Problem] = []
+    hosts = HostFacts(tuple(stack.hosts))  # indexed once for every workload
     for w in stack.workloads:
         try:
-            placements.append(place_workload(w, profile, stack.hosts))
+            placements.append(place_workload(w, profile, hosts))
         except PolicyError as err:
             fld = "runtime" if w.runtime is not None else ""
             problems.append(problem(stack, w, fld, str(err)))

@@ -6,6 +6,7 @@ leaves a Reason a user can read.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Callable, Iterable
 
 from hybridorch.errors import PolicyError
@@ -138,17 +139,37 @@ class Fired:
 
 @dataclass(frozen=True)
 class HostFacts:
+    """The host pools, indexed by platform once: a plan asks for every workload, and a scan of thousands of
+    pools per workload made planning quadratic."""
+
     pools: tuple[HostPool, ...]
 
-    @property
+    @cached_property
     def oses(self) -> set[str]:
         return {p.os for p in self.pools}
 
+    @cached_property
+    def platforms(self) -> dict[tuple[str, str], tuple[HostPool, ...]]:
+        """(os, arch) -> its pools, in spec order."""
+        found: dict[tuple[str, str], list[HostPool]] = {}
+        for p in self.pools:
+            found.setdefault((p.os, p.arch), []).append(p)
+        return {k: tuple(v) for k, v in found.items()}
+
+    @cached_property
+    def names(self) -> dict[tuple[str, str, bool], tuple[str, ...]]:
+        """(os, arch, KVM only) -> pool names: one shared tuple per platform, not one per workload."""
+        out = {}
+        for (os, arch), pools in self.platforms.items():
+            out[os, arch, False] = tuple(p.name for p in pools)
+            out[os, arch, True] = tuple(p.name for p in pools if p.virtualization)
+        return out
+
     def arches(self, os: str = "linux") -> set[str]:
-        return {p.arch for p in self.pools if p.os == os}
+        return {a for o, a in self.platforms if o == os}
 
     def virtualization(self, os: str, arch: str) -> bool:
-        return any(p.virtualization for p in self.pools if p.os == os and p.arch == arch)
+        return bool(self.names.get((os, arch, True)))
 
 
 Rule = Callable[[Workload, Profile, HostFacts], "Fired | None"]
@@ -221,9 +242,9 @@ RULES: tuple[Rule, ...] = (rule_inner_containers, rule_foreign_os, rule_kernel, 
                            rule_escape_surface, rule_internal)
 
 
-def place_workload(w: Workload, profile: Profile, pools: Iterable[HostPool]) -> Placement:
+def place_workload(w: Workload, profile: Profile, pools: Iterable[HostPool] | HostFacts) -> Placement:
     """Decide the runtime of one workload. Raises PolicyError when an explicit runtime breaks a hard rule."""
-    hosts = HostFacts(tuple(pools))
+    hosts = pools if isinstance(pools, HostFacts) else HostFacts(tuple(pools))
     fired = [f for f in (rule(w, profile, hosts) for rule in RULES) if f is not None]
     allowed = set(ALL) if w.containers else set(ALL - {Runtime.NESTED})
     for f in fired:
@@ -262,8 +283,8 @@ def place_workload(w: Workload, profile: Profile, pools: Iterable[HostPool]) -> 
     # a VM (and a Kata sandbox, a VM per pod) wants KVM; gVisor's user-space kernel needs none
     sandbox_vm = runtime is Runtime.SANDBOXED and profile.sandbox_runtime_class is SandboxClass.KATA
     wants_kvm = (runtime in VM_RUNTIMES or sandbox_vm) and not emulated
-    candidates = [p for p in hosts.pools if p.os == host_os and p.arch == host_arch]
-    kvm_pools = [p for p in candidates if p.virtualization]
+    candidates = hosts.names.get((host_os, host_arch, False), ())
+    kvm_pools = hosts.names.get((host_os, host_arch, True), ())
     warnings = [f.warning for f in fired if f.warning]
     if wants_kvm and not kvm_pools:
         if runtime is Runtime.SANDBOXED:
@@ -278,7 +299,7 @@ def place_workload(w: Workload, profile: Profile, pools: Iterable[HostPool]) -> 
     return Placement(
         workload=w, runtime=runtime, reasons=tuple(reasons), warnings=tuple(warnings), emulated=emulated,
         host_os=host_os, host_arch=host_arch, needs_virtualization=wants_kvm and bool(kvm_pools),
-        overhead=profile.overhead(runtime), vm_overhead_avoided=avoided, pools=tuple(p.name for p in chosen),
+        overhead=profile.overhead(runtime), vm_overhead_avoided=avoided, pools=chosen,
         emulation_factor=profile.emulation_cpu_factor)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hybridorch.core.durations import POSITIVE as POSITIVE_DURATION
+from hybridorch.core.durations import POSITIVE_WHAT
 from hybridorch.core.policy import PROFILES, SANDBOX_CLASSES, Overhead, Profile, make_profile
 from hybridorch.core.runtime import LocalSandbox, Named, Runtime, SandboxClass
 from hybridorch.core.safeload import path_inside
@@ -37,7 +39,9 @@ POLICY_FILE = Obj({
         "headroomPercent": Field(Scalar(int, minimum=0, maximum=90)),
         "emulationCpuFactor": Field(Scalar(int, minimum=1, maximum=100)),
         "maxVmCpus": Field(Scalar(int, minimum=1, maximum=1024), doc="Per-VM CPU ceiling (audit rule HYB002)."),
-        "maxSnapshotAge": Field(Scalar(str, pattern=r"([0-9]+[smhdw])+", what="a duration such as 7d"),
+        # the length limit keeps parse_duration's int() short (5,000 digits would raise in the audit)
+        # and zero is refused: a maximum age of 0s would flag every snapshot the moment it is taken
+        "maxSnapshotAge": Field(Scalar(str, pattern=r"(?=.{1,63}$)" + POSITIVE_DURATION, what=POSITIVE_WHAT),
                                 doc="Longest snapshot retention the audit accepts (rule HYB015)."),
         "overheads": Field(Obj({"sandboxed": Field(_OVERHEAD), "vm": Field(_OVERHEAD)})),
         "localSandbox": Field(Scalar(str, enum=_values(*LocalSandbox)),

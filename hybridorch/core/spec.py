@@ -12,7 +12,8 @@ from typing import Any, Mapping
 import yaml
 
 from hybridorch.errors import Problem, SpecError
-from hybridorch.core.durations import PATTERN as DURATION
+from hybridorch.core.durations import POSITIVE as POSITIVE_DURATION
+from hybridorch.core.durations import POSITIVE_WHAT
 from hybridorch.core.labels import lifecycle_labels, replica_name
 from hybridorch.core.runtime import ARCHES as ARCH_TABLE
 from hybridorch.core.runtime import AUTO, CONTAINER_RUNTIMES, RUNTIMES, VM_RUNTIMES, Runtime, requested_runtime
@@ -65,7 +66,7 @@ _port_number = Scalar(int, minimum=1, maximum=65535, what="a port number")
 # owner and ttl become label values on every object, so they follow the label-value syntax
 _owner = Scalar(str, pattern=r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?",
                 what="an owner usable as a label value (letters, digits, '-', '_', '.'; at most 63), e.g. team-shop")
-_duration = Scalar(str, pattern=r"(?=.{1,63}$)" + DURATION, what="a duration such as 30m, 12h, 7d or 1d12h")
+_duration = Scalar(str, pattern=r"(?=.{1,63}$)" + POSITIVE_DURATION, what=POSITIVE_WHAT)
 
 
 PORT = Obj({

@@ -439,7 +439,7 @@ class Templates:
         """Render a YAML template and parse it back into its documents."""
         text = self.text(name, **context)
         try:
-            docs = [d for d in yaml.load_all(text, Loader=_NoAliasLoader) if d is not None]
+            docs = [d for d in yaml.load_all(text, Loader=_loader_for(text)) if d is not None]
         except RecursionError:
             raise RenderError(f"{self.filename(name)}: rendered YAML nests too deeply") from None
         except yaml.YAMLError as err:
@@ -463,6 +463,40 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed in rendered output",
                                               event.start_mark)
         return super().compose_node(parent, index)
+
+
+_CLoader = getattr(yaml, "CSafeLoader", None)
+_FLOW_NESTING = 1000   # libyaml's C composer recurses without a limit: deep flow nesting takes the Python loader
+
+
+def _loader_for(text: str) -> type:
+    """libyaml's loader (several times faster: rendering 10,000 workloads parsed 20,000 objects back) unless the
+    text could nest deeply, where the Python loader's RecursionError is the safe answer. Both refuse aliases."""
+    if _CLoader is None or text.count("[") + text.count("{") > _FLOW_NESTING:
+        return _NoAliasLoader
+    # an alias is written `*name`: text without a `*` has none to look for
+    return _NoAliasCLoader if "*" in text else _CLoader
+
+
+if _CLoader is not None:
+    class _NoAliasCLoader(_CLoader):  # type: ignore[misc, valid-type]
+        """The C loader, refusing aliases: its composer hands an aliased node out again, so a node met twice in
+        a document is an alias (checked before anything is constructed)."""
+
+        def construct_document(self, node: Any) -> Any:
+            seen: set[int] = set()
+            todo = [node]
+            while todo:
+                n = todo.pop()
+                if id(n) in seen:
+                    raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed in rendered output",
+                                                      n.start_mark)
+                seen.add(id(n))
+                if isinstance(n, yaml.MappingNode):
+                    todo.extend(x for pair in n.value for x in pair)
+                elif isinstance(n, yaml.SequenceNode):
+                    todo.extend(n.value)
+            return super().construct_document(node)
 
 
 def _template_frame(err: BaseException, dirs: Iterable[str] = ()) -> tuple[str, int] | None:

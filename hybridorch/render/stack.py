@@ -320,12 +320,13 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
         _check_objects(docs, path)
     ordered = [d for t in tenants for d in namespaces[t]] + cluster \
         + [d for t in tenants for d in policies[t]] + [d for docs in workloads.values() for d in docs]
-    files = [RenderedFile(path, dump_yaml(docs)) for path, docs in groups]
+    texts: dict[int, str] = {}   # each object dumped once, for its file and for the stream
+    files = [RenderedFile(path, dump_yaml(docs, texts)) for path, docs in groups]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                      "resources": [path for path, _ in groups]}
     files.append(RenderedFile("kustomization.yaml", yaml.dump(kustomization, Dumper=BlockDumper, sort_keys=False,
                                                               default_flow_style=False)))
-    return Rendered("kubernetes", plan.stack.name, tuple(ordered), tuple(files))
+    return Rendered("kubernetes", plan.stack.name, tuple(ordered), tuple(files), texts)
 
 
 def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:

@@ -42,6 +42,40 @@ def known_kinds() -> list[str]:
     return sorted(_validators())
 
 
+@lru_cache(maxsize=None)
+def _enum_values() -> frozenset[Any]:
+    """Every value an `enum` of the schemas names: the only values the schemas check beyond their type."""
+    found: set[Any] = set()
+    todo: list[Any] = []
+    for name in SCHEMA_FILES:
+        todo.append(json.loads(resources.files("hybridorch.data").joinpath(name).read_text()))
+    while todo:
+        x = todo.pop()
+        if isinstance(x, dict):
+            found.update(v for v in x.get("enum", ()) if isinstance(v, (str, int, float, bool)))
+            todo.extend(x.values())
+        elif isinstance(x, list):
+            todo.extend(x)
+    return frozenset(found)
+
+
+def _shape(obj: Any) -> Any:
+    """What the schemas can tell apart in an object: its keys, list lengths, types, and the values that are some
+    enum's member; every other value is only its type. The schemas check types, required and allowed keys and
+    enums (tests/test_render.py keeps them so), so two objects of one shape are both valid or both invalid."""
+    if isinstance(obj, dict):
+        return ("map", tuple((k, _shape(v)) for k, v in obj.items()))
+    if isinstance(obj, list):
+        return ("list", tuple(_shape(v) for v in obj))
+    if type(obj) in (str, int, float, bool) and obj in _enum_values():
+        return (type(obj).__name__, obj)
+    return type(obj).__name__
+
+
+_VALID: set[Any] = set()   # shapes already found valid: an object of one of them needs no schema walk
+_MAX_SHAPES = 100_000
+
+
 def object_problems(obj: dict[str, Any]) -> list[str]:
     """Every schema violation of one object, as 'path: message' lines (empty when valid)."""
     key = f"{obj.get('apiVersion')}/{obj.get('kind')}"
@@ -49,9 +83,13 @@ def object_problems(obj: dict[str, Any]) -> list[str]:
     if validator is None:
         return [f"no schema for {key} (known: {', '.join(known_kinds())})"]
     problems = []
-    for err in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
-        path = ".".join(str(p) for p in err.absolute_path) or "(object)"
-        problems.append(f"{path}: {err.message}")
+    shape = (key, _shape(obj))
+    if shape not in _VALID:
+        for err in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
+            path = ".".join(str(p) for p in err.absolute_path) or "(object)"
+            problems.append(f"{path}: {err.message}")
+        if not problems and len(_VALID) < _MAX_SHAPES:
+            _VALID.add(shape)
     for field in ("name",):
         if not (obj.get("metadata") or {}).get(field):
             problems.append(f"metadata.{field}: required")
