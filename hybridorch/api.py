@@ -14,9 +14,11 @@ from hybridorch.errors import Problem, SpecError
 __all__ = ["plan_stack", "load_policy", "resolve_policy"]   # re-exported: part of the library API
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from hybridorch.ops.audit import AuditReport
     from hybridorch.ops.capacity import Assumptions, CapacityReport
-    from hybridorch.backends.base import Backend, Managed, Removal, Snapshot, WorkloadStatus
+    from hybridorch.backends.base import Backend, LockNotice, Managed, Removal, Snapshot, WorkloadStatus
     from hybridorch.backends.events import EventSink
     from hybridorch.render.writer import Rendered
 
@@ -90,10 +92,20 @@ def _backend_run(path: str, target: str, policy: str | None, options: dict[str, 
     return plan, get_backend(target, **options)
 
 
+def _locked(backend: "Backend", stack: str, command: str, wait_lock: bool,
+            on_lock_wait: "LockNotice | None") -> "AbstractContextManager[None]":
+    """The one place runs that change a stack take its lock (Backend.lock): up/apply, down/delete, snapshot
+    changes (gc locks each stack in ops.lifecycle). Held elsewhere: wait (`on_lock_wait` hears why) or, without
+    `wait_lock`, raise LockHeld (exit 75)."""
+    return backend.lock(stack, command=f"hybridorch {command}", wait=wait_lock, on_wait=on_lock_wait)
+
+
 def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 300, policy: str | None = None,
-       templates: str | None = None, events: "EventSink | None" = None, **options: Any) -> list["WorkloadStatus"]:
+       templates: str | None = None, events: "EventSink | None" = None, wait_lock: bool = True,
+       on_lock_wait: "LockNotice | None" = None, lock_command: str = "up",
+       **options: Any) -> list["WorkloadStatus"]:
     """Make every workload of the stack run on the target (idempotent); `events` hears each step of each
-    workload and image as it happens (hybridorch.backends.events)."""
+    workload and image as it happens (hybridorch.backends.events). One run per stack at a time: see _locked."""
     from hybridorch.render.stack import render_plan
 
     plan, backend = _backend_run(path, target, policy, {**options, "events": events})
@@ -105,12 +117,13 @@ def up(path: str, target: str = "local", *, wait: bool = True, timeout: float = 
         local = local_facts(sandboxes=plan.has_runtime(Runtime.SANDBOXED))
     rendered = render_plan(plan, target=render_target, templates_dir=templates,
                            namespace_prefix=options.get("namespace_prefix", ""), local=local)
-    return backend.up(plan, rendered, wait=wait, timeout=timeout)
+    with _locked(backend, plan.stack.name, lock_command, wait_lock, on_lock_wait):
+        return backend.up(plan, rendered, wait=wait, timeout=timeout)
 
 
 def apply(path: str, **options: Any) -> list["WorkloadStatus"]:
     """`up` on a Kubernetes cluster (`hybridorch apply`): load local images, dry run, server-side apply, prune, wait."""
-    return up(path, "kubernetes", **options)
+    return up(path, "kubernetes", **{"lock_command": "apply", **options})
 
 
 def status(path: str, target: str = "local", *, policy: str | None = None, **options: Any) -> list["WorkloadStatus"]:
@@ -127,17 +140,19 @@ def logs(path: str, workload: str, target: str = "local", *, tail: int | None = 
 
 
 def down(path: str, target: str = "local", *, delete_data: bool = False, policy: str | None = None,
-         events: "EventSink | None" = None, **options: Any) -> "Removal":
+         events: "EventSink | None" = None, wait_lock: bool = True, on_lock_wait: "LockNotice | None" = None,
+         lock_command: str = "down", **options: Any) -> "Removal":
     """Remove everything the tool created for the stack on the target, and nothing else. Data (claims,
     DataVolumes, volumes, disks) is kept unless `delete_data`; the result names what was removed and kept.
     `events` hears each workload's removal."""
     plan, backend = _backend_run(path, target, policy, {**options, "events": events})
-    return backend.down(plan, delete_data=delete_data)
+    with _locked(backend, plan.stack.name, lock_command, wait_lock, on_lock_wait):
+        return backend.down(plan, delete_data=delete_data)
 
 
 def delete(path: str, **options: Any) -> "Removal":
     """`down` on a Kubernetes cluster (`hybridorch delete`): only objects carrying the stack's labels."""
-    return down(path, "kubernetes", **options)
+    return down(path, "kubernetes", **{"lock_command": "delete", **options})
 
 
 def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = None, templates: str | None = None,
@@ -171,13 +186,16 @@ def ps(target: str = "local", *, context: str | None = None,
 
 
 def gc(target: str = "local", *, dry_run: bool = False, context: str | None = None,
-       skipped: list[str] | None = None, events: "EventSink | None" = None) -> tuple[list["Managed"], list[str]]:
+       skipped: list[str] | None = None, events: "EventSink | None" = None, wait_lock: bool = True,
+       on_lock_wait: "LockNotice | None" = None) -> tuple[list["Managed"], list[str]]:
     """Remove what hybridorch made that is past its TTL, keeping data (`hybridorch gc`): (expired, removed);
-    `events` hears a `removed` event per thing removed."""
+    `events` hears a `removed` event per thing removed. Each stack is removed from under its lock; without
+    `wait_lock` a stack another run holds is left alone and named in `skipped`."""
     from hybridorch.backends.events import Event, EventKind
     from hybridorch.ops import lifecycle
 
-    expired, removed = lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped)
+    expired, removed = lifecycle.gc(target, dry_run=dry_run, context=context, skipped=skipped,
+                                    wait_lock=wait_lock, on_lock_wait=on_lock_wait)
     for item in removed:
         if events is not None and not item.startswith("kept "):
             events(Event(item, EventKind.REMOVED))
@@ -210,7 +228,8 @@ def _snapshot_backend(target: str, context: str | None, namespace_prefix: str) -
 
 def snapshot_create(path: str, workload: str, prefix: str | None = None, target: str = "local", *,
                     policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
-                    now: float | None = None) -> list["Snapshot"]:
+                    now: float | None = None, wait_lock: bool = True,
+                    on_lock_wait: "LockNotice | None" = None) -> list["Snapshot"]:
     """Snapshot every replica of a VM workload as PREFIX-YYYYMMDD-HHMMSS; the snapshots made."""
     import time
 
@@ -220,7 +239,9 @@ def snapshot_create(path: str, workload: str, prefix: str | None = None, target:
         raise SpecError([Problem("NAME", 0, "", why)])
     plan, w = _snapshot_plan(path, workload, policy)
     name = snaps.snapshot_name(prefix, time.time() if now is None else now)
-    return _snapshot_backend(target, context, namespace_prefix).snapshot_create(plan, workload, name)
+    backend = _snapshot_backend(target, context, namespace_prefix)
+    with _locked(backend, plan.stack.name, "snapshot create", wait_lock, on_lock_wait):
+        return backend.snapshot_create(plan, workload, name)
 
 
 def snapshot_list(path: str, workload: str, target: str = "local", *, policy: str | None = None,
@@ -232,7 +253,8 @@ def snapshot_list(path: str, workload: str, target: str = "local", *, policy: st
 
 def snapshot_restore(path: str, workload: str, name: str | None = None, target: str = "local", *,
                      policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
-                     now: float | None = None) -> tuple[list["Snapshot"], list[str]]:
+                     now: float | None = None, wait_lock: bool = True,
+                     on_lock_wait: "LockNotice | None" = None) -> tuple[list["Snapshot"], list[str]]:
     """Roll the VM back to snapshot `name` (default: the newest): (snapshots restored, warnings to show; a
     restore undoes every patch applied since the snapshot)."""
     import time
@@ -241,24 +263,30 @@ def snapshot_restore(path: str, workload: str, name: str | None = None, target: 
 
     plan, w = _snapshot_plan(path, workload, policy)
     now = time.time() if now is None else now
-    restored = _snapshot_backend(target, context, namespace_prefix).snapshot_restore(plan, workload, name)
+    backend = _snapshot_backend(target, context, namespace_prefix)
+    with _locked(backend, plan.stack.name, "snapshot restore", wait_lock, on_lock_wait):
+        restored = backend.snapshot_restore(plan, workload, name)
     return restored, [snaps.rollback_warning(s, now) for s in restored]
 
 
 def snapshot_prune(path: str, workload: str, name: str | None = None, target: str = "local", *,
                    policy: str | None = None, context: str | None = None, namespace_prefix: str = "",
-                   dry_run: bool = False, now: float | None = None) -> list["Snapshot"]:
+                   dry_run: bool = False, now: float | None = None, wait_lock: bool = True,
+                   on_lock_wait: "LockNotice | None" = None) -> list["Snapshot"]:
     """Remove the snapshots the workload's retention (`snapshots: {retain, maxAge}`) no longer keeps, or exactly
     snapshot `name`; the snapshots removed (or, with `dry_run`, that would be)."""
     import time
+    from contextlib import nullcontext
 
     from hybridorch.ops import snapshots as snaps
 
     plan, w = _snapshot_plan(path, workload, policy)
     backend = _snapshot_backend(target, context, namespace_prefix)
-    found = sorted(backend.snapshot_list(plan, workload), key=lambda s: (s.vm, s.created))
-    doomed = snaps.select_doomed(found, w, resolve_policy(plan.stack, policy), name,
-                                 time.time() if now is None else now)
-    if doomed and not dry_run:
-        backend.snapshot_prune(plan, workload, doomed)
+    # chosen under the lock: a run creating or restoring snapshots meanwhile changes what retention keeps
+    with nullcontext() if dry_run else _locked(backend, plan.stack.name, "snapshot prune", wait_lock, on_lock_wait):
+        found = sorted(backend.snapshot_list(plan, workload), key=lambda s: (s.vm, s.created))
+        doomed = snaps.select_doomed(found, w, resolve_policy(plan.stack, policy), name,
+                                     time.time() if now is None else now)
+        if doomed and not dry_run:
+            backend.snapshot_prune(plan, workload, doomed)
     return doomed

@@ -6,27 +6,101 @@ Backends are imported inside the commands that use them, so `--help` and `plan` 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
 from hybridorch import __version__
-from hybridorch.errors import HybridorchError, SpecError
+from hybridorch.core.text import printable
+from hybridorch.errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, HybridorchError,
+                               OutputError, SpecError)
 
 
 class HybridorchGroup(click.Group):
+    """The one place errors become messages and exit codes (errors.py lists them): a HybridorchError is its
+    lines and its code, any other exception is a bug (one line, EXIT_INTERNAL), Click's usage errors are one
+    line with exit 2. --debug adds the traceback and keeps the code."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except HybridorchError as err:
-            if ctx.params.get("debug"):
-                raise
+            _traceback_if(ctx)
             for line in err.lines():
-                click.echo(line if isinstance(err, SpecError) else f"error: {line}", err=True)
+                _say(line if isinstance(err, SpecError) else f"error: {line}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            ctx.exit(130)
+            _say("error: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # the reader went away (`| head`): nothing to say, and not 1 (findings); what a shell shows for SIGPIPE
+            _discard_stdout()
+            ctx.exit(EXIT_BROKEN_PIPE)
+        except Exception as err:
+            _traceback_if(ctx)
+            _say(f"internal error: {type(err).__name__}: {err} (a bug in hybridorch; --debug shows the traceback)",
+                 err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.ClickException as err:
+            # one line instead of Click's usage block; a bad argument or option is bad input (2)
+            where = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) else ""
+            _say(f"error: {err.format_message()}{where}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except click.exceptions.Abort:
+            _say("error: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _traceback_if(ctx: click.Context) -> None:
+    """With --debug, the traceback of the exception being handled (the exit code stays the error's)."""
+    if ctx.params.get("debug"):
+        import traceback
+
+        for line in traceback.format_exc().splitlines():   # messages in it may quote hostile names too
+            _say(line, err=True)
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    """Print one line of a result or an error with its control characters escaped: names come from files and
+    from what runs, and must neither add a line nor reach the terminal as an escape sequence."""
+    _show(printable(line), err=err)
+
+
+def _show(text: str, *, err: bool = False, nl: bool = True) -> None:
+    """Print formatted output whose values are already escaped (tables) or exact (JSON, YAML). A stdout that
+    cannot be written (a full device) is an OutputError: one line, exit 2, no traceback."""
+    try:
+        click.echo(text, err=err, nl=nl)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if err:
+            return   # stderr itself failed: nowhere left to say it, the exit code still tells
+        _discard_stdout()
+        raise OutputError(f"cannot write the output: {exc.strerror or exc}") from None
+
+
+def _discard_stdout() -> None:
+    """What is still buffered would fail again when Python exits (a second message): point fd 1 at /dev/null."""
+    import os
+
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):   # a stdout without a descriptor (tests, embedding)
+        pass
 
 
 @click.group(cls=HybridorchGroup, context_settings={"auto_envvar_prefix": "HYBRIDORCH",
@@ -62,13 +136,14 @@ def validate(files: tuple[str, ...], policy: str | None) -> None:
 
     plans = validate_files(list(files), policy, _hosts())
     for plan in plans:
-        click.echo(f"{plan.stack.file}: ok ({len(plan.placements)} workloads)")
+        _say(f"{plan.stack.file}: ok ({len(plan.placements)} workloads)")
 
 
 solver_budget_option = click.option(
     "--solver-budget", type=click.FloatRange(0, 3600), default=2.0, show_default=True, metavar="SECONDS",
     help="Time packing may spend beyond best-fit decreasing (exact CP-SAT on small and medium stacks, "
-         "improvement on large ones; deterministic work limits, about seconds); 0 disables.")
+         "improvement on large ones; deterministic work limits, about seconds); 0 disables the improvement. "
+         "A stack that best-fit cannot place at all still gets the default budget before it is refused.")
 
 
 @cli.command()
@@ -82,17 +157,17 @@ def plan(file: str, policy: str | None, output: str, solver_budget: float) -> No
 
     result = plan_stack(file, policy, _hosts(), solver_budget)
     if output == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        _show(json.dumps(result.to_dict(), indent=2))
     elif output == "yaml":
         import yaml
 
-        click.echo(yaml.safe_dump(result.to_dict(), sort_keys=False), nl=False)
+        _show(yaml.safe_dump(result.to_dict(), sort_keys=False), nl=False)
     else:
         from hybridorch.ops.report import plan_table
 
-        click.echo(plan_table(result))
+        _show(plan_table(result))
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _say(f"warning: {warning}", err=True)
 
 
 @cli.command()
@@ -120,13 +195,13 @@ def capacity(file: str, hosts_file: str | None, policy: str | None, output: str,
     assumptions = Assumptions(**{k: v for k, v in given.items() if v is not None})
     report = api.capacity(file, policy, hosts_file or _hosts(), solver_budget, assumptions, plot)
     if output == "json":
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        _show(json.dumps(report.to_dict(), indent=2))
     else:
         from hybridorch.ops.report import capacity_table
 
-        click.echo(capacity_table(report))
+        _show(capacity_table(report))
     if plot:
-        click.echo(f"wrote {plot}", err=True)
+        _say(f"wrote {plot}", err=True)
 
 
 @cli.command()
@@ -146,10 +221,10 @@ def render(file: str, target: str, out: str, templates: str | None, namespace_pr
     rendered = api.render(file, target=target, templates=templates, policy=policy,
                           namespace_prefix=namespace_prefix, hosts=_hosts())
     if out == "-":
-        click.echo(rendered.stream(), nl=False)
+        _show(rendered.stream(), nl=False)
     else:
         for path in rendered.write(out):
-            click.echo(f"wrote {path}", err=True)
+            _say(f"wrote {path}", err=True)
 
 
 target_option = click.option("--target", type=click.Choice(["local", "kubernetes"]), default="local",
@@ -171,6 +246,17 @@ def _events() -> Any:
     return ProgressDisplay(sys.stderr, columns=shutil.get_terminal_size().columns)
 
 
+lock_option = click.option(
+    "--wait-lock/--no-wait-lock", default=True, show_default=True,
+    help="One run per stack at a time: wait while another run holds the stack's lock (saying so on stderr), or "
+         "refuse at once in one line with exit code 75.")
+
+
+def _lock_notice(line: str) -> None:
+    """Why this run waits (another holds the stack's lock), or that it took over a killed run's lock."""
+    _say(f"note: {line}", err=True)
+
+
 result_output_option = click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
                                     show_default=True, help="The resulting status as a table or JSON (stdout).")
 
@@ -190,11 +276,11 @@ def _backend_options(context: str | None, namespace_prefix: str = "") -> dict[st
 
 def _print_status(statuses: list, output: str) -> None:
     if output == "json":
-        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
+        _show(json.dumps([s.to_dict() for s in statuses], indent=2))
         return
     from hybridorch.ops.report import status_table
 
-    click.echo(status_table(statuses))
+    _show(status_table(statuses))
 
 
 @cli.command()
@@ -206,15 +292,17 @@ def _print_status(statuses: list, output: str) -> None:
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
 @load_option
+@lock_option
 @result_output_option
 def up(file: str, target: str, context: str | None, wait: bool, timeout: float, templates: str | None,
-       policy: str | None, load: bool, output: str) -> None:
+       policy: str | None, load: bool, wait_lock: bool, output: str) -> None:
     """Run the stack: containers in Docker and VMs in QEMU (local), or apply it to a cluster (kubernetes)."""
     from hybridorch import api
 
     extra = {"load": load} if target == "kubernetes" else {}
     _print_status(api.up(file, target, wait=wait, timeout=timeout, policy=policy, templates=templates,
-                         events=_events(), **_backend_options(context), **extra), output)
+                         events=_events(), wait_lock=wait_lock, on_lock_wait=_lock_notice,
+                         **_backend_options(context), **extra), output)
 
 
 @cli.command()
@@ -226,15 +314,17 @@ def up(file: str, target: str, context: str | None, wait: bool, timeout: float, 
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
 @load_option
+@lock_option
 @result_output_option
 def apply(file: str, context: str | None, namespace_prefix: str, wait: bool, timeout: float,
-          templates: str | None, policy: str | None, load: bool, output: str) -> None:
+          templates: str | None, policy: str | None, load: bool, wait_lock: bool, output: str) -> None:
     """Render, load local images into kind nodes, dry-run on the server, then kubectl apply --server-side, prune
     what left the stack and watch until it is ready (fails fast with a pod's own reason)."""
     from hybridorch import api
 
     _print_status(api.apply(file, wait=wait, timeout=timeout, policy=policy, templates=templates, load=load,
-                            events=_events(), **_backend_options(context, namespace_prefix)), output)
+                            events=_events(), wait_lock=wait_lock, on_lock_wait=_lock_notice,
+                            **_backend_options(context, namespace_prefix)), output)
 
 
 @cli.command()
@@ -262,7 +352,7 @@ def logs(file: str, workload: str, target: str, context: str | None, tail: int |
     from hybridorch import api
 
     for line in api.logs(file, workload, target, tail=tail, follow=follow, **_backend_options(context)):
-        click.echo(line)
+        _show(line)   # the workload's own output, as `docker logs` shows it (colours included)
 
 
 delete_data_option = click.option("--delete-data", is_flag=True,
@@ -272,13 +362,13 @@ delete_data_option = click.option("--delete-data", is_flag=True,
 def _print_removal(result: Any, verb: str, again: str) -> None:
     """What was removed, then what was kept and the command that removes each."""
     for item in result.removed:
-        click.echo(f"{verb} {item}")
+        _say(f"{verb} {item}")
     for kept in result.kept:
-        click.echo(str(kept))
+        _say(str(kept))
     if result.data_kept:
-        click.echo(f"data kept: `{again} --delete-data` removes it too")
+        _say(f"data kept: `{again} --delete-data` removes it too")
     if not result.removed and not result.kept:
-        click.echo("nothing to remove")
+        _say("nothing to remove")
 
 
 @cli.command()
@@ -287,13 +377,15 @@ def _print_removal(result: Any, verb: str, again: str) -> None:
 @context_option
 @delete_data_option
 @policy_option
-def down(file: str, target: str, context: str | None, delete_data: bool, policy: str | None) -> None:
+@lock_option
+def down(file: str, target: str, context: str | None, delete_data: bool, policy: str | None,
+         wait_lock: bool) -> None:
     """Remove every container, network, VM and file the tool created for the stack, and nothing else.
     Data (volumes, VM disks) is kept unless --delete-data."""
     from hybridorch import api
 
     result = api.down(file, target, delete_data=delete_data, policy=policy, events=_events(),
-                      **_backend_options(context))
+                      wait_lock=wait_lock, on_lock_wait=_lock_notice, **_backend_options(context))
     _print_removal(result, "removed", f"hybridorch down {file}" + (f" --target {target}" if target != "local" else ""))
 
 
@@ -303,19 +395,21 @@ def down(file: str, target: str, context: str | None, delete_data: bool, policy:
 @click.option("--namespace-prefix", default="", help="Prefix for every tenant namespace.")
 @delete_data_option
 @policy_option
-def delete(file: str, context: str | None, namespace_prefix: str, delete_data: bool, policy: str | None) -> None:
+@lock_option
+def delete(file: str, context: str | None, namespace_prefix: str, delete_data: bool, policy: str | None,
+           wait_lock: bool) -> None:
     """Delete the stack's objects from the cluster (only objects carrying its labels). A namespace holding
     objects hybridorch did not make is kept; claims and DataVolumes are kept unless --delete-data."""
     from hybridorch import api
 
-    result = api.delete(file, delete_data=delete_data, policy=policy, events=_events(),
-                        **_backend_options(context, namespace_prefix))
+    result = api.delete(file, delete_data=delete_data, policy=policy, events=_events(), wait_lock=wait_lock,
+                        on_lock_wait=_lock_notice, **_backend_options(context, namespace_prefix))
     _print_removal(result, "deleted", f"hybridorch delete {file}" + (f" --context {context}" if context else "")
                    + (f" --namespace-prefix {namespace_prefix}" if namespace_prefix else ""))
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())   # the one reader refuses a directory
 @click.option("--live", is_flag=True, help="Also inspect what runs for each stack file (containers, VMs, objects).")
 @target_option
 @context_option
@@ -339,11 +433,10 @@ def audit(files: tuple[str, ...], live: bool, target: str, context: str | None, 
                        context=context, namespace_prefix=namespace_prefix, max_image_age=max_image_age,
                        fmt=fmt, fail_on=fail_on)
     if out:
-        with open(out, "w") as f:
-            f.write(report.text + "\n")
-        click.echo(f"wrote {out} ({len(report.findings)} findings)", err=True)
+        report.write(out)   # OutputError (one line, exit 2) on a full device or an unwritable path
+        _say(f"wrote {out} ({len(report.findings)} findings)", err=True)
     else:
-        click.echo(report.text)
+        _show(report.text)
     report.check()   # AuditFailed (exit 1) when a finding reaches --fail-on
 
 
@@ -365,33 +458,35 @@ def ps(target: str, context: str | None, output: str) -> None:
     skipped: list[str] = []
     items, now = api.ps(target, context=context, skipped=skipped), time.time()
     if output == "json":
-        click.echo(json.dumps([m.to_dict(now) for m in items], indent=2))
+        _show(json.dumps([m.to_dict(now) for m in items], indent=2))
     else:
-        click.echo(lifecycle.ps_table(items, now))
+        _show(lifecycle.ps_table(items, now))
     for line in skipped:
-        click.echo(f"warning: skipped {line}", err=True)
+        _say(f"warning: skipped {line}", err=True)
 
 
 @cli.command()
 @lifecycle_target
 @context_option
 @click.option("--dry-run", is_flag=True, help="Only list what is past its TTL.")
-def gc(target: str, context: str | None, dry_run: bool) -> None:
+@click.option("--wait-lock/--no-wait-lock", default=True, show_default=True,
+              help="Wait for the lock of each stack another run holds, or leave that stack alone (a warning).")
+def gc(target: str, context: str | None, dry_run: bool, wait_lock: bool) -> None:
     """Remove what hybridorch made that is past its TTL (only hybridorch's objects; data is kept)."""
     from hybridorch import api
 
     skipped: list[str] = []
-    expired, removed = api.gc(target, dry_run=dry_run, context=context, skipped=skipped, events=_events())
+    expired, removed = api.gc(target, dry_run=dry_run, context=context, skipped=skipped, events=_events(),
+                              wait_lock=wait_lock, on_lock_wait=_lock_notice)
     for line in skipped:
-        click.echo(f"warning: skipped {line}", err=True)
+        _say(f"warning: skipped {line}", err=True)
     for m in expired:
         where = f"{m.namespace}/" if m.namespace else ""
-        click.echo(f"{'would remove' if dry_run else 'expired'} {m.kind} {where}{m.name} "
-                   f"(stack {m.stack}, ttl {m.ttl})")
+        _say(f"{'would remove' if dry_run else 'expired'} {m.kind} {where}{m.name} (stack {m.stack}, ttl {m.ttl})")
     for item in removed:
-        click.echo(item if item.startswith("kept ") else f"removed {item}")
+        _say(item if item.startswith("kept ") else f"removed {item}")
     if not expired:
-        click.echo("nothing past its TTL")
+        _say("nothing past its TTL")
 
 
 @cli.command()
@@ -405,8 +500,9 @@ def gc(target: str, context: str | None, dry_run: bool) -> None:
 @policy_option
 @click.option("--dry-run", is_flag=True, help="prune: only list what would be removed.")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@lock_option
 def snapshot(action: str, file: str, workload: str, name: str | None, target: str, context: str | None,
-             namespace_prefix: str, policy: str | None, dry_run: bool, output: str) -> None:
+             namespace_prefix: str, policy: str | None, dry_run: bool, output: str, wait_lock: bool) -> None:
     """Snapshots of a VM workload: create [PREFIX], list, restore [NAME] (default newest), prune [NAME] (the
     workload's snapshots: {retain, maxAge}, or exactly NAME)."""
     import time
@@ -416,29 +512,30 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
 
     where = {"target": target, "policy": policy, "context": context, "namespace_prefix": namespace_prefix}
     warnings: list[str] = []
+    locking = {"wait_lock": wait_lock, "on_lock_wait": _lock_notice}   # list only reads: it takes no lock
     if action == "create":
-        snaps = api.snapshot_create(file, workload, name, **where)
+        snaps = api.snapshot_create(file, workload, name, **where, **locking)
     elif action == "list":
         if name is not None:
             raise click.UsageError("list takes no NAME")
         snaps = api.snapshot_list(file, workload, **where)
     elif action == "restore":
-        snaps, warnings = api.snapshot_restore(file, workload, name, **where)
+        snaps, warnings = api.snapshot_restore(file, workload, name, **where, **locking)
     else:
-        snaps = api.snapshot_prune(file, workload, name, dry_run=dry_run, **where)
+        snaps = api.snapshot_prune(file, workload, name, dry_run=dry_run, **where, **locking)
     now = time.time()
     if output == "json":
-        click.echo(json.dumps([s.to_dict(now) for s in snaps], indent=2))
+        _show(json.dumps([s.to_dict(now) for s in snaps], indent=2))
     else:
         verb = {"create": "created", "restore": "restored", "prune": "would remove" if dry_run else "removed"}
         if action == "list":
-            click.echo(snapshot_table(snaps, now))
+            _show(snapshot_table(snaps, now))
         for s in snaps if action != "list" else []:
-            click.echo(f"{verb[action]} snapshot {s.name} of {s.vm}")
+            _say(f"{verb[action]} snapshot {s.name} of {s.vm}")
         if action == "prune" and not snaps:
-            click.echo("nothing to prune")
+            _say("nothing to prune")
     for line in warnings:
-        click.echo(line, err=True)
+        _say(line, err=True)
 
 
 @cli.command("soc-test")
@@ -452,7 +549,7 @@ def soc_test(plans: tuple[str, ...], junit: str | None, jobs: int) -> None:
     from hybridorch.ops import soc
 
     report = soc.run_soc_tests(list(plans), junit, jobs)
-    click.echo(soc.format_report(report))
+    _show(soc.format_report(report))
     soc.check_report(report)  # TestFailure (exit 1) unless every test passed
 
 
@@ -461,7 +558,7 @@ def schema() -> None:
     """Print the JSON Schema of the stack file (for editor autocompletion)."""
     from hybridorch.core.spec import stack_json_schema
 
-    click.echo(json.dumps(stack_json_schema(), indent=2))
+    _show(json.dumps(stack_json_schema(), indent=2))
 
 
 @cli.command()
@@ -472,7 +569,7 @@ def completion(shell: str) -> None:
 
     cls = get_completion_class(shell)
     assert cls is not None
-    click.echo(cls(cli, {}, "hybridorch", "_HYBRIDORCH_COMPLETE").source())
+    _show(cls(cli, {}, "hybridorch", "_HYBRIDORCH_COMPLETE").source())
 
 
 def main() -> None:

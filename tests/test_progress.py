@@ -105,6 +105,10 @@ class FakeBackend:
             self.events(Event(p.name, EventKind.REMOVED, "Deployment"))
         return Removal(tuple(f"Deployment shop/{p.name}" for p in plan.placements))
 
+    def lock(self, stack: str, **how: Any) -> Any:
+        # the engine interface's default: this machine's lock file (under the isolated HOME)
+        return base.Backend.lock(self, stack, **how)  # type: ignore[arg-type]
+
 
 @pytest.fixture
 def fake_target(monkeypatch: pytest.MonkeyPatch) -> None:

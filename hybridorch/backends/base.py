@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
 from hybridorch.core.runtime import Named, Runtime, State
 from hybridorch.backends.events import EventSink, ignore
@@ -162,6 +162,55 @@ class Snapshot:
                 "size": self.size, "state": self.state}
 
 
+# --- one run per stack at a time: who holds a stack's lock, and what a second run is told ----------------------
+
+# sysexits' EX_TEMPFAIL: the stack is busy, not broken; the same command later (or without --no-wait-lock) works
+LOCK_HELD_EXIT = 75
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The run that holds a stack's lock, as recorded in the lock (a file's record, a Lease's holderIdentity)."""
+
+    pid: int | None         # None: the record is unreadable (being written, or from another version)
+    command: str            # e.g. "hybridorch up"
+    started: float | None   # epoch seconds
+    host: str = ""
+
+    def describe(self) -> str:
+        import socket
+        import time
+
+        who = f"pid {self.pid}" if self.pid is not None else "another run"
+        if self.host and self.host != socket.gethostname():   # a pid means little on another machine without it
+            who += f" on {self.host}"
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started)) if self.started else "at an unknown time"
+        return f"{who} ({self.command or 'hybridorch'}, started {when})"
+
+
+def waiting_message(stack: str, holder: LockHolder) -> str:
+    return f"waiting for the lock of stack {stack} held by {holder.describe()}"
+
+
+def takeover_message(stack: str, holder: LockHolder) -> str:
+    return f"took over the lock of stack {stack} left by {holder.describe()}, which is gone"
+
+
+class LockHeld(BackendError):
+    """Another run holds the stack's lock and this one was told not to wait (--no-wait-lock)."""
+
+    exit_code = LOCK_HELD_EXIT
+
+    def __init__(self, stack: str, holder: LockHolder):
+        self.stack, self.holder = stack, holder
+        super().__init__(f"stack {stack} is locked by {holder.describe()}: wait for it to finish, or run again "
+                         "without --no-wait-lock to wait")
+
+
+# on_wait hears one line when a run must wait for the lock, or takes over one a killed run left
+LockNotice = Callable[[str], None]
+
+
 class Backend(ABC):
     """up/status/logs/down for one kind of runtime. Each backend owns its SDK and raises only BackendError."""
 
@@ -203,6 +252,18 @@ class Backend(ABC):
     @abstractmethod
     def live_facts(self, plan: Plan) -> LiveFacts:
         """What runs of the plan's stack here, as the live audit reads it."""
+
+    # --- one run per stack at a time ------------------------------------------------------------------------
+
+    def lock(self, stack: str, *, command: str, wait: bool = True,
+             on_wait: LockNotice | None = None) -> ContextManager[None]:
+        """Hold the stack's lock for the duration of a `with`: up, down, gc and snapshot changes of one stack
+        serialize. Held by another run: wait (`on_wait` hears why) or, without `wait`, raise LockHeld. A lock
+        left by a killed run is taken over. The default is this machine's lock file (local_lock.py), right for
+        every engine driven from this machine; a shared target (a cluster) keeps the lock there instead."""
+        from hybridorch.backends.local_lock import stack_lock
+
+        return stack_lock(stack, command=command, wait=wait, on_wait=on_wait)
 
     # --- snapshots of VM workloads: a target without them says so ----------------------------------------------
 

@@ -178,7 +178,8 @@ class DockerBackend(Backend):
         with self._api("listing networks"):
             networks = self.client.networks.list(filters=stack_filter(stack))
         for n in networks:
-            removed += remove_network(self.sdk, n.name, stack)
+            # by ID: every network carrying the stack's labels goes, also a second one of the same name
+            removed += remove_network(self.sdk, n.id, stack)
         with self._api("listing volumes"):
             volumes = sorted(v.name for v in self.client.volumes.list(filters=stack_filter(stack)))
         if delete_data:
@@ -213,22 +214,23 @@ class DockerBackend(Backend):
                                "(runsc) or Kata runtime registered: use --target local (it runs them in their own VM)"
                                ", or register runsc/kata with Docker")
         wanted = [spec for p in plan.placements for spec in self._specs(plan, p, sandbox_runtime)]
+        # name -> ID: the stack's networks are found by label and used by ID (a name may be taken twice)
+        networks = ensure_networks(self.sdk, stack, {**{net: tenant for s in wanted for net, tenant in s.peers},
+                                                     **{s.network: plan.placement(s.workload).workload.tenant
+                                                        for s in wanted}}, created=self._run.networks)
         with self._api("listing containers"):
             existing = {c.name: c for c in self.client.containers.list(all=True, filters=stack_filter(stack))}
-        keep = {s.name for s in wanted if s.name in existing and _unchanged(existing[s.name], s)}
+        keep = {s.name for s in wanted if s.name in existing and _unchanged(existing[s.name], s, networks)}
         create = [s for s in wanted if s.name not in keep]
         stale = [name for name in existing if name not in keep]
         check_host_ports([(s.workload, s.host_ports) for s in create], existing, stale)
         # stale first: a replaced container frees its name and host ports for its successor
         for name in stale:
             remove_container(self.sdk, name, stack)
-        networks = ensure_networks(self.sdk, stack, {**{net: tenant for s in wanted for net, tenant in s.peers},
-                                                     **{s.network: plan.placement(s.workload).workload.tenant
-                                                        for s in wanted}}, created=self._run.networks)
         ensure_volumes(self.sdk, (v for s in create for v in s.volumes), created=self._run.volumes)
         for spec in create:
-            self._create(spec)
-        prune_networks(self.sdk, stack, keep=networks)
+            self._create(spec, networks)
+        prune_networks(self.sdk, stack, keep=set(networks.values()))
         if wait:
             self._wait(plan, wanted, timeout)
 
@@ -294,15 +296,18 @@ class DockerBackend(Backend):
                                        sandbox=sandbox, volumes=volumes, peers=peers))
         return specs
 
-    def _create(self, spec: ContainerSpec) -> None:
+    def _create(self, spec: ContainerSpec, networks: dict[str, str]) -> None:
+        """Create and start one container, attached by ID to its tenant's network (and its peers')."""
         assert self._run is not None
         self._run.containers.append(spec.name)
         endpoint = self.client.api.create_endpoint_config(aliases=[spec.alias])
+        net_id = networks[spec.network]
         with self._api(f"starting workload {spec.workload} ({spec.name})"):
-            container = self.client.containers.create(networking_config={spec.network: endpoint}, **spec.create)
+            container = self.client.containers.create(**{**spec.create, "network": net_id},
+                                                      networking_config={net_id: endpoint})
             self.events(Event(spec.workload, EventKind.CREATED, f"container {spec.name}"))
             for net, _ in spec.peers:
-                self.client.networks.get(net).connect(container, aliases=[spec.alias])
+                self.client.networks.get(networks[net]).connect(container, aliases=[spec.alias])
             try:
                 container.start()
             except self._errors.APIError as err:
@@ -369,9 +374,14 @@ def _confinement(w: Workload, non_root: bool) -> dict[str, Any]:
     }
 
 
-def _unchanged(container: Any, spec: ContainerSpec) -> bool:
+def _unchanged(container: Any, spec: ContainerSpec, networks: dict[str, str]) -> bool:
+    """Same spec, running, and on the very networks (by ID) this run uses: one left on an extra same-named
+    network is replaced, so that network can go."""
+    attached = {n.get("NetworkID") for n in ((container.attrs.get("NetworkSettings") or {}).get("Networks")
+                                             or {}).values()}
     return (container.labels.get(LABEL_SPEC_HASH) == spec.spec_hash
-            and container.attrs["State"]["Status"] == "running")
+            and container.attrs["State"]["Status"] == "running"
+            and {networks[spec.network], *(networks[net] for net, _ in spec.peers)} <= attached)
 
 
 @contextmanager

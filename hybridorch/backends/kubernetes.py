@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Iterator
 
 from hybridorch import proc
 from hybridorch.errors import BackendError
 from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD, selector
 from hybridorch.backends import kube_images, kube_remove, kube_status, kubernetes_inventory, kubevirt_snapshots
-from hybridorch.backends.base import Backend, LiveFacts, Managed, Removal, Snapshot, WorkloadStatus
+from hybridorch.backends.base import Backend, LiveFacts, LockNotice, Managed, Removal, Snapshot, WorkloadStatus
 from hybridorch.backends.kube_api import KUBECTL_MISSING, REQUEST_TIMEOUT, explain_kubectl_error, find_kubectl
 from hybridorch.backends.kube_objects import (DATA_KINDS, IGNORED_RESOURCES, KIND_ORDER, KINDS, ObjectRef,
                                               applied_events)
@@ -208,6 +208,13 @@ class KubernetesBackend(Backend):
 
             self._api = api_client(self.kubeconfig, self.context)
         return self._api
+
+    def lock(self, stack: str, *, command: str, wait: bool = True,
+             on_wait: LockNotice | None = None) -> ContextManager[None]:
+        """The stack's Lease on the cluster (kube_lock.py): runs from any machine serialize there."""
+        from hybridorch.backends.kube_lock import stack_lease
+
+        return stack_lease(self.api_client(), stack, command=command, where=self.where, wait=wait, on_wait=on_wait)
 
     def current_context(self) -> str | None:
         """The context kubectl uses: --context, else the kubeconfig's current-context."""

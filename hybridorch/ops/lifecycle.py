@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 
-from hybridorch.backends.base import Backend, Managed, get_backend
+from hybridorch.backends.base import Backend, LockHeld, LockNotice, Managed, get_backend
 from hybridorch.errors import BackendError
 from hybridorch.core.durations import human_age
+from hybridorch.core.text import table
 
 __all__ = ["Managed", "TARGETS", "inventory", "gc", "ps_table"]   # Managed: the engine interface's record
 
@@ -54,14 +55,17 @@ def ps_table(items: list[Managed], now: float | None = None) -> str:
         ttl = (m.ttl or "-") + (" (expired)" if m.expired(now) else "")
         rows.append((m.target, m.stack, m.workload, m.kind, (f"{m.namespace}/" if m.namespace else "") + m.name,
                      str(m.runtime or "-"), "-" if age is None else human_age(age), m.owner or "-", ttl))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join(table(rows))   # labels and names come from what runs: escaped, one row per item
 
 
 def gc(target: str = "local", *, dry_run: bool = False, context: str | None = None, now: float | None = None,
-       skipped: list[str] | None = None) -> tuple[list[Managed], list[str]]:
+       skipped: list[str] | None = None, wait_lock: bool = True,
+       on_lock_wait: LockNotice | None = None) -> tuple[list[Managed], list[str]]:
     """Remove what is past its ttl, only hybridorch's, keeping data as `down`/`delete` keep it.
 
+    Each stack is removed from under its lock (Backend.lock), and only what is still there and expired once the
+    lock is held (a run that held it may have replaced it). Without `wait_lock`, a stack another run holds is
+    left alone and named in `skipped` (raised when there is no `skipped`).
     Returns the expired items and what was removed (nothing with dry_run)."""
     now = time.time() if now is None else now
     expired = [m for m in inventory(target, context=context, skipped=skipped) if m.expired(now)]
@@ -69,8 +73,21 @@ def gc(target: str = "local", *, dry_run: bool = False, context: str | None = No
         return expired, []
     removed: list[str] = []
     for t in _targets(target):
-        mine = [m for m in expired if m.target == t]
-        if mine:
-            # each target removes its own items, data kept (a cluster's claims are cut loose from their owners)
-            removed += _backend(t, context).remove(mine, keep_data=True).lines()
+        backend = _backend(t, context)
+        for stack in sorted({m.stack for m in expired if m.target == t}):
+            try:
+                with backend.lock(stack, command="hybridorch gc", wait=wait_lock, on_wait=on_lock_wait):
+                    still = {_key(m) for m in backend.inventory() if m.stack == stack and m.expired(now)}
+                    mine = [m for m in expired if m.target == t and m.stack == stack and _key(m) in still]
+                    # each target removes its own items, data kept (a cluster's claims are cut loose from owners)
+                    removed += backend.remove(mine, keep_data=True).lines() if mine else []
+            except LockHeld as err:
+                if skipped is None:
+                    raise
+                skipped.append(f"{t}: {err}")
     return expired, removed
+
+
+def _key(m: Managed) -> tuple[str, str, str, float | None]:
+    """One made thing, by what names it and when it was made: a same-named successor is another thing."""
+    return (str(m.kind), m.namespace, m.name, m.created)
