@@ -225,3 +225,19 @@ def test_kept_data_says_how_to_remove_it() -> None:
         "kubectl --context kind-x delete persistentvolumeclaims -n shop data-db-0"
     assert kube_remove.delete_command(k8s.KubernetesBackend(), kube_objects.ObjectRef("Namespace", "", "shop")) == \
         "kubectl delete namespaces shop"
+
+
+def test_an_rbac_refusal_of_the_client_reads_like_kubectls():
+    # the client's 403 (the stack lock's Lease calls) names who may not do what, as kubectl's refusals do
+    from kubernetes.client.exceptions import ApiException
+
+    from hybridorch.backends.kubewatch import explain_api_error
+
+    err = ApiException(status=403, reason="Forbidden")
+    err.body = ('{"message": "leases.coordination.k8s.io \\"stack-shop\\" is forbidden: User \\"system:serviceaccount:'
+                'x:ro\\" cannot get resource \\"leases\\" in API group \\"coordination.k8s.io\\" in the namespace '
+                '\\"hybridorch-system\\""}')
+    line = explain_api_error(err, "context kind-e2e, reading the lock of stack shop")
+    assert line.startswith("permission denied: system:serviceaccount:x:ro may not get leases.coordination.k8s.io "
+                           "in namespace hybridorch-system (context kind-e2e, reading the lock of stack shop)")
+    assert "RBAC" in line and "\n" not in line

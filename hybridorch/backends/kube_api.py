@@ -71,17 +71,23 @@ def explain_kubectl_error(stderr: str, where: str) -> str:
     if "Unauthorized" in text or "You must be logged in to the server" in text:
         return (f"the API server rejected the credentials of {where} (Unauthorized): refresh the kubeconfig's "
                 "credentials")
+    denied = permission_denied(text, where)
+    if denied or "forbidden" in text.lower() and "pod security" not in text.lower():
+        return denied or f"permission denied ({where}): {_first_error(text)}; ask a cluster admin for RBAC rights"
+    return f"kubectl failed ({where}): {_first_error(text)}"
+
+
+def permission_denied(text: str, where: str) -> str | None:
+    """The API server's RBAC refusal (from kubectl or the client's 403 body) as who may not do what, where."""
     m = re.search(r'(User|ServiceAccount|Group) "([^"]+)" cannot (\w+) resource "([^"]+)"(?: in API group "([^"]*)")?'
                   r'(?: in the namespace "([^"]+)"| at the cluster scope)?', text)
-    if m or "forbidden" in text.lower() and "pod security" not in text.lower():
-        if m:
-            who, verb, res, group, ns = m.group(2), m.group(3), m.group(4), m.group(5), m.group(6)
-            full = f"{res}.{group}" if group else res
-            scope = f" in namespace {ns}" if ns else " at cluster scope"
-            return (f"permission denied: {who} may not {verb} {full}{scope} ({where}): ask a cluster admin for an "
-                    "RBAC role that allows it, or use another --context")
-        return f"permission denied ({where}): {_first_error(text)}; ask a cluster admin for RBAC rights"
-    return f"kubectl failed ({where}): {_first_error(text)}"
+    if not m:
+        return None
+    who, verb, res, group, ns = m.group(2), m.group(3), m.group(4), m.group(5), m.group(6)
+    full = f"{res}.{group}" if group else res
+    scope = f" in namespace {ns}" if ns else " at cluster scope"
+    return (f"permission denied: {who} may not {verb} {full}{scope} ({where}): ask a cluster admin for an "
+            "RBAC role that allows it, or use another --context")
 
 
 def _first_error(text: str) -> str:

@@ -138,6 +138,8 @@ class LeaseLock:
         except ApiException as err:
             if err.status in (404, 409):
                 return None
+            if err.status == 403:   # who may not do what comes first, as for every other RBAC refusal
+                raise BackendError(explain_api_error(err, f"{self.where}, {what}")) from None
             raise BackendError(f"{what}: {explain_api_error(err, self.where)}") from None
         except HTTPError as err:
             raise BackendError(f"{what}: {explain_api_error(err, self.where)}") from None

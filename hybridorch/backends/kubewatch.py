@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hybridorch import proc
+from hybridorch.backends.kube_api import permission_denied
 from hybridorch.errors import BackendError
 from hybridorch.core.labels import LABEL_WORKLOAD
 
@@ -63,7 +64,8 @@ def explain_api_error(err: Exception, where: str) -> str:
         if status == 401:
             return f"the API server rejected the credentials of {where} (Unauthorized): refresh the kubeconfig's credentials"
         if status == 403:
-            return f"permission denied ({where}): {message}; ask a cluster admin for RBAC rights"
+            return permission_denied(message, where) or \
+                f"permission denied ({where}): {message}; ask a cluster admin for RBAC rights"
         return f"the API server answered {status} ({where}): {message}"
     text = " ".join(str(err).split())
     server = re.search(r"host='([^']+)', port=(\d+)", text)
