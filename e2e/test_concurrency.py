@@ -274,6 +274,24 @@ def _restart_dockerd(client: Any) -> None:
     finally:
         for name in kind_nodes:
             subprocess.run(["docker", "start", name], capture_output=True, timeout=120)
+        for name in kind_nodes:
+            if name.endswith("-control-plane"):
+                _wait_authorizing(name)
+
+
+def _wait_authorizing(node: str, timeout: float = 240) -> None:
+    """Until a restarted kind control plane answers AND authorizes its admin: kubeadm's admin is not in
+    system:masters but bound by RBAC, whose cache the API server fills only after it starts (seen here: the
+    next test's `apply` got "kubernetes-admin may not get namespaces" for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        can = subprocess.run(["docker", "exec", node, "kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf",
+                              "auth", "can-i", "get", "namespaces", "--all-namespaces"],
+                             capture_output=True, text=True, timeout=60)
+        if can.stdout.strip() == "yes":
+            return
+        assert time.monotonic() < deadline, f"kind node {node} did not authorize its admin again: {can.stderr}"
+        time.sleep(1)
 
 
 def test_status_and_up_after_the_docker_daemon_restarted(state_dir: Path, stack_file, docker_client) -> None:
