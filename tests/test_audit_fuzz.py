@@ -16,21 +16,14 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from hybridorch.cli import cli
 from hybridorch.ops import foreign
+from tests.test_fuzz import fixed, mutate   # one derandomized profile and one byte mutator for every fuzz test
 
 ERROR_LINE = re.compile(r"^[^\n:]+(:\d+)?: .+$")
-HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture,
-          HealthCheck.filter_too_much]
-
-
-def fixed(examples: int) -> settings:
-    """Derandomized, no example database, no deadline: the same cases on every run."""
-    return settings(max_examples=examples, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=HEALTH)
 
 
 def check_audit(path: Path) -> int:
@@ -196,18 +189,6 @@ def mutations() -> st.SearchStrategy[list[tuple[int, int, bytes]]]:
     return st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10**6), interesting | st.binary(min_size=1,
                                                                                                  max_size=3)),
                     min_size=1, max_size=6)
-
-
-def mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
-    for kind, pos, chunk in edits:
-        at = pos % (len(data) + 1)
-        if kind == 0:
-            data = data[:at] + chunk + data[at + len(chunk):]
-        elif kind == 1:
-            data = data[:at] + chunk + data[at:]
-        else:
-            data = data[:at] + data[at + len(chunk):]
-    return data
 
 
 @fixed(400)
