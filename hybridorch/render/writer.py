@@ -15,6 +15,7 @@ import yaml
 
 from hybridorch.core.labels import LABEL_WORKLOAD
 from hybridorch.errors import RenderError
+from hybridorch.render import fastyaml
 from hybridorch.render.sandbox import YamlText
 
 
@@ -37,6 +38,7 @@ def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
 
 BlockDumper.add_representer(str, _str_representer)
 BlockDumper.add_representer(YamlText, _str_representer)
+fastyaml.register_str(YamlText)
 
 
 _CDumper = getattr(yaml, "CSafeDumper", None)
@@ -52,6 +54,9 @@ def _dump_one(doc: dict[str, Any]) -> str:
     options: dict[str, Any] = dict(sort_keys=False, default_flow_style=False, width=120, allow_unicode=False,
                                    explicit_start=True)
     if _CDumper is not None:
+        fast = fastyaml.emit_block(doc, _CBlockDumper)
+        if fast is not None:
+            return fast
         text = yaml.dump_all([doc], Dumper=_CBlockDumper, **options)
         # libyaml ends a document whose last scalar keeps trailing newlines (`|+`) with `...`; PyYAML does not
         if not text.endswith("\n...\n"):
