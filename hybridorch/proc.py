@@ -1,15 +1,16 @@
-"""The one process runner: every subprocess hybridorch starts goes through `run` or `stream`, and every
-wait-until-deadline loop through `wait_until`. A failure (missing binary, timeout, non-zero exit) becomes one
-error line naming what failed and the command's last stderr line, here and nowhere else."""
+"""The one process runner: every subprocess hybridorch starts goes through `run` or `stream`, every forked worker
+through `map_forked`, and every wait-until-deadline loop through `wait_until`. A failure (missing binary, timeout,
+non-zero exit) becomes one error line naming what failed and the command's last stderr line, here and nowhere else."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from hybridorch.errors import BackendError, HybridorchError
 
@@ -19,6 +20,27 @@ ErrorFactory = Callable[[str], HybridorchError]
 Explain = Callable[[str], str]
 
 Completed = subprocess.CompletedProcess
+T = TypeVar("T")
+
+
+def workers() -> int:
+    """How many CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def map_forked(fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> list[T]:
+    """fn(*args) for each args, in forked processes, one per call at most as many at once as there are CPUs; the
+    results in order. In this process when there is one call or one CPU, or fork is unavailable. fn must return
+    what pickles; it should return its failures rather than raise them (exceptions lose their fields on the way).
+    The workers end with the pool: an interrupt or an error leaves none behind."""
+    n = min(len(calls), workers())
+    if n < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(*args) for args in calls]
+    with multiprocessing.get_context("fork").Pool(n) as pool:
+        return pool.starmap(fn, calls, chunksize=1)
 
 
 def run(cmd: Sequence[str], *, what: str, timeout: float = 120, missing: str = "", check: bool = True,

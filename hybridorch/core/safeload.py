@@ -169,9 +169,10 @@ def compose_yaml(text: str, path: str, *, max_depth: int = MAX_DEPTH,
 
 
 def compose_documents(text: str, path: str, *, max_depth: int = MAX_DEPTH,
-                      alias_floor: int = ALIAS_NODES_FLOOR) -> list[yaml.Node]:
+                      alias_floor: int = ALIAS_NODES_FLOOR, limit: int | None = None) -> list[yaml.Node]:
     """Every document of a YAML stream as nodes (Kubernetes manifests, cloud-config), empty documents left out;
-    the same limits as compose_yaml, with one alias budget for the whole stream."""
+    the same limits as compose_yaml, with one alias budget for the whole stream. With `limit`, only the first
+    `limit` documents (the rest is not parsed)."""
     loader = _Loader(text)
     budget = [0, 0]   # nodes written, nodes aliases add: over the stream, so a bomb split across documents counts
     tags: dict[tuple[str, Any], str] = {}
@@ -179,7 +180,7 @@ def compose_documents(text: str, path: str, *, max_depth: int = MAX_DEPTH,
     try:
         with no_gc():
             loader.get_event()  # StreamStart
-            while not loader.check_event(yaml.StreamEndEvent):
+            while not loader.check_event(yaml.StreamEndEvent) and (limit is None or len(out) < limit):
                 loader.get_event()  # DocumentStart
                 if loader.check_event(yaml.DocumentEndEvent):
                     loader.get_event()
@@ -193,6 +194,29 @@ def compose_documents(text: str, path: str, *, max_depth: int = MAX_DEPTH,
         raise _syntax_error(err, path, text) from None
     finally:
         loader.dispose()
+
+
+# a `---` at the start of a line always starts a document: it ends a block scalar (whose lines are indented) and
+# is an error inside a quoted scalar or a flow collection, on either side of a split
+_DOCUMENT_START = re.compile(r"^---(?=[ \t\r\n]|$)", re.M)
+
+
+def split_documents(text: str, parts: int) -> list[tuple[int, str]]:
+    """text cut before document starts into at most `parts` pieces of about equal size, each with the number of
+    lines before it (one piece when the stream has directives, which belong to the documents after them)."""
+    if parts < 2 or re.search(r"^%", text, re.M):
+        return [(0, text)]
+    cuts = [0]
+    step = len(text) // parts
+    for m in _DOCUMENT_START.finditer(text):
+        if m.start() >= cuts[-1] + step and len(cuts) < parts:
+            cuts.append(m.start())
+    cuts.append(len(text))
+    out, line = [], 0
+    for start, end in zip(cuts, cuts[1:]):
+        out.append((line, text[start:end]))
+        line += text.count("\n", start, end)
+    return out
 
 
 def _syntax_error(err: yaml.YAMLError, path: str, text: str) -> SpecError:

@@ -268,9 +268,35 @@ def check_objects(docs: list[dict[str, Any]], ctx: Context, locate: Callable[[in
     """Rules over Kubernetes/KubeVirt objects (rendered, hand-written or read from a cluster).
 
     locate(index of the document, path inside it) -> (file, line)."""
-    out: list[Finding] = []
-    namespaces = {}
-    deny: set[str] = set()
+    scan = scan_objects(docs, ctx, locate)
+    return scan.findings + scan.uncovered(ctx)
+
+
+@dataclass
+class ObjectScan:
+    """The findings of each object alone, and what the namespace rule needs from all of them: the Namespaces (the
+    last of each name, with where it is) and the namespaces a default-deny NetworkPolicy covers. Scans of parts of
+    a stream merge in stream order."""
+
+    findings: list[Finding] = field(default_factory=list)
+    namespaces: dict[str, tuple[tuple[str, int], str, str]] = field(default_factory=dict)  # where, object, workload
+    deny: set[str] = field(default_factory=set)
+
+    def merge(self, other: "ObjectScan") -> None:
+        self.findings += other.findings
+        self.namespaces.update(other.namespaces)
+        self.deny |= other.deny
+
+    def uncovered(self, ctx: Context) -> list[Finding]:
+        return [ctx.finding("HYB011", f"namespace {ns} has no default-deny NetworkPolicy", where, obj, workload)
+                for ns, (where, obj, workload) in self.namespaces.items() if ns not in self.deny]
+
+
+def scan_objects(docs: list[dict[str, Any]], ctx: Context, locate: Callable[[int, str], tuple[str, int]]
+                 ) -> ObjectScan:
+    """check_objects without the namespace rule, which needs every object of the stream."""
+    scan = ObjectScan()
+    out, namespaces, deny = scan.findings, scan.namespaces, scan.deny
     for i, doc in enumerate(docs):
         kind = doc.get("kind")
         labels = _labels(doc)
@@ -283,7 +309,7 @@ def check_objects(docs: list[dict[str, Any]], ctx: Context, locate: Callable[[in
         def add(rule: str, message: str, path: str = "") -> None:
             out.append(ctx.finding(rule, message, locate(i, path), obj, workload))
         if kind == "Namespace":
-            namespaces[(doc.get("metadata") or {}).get("name")] = i
+            namespaces[(doc.get("metadata") or {}).get("name")] = (locate(i, ""), obj, labels.get(LABEL_WORKLOAD, ""))
         if kind == "NetworkPolicy" and _default_deny(doc):
             deny.add((doc.get("metadata") or {}).get("namespace") or "default")
         out += check_ttl(labels, parse_time((doc.get("metadata") or {}).get("creationTimestamp")), ctx,
@@ -296,11 +322,7 @@ def check_objects(docs: list[dict[str, Any]], ctx: Context, locate: Callable[[in
             _check_kubevirt(doc, labels, ctx, add)
         elif kind == "VirtualMachineSnapshot":
             _check_snapshot(doc, ctx, add)
-    for ns, i in namespaces.items():
-        if ns not in deny:
-            out.append(ctx.finding("HYB011", f"namespace {ns} has no default-deny NetworkPolicy", locate(i, ""),
-                                   _name(docs[i]), _labels(docs[i]).get(LABEL_WORKLOAD, "")))
-    return out
+    return scan
 
 
 def _default_deny(doc: dict[str, Any]) -> bool:
