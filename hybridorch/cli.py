@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from hybridorch import __version__
-from hybridorch.core.text import printable
+from hybridorch.core.text import json_text, printable
 from hybridorch.errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, HybridorchError,
                                OutputError, SpecError)
 
@@ -157,7 +157,7 @@ def plan(file: str, policy: str | None, output: str, solver_budget: float) -> No
 
     result = plan_stack(file, policy, _hosts(), solver_budget)
     if output == "json":
-        _show(json.dumps(result.to_dict(), indent=2))
+        _show(json_text(result.to_dict()))
     elif output == "yaml":
         import yaml
 
@@ -195,7 +195,7 @@ def capacity(file: str, hosts_file: str | None, policy: str | None, output: str,
     assumptions = Assumptions(**{k: v for k, v in given.items() if v is not None})
     report = api.capacity(file, policy, hosts_file or _hosts(), solver_budget, assumptions, plot)
     if output == "json":
-        _show(json.dumps(report.to_dict(), indent=2))
+        _show(json_text(report.to_dict()))
     else:
         from hybridorch.ops.report import capacity_table
 
@@ -276,7 +276,7 @@ def _backend_options(context: str | None, namespace_prefix: str = "") -> dict[st
 
 def _print_status(statuses: list, output: str) -> None:
     if output == "json":
-        _show(json.dumps([s.to_dict() for s in statuses], indent=2))
+        _show(json_text([s.to_dict() for s in statuses]))
         return
     from hybridorch.ops.report import status_table
 
@@ -458,7 +458,7 @@ def ps(target: str, context: str | None, output: str) -> None:
     skipped: list[str] = []
     items, now = api.ps(target, context=context, skipped=skipped), time.time()
     if output == "json":
-        _show(json.dumps([m.to_dict(now) for m in items], indent=2))
+        _show(json_text([m.to_dict(now) for m in items]))
     else:
         _show(lifecycle.ps_table(items, now))
     for line in skipped:
@@ -525,7 +525,7 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
         snaps = api.snapshot_prune(file, workload, name, dry_run=dry_run, **where, **locking)
     now = time.time()
     if output == "json":
-        _show(json.dumps([s.to_dict(now) for s in snaps], indent=2))
+        _show(json_text([s.to_dict(now) for s in snaps]))
     else:
         verb = {"create": "created", "restore": "restored", "prune": "would remove" if dry_run else "removed"}
         if action == "list":
@@ -558,7 +558,7 @@ def schema() -> None:
     """Print the JSON Schema of the stack file (for editor autocompletion)."""
     from hybridorch.core.spec import stack_json_schema
 
-    _show(json.dumps(stack_json_schema(), indent=2))
+    _show(json_text(stack_json_schema()))
 
 
 @cli.command()

@@ -150,3 +150,17 @@ def test_the_built_in_templates_take_both_fast_paths(monkeypatch):
                               selector={"a": "b"}, ports=[{"name": "http", "port": 80, "protocol": "TCP"}])]
     for text in texts:
         assert fastyaml.parse_rendered(text, LOADER) == reference(text)
+
+
+@fixed(200)
+@given(st.recursive(scalars, lambda inner: st.lists(inner, max_size=30) | st.dictionaries(text, inner, max_size=4),
+                    max_leaves=80))
+def test_json_text_is_the_indented_json_of_the_value(value):
+    """-o json writes long scalar lists on one line (a plan's pool names); the value read back is the same."""
+    from hybridorch.core.text import json_text
+
+    out = json_text(value)
+    assert json.loads(out) == json.loads(json.dumps(value))
+    if not isinstance(value, (list, dict)) or len(json.dumps(value)) < 40:
+        assert out == json.dumps(value, indent=2) or "hybridorch-json-list" not in out
+    assert json_text(["hybridorch-json-list:0"] * 20) == json.dumps(["hybridorch-json-list:0"] * 20)

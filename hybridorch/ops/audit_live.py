@@ -83,11 +83,10 @@ def _kind(path: str, text: str) -> tuple[str, list[yaml.Node] | None]:
         return "domain", []
     if head.startswith("#cloud-config"):
         return "cloud-init", []
-    # the first document decides; a large stream of manifests is then read in parts (_audit_manifests)
-    nodes = compose_documents(text, path, limit=None if len(text) < PARALLEL_BYTES else 1)
-    if nodes and foreign.is_stack(nodes[0]):
-        return "stack", nodes
-    return "manifests", nodes if len(text) < PARALLEL_BYTES else None
+    # the first document decides (a stack is read again by its own loader; manifests are read whole, or in parts
+    # when large: _audit_manifests)
+    nodes = compose_documents(text, path, limit=1)
+    return ("stack" if nodes and foreign.is_stack(nodes[0]) else "manifests"), None
 
 
 def _audit_plain(path: str, text: str, kind: str, ctx: Context, nodes: list[yaml.Node] | None = None

@@ -67,6 +67,10 @@ def yaml_value(value: Any) -> YamlText:
         return YamlText(_json_string(value))
     if kind is int:
         return YamlText(int.__repr__(value))
+    if kind is bool:
+        return YamlText("true" if value else "false")
+    if kind is dict and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):   # labels
+        return YamlText(json.dumps(value, ensure_ascii=True))
     if isinstance(value, YamlText):
         return value
     return YamlText(json.dumps(_plain(value), ensure_ascii=True))

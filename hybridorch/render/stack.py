@@ -198,7 +198,8 @@ def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str) -> dic
 
 
 def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Placement],
-                    prefix: str = "") -> dict[str, Any]:
+                    prefix: str = "", reachable: list[tuple[Placement, list[dict[str, Any]]]] | None = None
+                    ) -> dict[str, Any]:
     loose = any(r in pl.workload.requires for pl in placements for r in ("privileged", "host-devices",
                                                                          "host-network"))
     # KubeVirt's virt-launcher pods need more than the restricted level allows
@@ -220,7 +221,7 @@ def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Pl
         "default": {"cpu": "250m", "memory": "256Mi", "ephemeral": EPHEMERAL_STORAGE},
         "exposed": [{"name": pl.workload.name, "selector": _selector(plan, pl.workload),
                      "ports": _policy_ports(pl, tenant, prefix)} for pl in placements],
-        "peers": _egress_peers(plan, tenant, prefix),
+        "peers": _egress_peers(plan, tenant, prefix, reachable),
     }
 
 
@@ -235,15 +236,25 @@ def _policy_ports(p: Placement, tenant: str, prefix: str) -> list[dict[str, Any]
             for port in (_vm_ports(p.workload) if p.runtime in VM_RUNTIMES else _ports(p.workload.ports))]
 
 
-def _egress_peers(plan: Plan, tenant: str, prefix: str) -> list[dict[str, Any]]:
+def _reachable(plan: Plan, prefix: str) -> list[tuple[Placement, list[dict[str, Any]]]]:
+    """Each workload with the ports other tenants may reach (public or with allowFrom), when it has any."""
+    out = []
+    for p in plan.placements:
+        ports = [x for x in _policy_ports(p, p.workload.tenant, prefix) if x["public"] or x["from"]]
+        if ports:
+            out.append((p, ports))
+    return out
+
+
+def _egress_peers(plan: Plan, tenant: str, prefix: str,
+                  reachable: list[tuple[Placement, list[dict[str, Any]]]] | None = None) -> list[dict[str, Any]]:
     """The ports of other tenants' workloads that this tenant may reach (allowFrom names it, or public):
     each tenant's egress policy lets exactly those out, so both ends of the connection agree."""
     out = []
-    for p in plan.placements:
+    for p, reach in (_reachable(plan, prefix) if reachable is None else reachable):
         if p.workload.tenant == tenant:
             continue
-        ports = [x for x in _policy_ports(p, p.workload.tenant, prefix)
-                 if x["public"] or f"{prefix}{tenant}" in x["from"]]
+        ports = [x for x in reach if x["public"] or f"{prefix}{tenant}" in x["from"]]
         if ports:
             out.append({"name": p.workload.name, "namespace": f"{prefix}{p.workload.tenant}",
                         "selector": _selector(plan, p.workload), "ports": ports})
@@ -288,7 +299,8 @@ def _by_tenant(plan: Plan) -> dict[str, list[Placement]]:
 
 def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     tenants = _by_tenant(plan)
-    contexts = {t: _tenant_context(plan, t, f"{prefix}{t}", ps, prefix) for t, ps in tenants.items()}
+    reachable = _reachable(plan, prefix)   # once, not once per tenant
+    contexts = {t: _tenant_context(plan, t, f"{prefix}{t}", ps, prefix, reachable) for t, ps in tenants.items()}
     namespaces = {t: tpl.documents("kubernetes/namespace.yaml.j2", **contexts[t]) for t in tenants}
     policies = {t: [d for name in ("networkpolicy", "limitrange", "resourcequota")
                     for d in tpl.documents(f"kubernetes/{name}.yaml.j2", **contexts[t])] for t in tenants}
@@ -320,13 +332,12 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
         _check_objects(docs, path)
     ordered = [d for t in tenants for d in namespaces[t]] + cluster \
         + [d for t in tenants for d in policies[t]] + [d for docs in workloads.values() for d in docs]
-    texts: dict[int, str] = {}   # each object dumped once, for its file and for the stream
-    files = [RenderedFile(path, dump_yaml(docs, texts)) for path, docs in groups]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                      "resources": [path for path, _ in groups]}
-    files.append(RenderedFile("kustomization.yaml", yaml.dump(kustomization, Dumper=BlockDumper, sort_keys=False,
-                                                              default_flow_style=False)))
-    return Rendered("kubernetes", plan.stack.name, tuple(ordered), tuple(files), texts)
+    text = dump_yaml([kustomization]).removeprefix("---\n")
+    # each object is dumped once (texts), for its file and for the stream, and only when one is asked for
+    return Rendered("kubernetes", plan.stack.name, tuple(ordered), (RenderedFile("kustomization.yaml", text),),
+                    groups=tuple((path, tuple(docs)) for path, docs in groups))
 
 
 def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:

@@ -63,13 +63,23 @@ def _shape(obj: Any) -> Any:
     """What the schemas can tell apart in an object: its keys, list lengths, types, and the values that are some
     enum's member; every other value is only its type. The schemas check types, required and allowed keys and
     enums (tests/test_render.py keeps them so), so two objects of one shape are both valid or both invalid."""
+    return _shape_of(obj, _enum_values())
+
+
+def _shape_of(obj: Any, enums: frozenset[Any]) -> Any:
+    kind = type(obj)
+    if kind is dict:
+        return ("map", tuple([(k, _shape_of(v, enums)) for k, v in obj.items()]))
+    if kind is list:
+        return ("list", tuple([_shape_of(v, enums) for v in obj]))
+    if kind is str or kind is int or kind is bool or kind is float:
+        # a bool is never taken for the int enum member 1 (True == 1): the type stays part of the shape
+        return (kind.__name__, obj) if obj in enums else kind.__name__
     if isinstance(obj, dict):
-        return ("map", tuple((k, _shape(v)) for k, v in obj.items()))
+        return ("map", tuple([(k, _shape_of(v, enums)) for k, v in obj.items()]))
     if isinstance(obj, list):
-        return ("list", tuple(_shape(v) for v in obj))
-    if type(obj) in (str, int, float, bool) and obj in _enum_values():
-        return (type(obj).__name__, obj)
-    return type(obj).__name__
+        return ("list", tuple([_shape_of(v, enums) for v in obj]))
+    return kind.__name__
 
 
 _VALID: set[Any] = set()   # shapes already found valid: an object of one of them needs no schema walk

@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -83,9 +84,17 @@ class Rendered:
     target: str
     stack: str
     documents: tuple[dict[str, Any], ...]   # every Kubernetes/KubeVirt object, in apply order
-    files: tuple[RenderedFile, ...]         # everything write() writes, paths relative to its directory
+    # files written as they are (local VM files, the kustomization); `files` has them after the groups' files
+    written: tuple[RenderedFile, ...]
     # each document's YAML text by id, as the files dumped it (the documents above keep the ids valid)
     texts: dict[int, str] = field(default_factory=dict, compare=False, repr=False)
+    # files of objects as (path, objects), dumped only when `files` is first read: audit and apply need none
+    groups: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = field(default=(), compare=False, repr=False)
+
+    @cached_property
+    def files(self) -> tuple[RenderedFile, ...]:
+        """Everything write() writes, paths relative to its directory."""
+        return tuple(RenderedFile(path, dump_yaml(docs, self.texts)) for path, docs in self.groups) + self.written
 
     def stream(self) -> str:
         """One deterministic text: a multi-document YAML stream of the objects (kubernetes), or of the files (local).
