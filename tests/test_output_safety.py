@@ -264,3 +264,17 @@ def test_a_reader_that_goes_away_is_neither_findings_nor_a_traceback() -> None:
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_a_huge_name_is_shortened_in_the_audit_table_and_kept_whole_in_json(tmp_path: Path):
+    name = "n" * 50_000 + "-end"
+    path = tmp_path / "big.yaml"
+    path.write_text(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n"
+                    "spec: {hostNetwork: true, containers: [{name: c, image: busybox}]}\n")
+    result = CliRunner().invoke(cli, ["audit", str(path)])
+    assert result.exit_code == 1, result.output
+    rows = [line for line in result.stdout.splitlines() if "HYB" in line]
+    assert rows and all(len(line) < 600 for line in rows), [len(line) for line in rows]
+    assert "more)…" in rows[0] and "-end" in rows[0]            # its start and end, and how much is left out
+    whole = CliRunner().invoke(cli, ["audit", "--format", "json", str(path)])
+    assert f"Pod {name}" in {f["object"] for f in json.loads(whole.stdout)["findings"]}

@@ -31,10 +31,28 @@ def _escape(ch: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
+CELL = 64          # widest cell of a table column shown whole
+LAST_CELL = 240    # the last column (a message) is not padded and may run longer
+
+
+def shorten(text: str, width: int) -> str:
+    """text, or its start and end around a `…` that says how much is left out, within `width` characters: a
+    hostile 100,000-character name must not turn a table into a wall."""
+    if len(text) <= width:
+        return text
+    keep = width
+    for _ in range(3):   # the gap's length depends on the number it shows
+        gap = f"…({len(text) - keep:,} more)…"
+        keep = max(width - len(gap), 2)
+    return text[:keep - keep // 3] + gap + text[len(text) - keep // 3:]
+
+
 def table(rows: Iterable[Sequence[object]]) -> list[str]:
     """Rows (the first is the header) as aligned lines, two spaces between columns, no trailing blanks; every
-    cell goes through printable(), so one row is always one line."""
+    cell goes through printable(), so one row is always one line, and is shortened past CELL characters (the last
+    column past LAST_CELL). JSON output keeps every value whole."""
     cells = [[printable(c) for c in row] for row in rows]
+    cells = [[shorten(c, LAST_CELL if i == len(r) - 1 else CELL) for i, c in enumerate(r)] for r in cells]
     if not cells:
         return []
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
