@@ -291,7 +291,12 @@ class _Emitter:
             head = lead + key + ":"
             lead = pad
             kind = type(v)
-            if kind is dict and v:
+            if kind is str:   # the most common value: its form inline
+                form = _forms.get(v) or _str_form(v, self.dumper, False)
+                if len(head) + 1 + len(form) > WIDTH:
+                    raise _Unsupported
+                out.append(head + " " + form + "\n")
+            elif kind is dict and v:
                 out.append(head + "\n")
                 self.mapping(v, indent + 2, pad + "  ")
             elif kind is list and v:

@@ -326,12 +326,21 @@ class TrustedEnvironment(Environment):
 
     def __init__(self, **options: Any):
         super().__init__(auto_reload=False, **options)
+        self._flat: dict[str, dict[str, Any]] = {}
 
     def bound_filters(self) -> None:
         """Nothing to bound: these templates are this program's code."""
 
     def render_bounded(self, template: Any, context: dict[str, Any]) -> str:
-        return str(template.render(**context))
+        # Template.render merges the globals into every new context (a ChainMap walk per render): merge them once
+        flat = self._flat.get(template.name)
+        if flat is None:
+            flat = self._flat[template.name] = dict(template.globals)
+        try:
+            return str(self.concat(template.root_render_func(template.new_context({**flat, **context}, shared=True))))
+        except Exception:
+            self.handle_exception()   # re-raised with the template's file and line in the traceback
+            raise   # pragma: no cover - handle_exception always raises
 
 
 @contextmanager
