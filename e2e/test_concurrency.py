@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-from e2e.conftest import ROOT, error_lines, free_ports, hybridorch, kube_get, kubectl, require
+from e2e.conftest import ROOT, error_lines, free_ports, hybridorch, kube_get, kubectl, progress_lines, require
 
 pytestmark = pytest.mark.e2e
 
@@ -161,17 +161,17 @@ def test_two_concurrent_ups_serialize_and_leave_one_network_per_tenant(state_dir
 
 # --- (b) `up` killed with SIGKILL -----------------------------------------------------------------------------------
 
-def _after_kill(path: str, stack: str, client: Any, state_dir: Path) -> None:
-    """A killed run's lock is free again: `up` succeeds, everything is ready; `down` leaves nothing."""
-    again = hybridorch("up", path, "--no-wait-lock", timeout=600)
+def _after_kill(path: str, stack: str, client: Any, state_dir: Path) -> str:
+    """A killed run's lock is free again: `up` succeeds and has waited until everything is ready (a VM the
+    killed run left booting included); `down` leaves nothing. Returns the stderr of that `up`."""
+    again = hybridorch("up", path, "--no-wait-lock", "-o", "json", timeout=600)
     assert "Traceback" not in again.stderr
-    # a VM the killed run left booting is kept (same spec) and becomes ready by itself: status says when
-    deadline = time.monotonic() + 180
-    while set(found := states(path).values()) != {"ready"}:
-        assert time.monotonic() < deadline and not {"failed", "absent", "stopped"} & set(found), found
-        time.sleep(1)
+    assert {s["name"]: s["state"] for s in json.loads(again.stdout)} == dict.fromkeys(states(path), "ready"), \
+        again.stdout + again.stderr
+    assert set(states(path).values()) == {"ready"}, again.stderr
     hybridorch("down", path)
     assert_nothing_left(client, stack, state_dir)
+    return again.stderr
 
 
 def test_up_killed_before_its_networks_exist(state_dir: Path, stack_file, docker_client) -> None:
@@ -203,7 +203,116 @@ def test_up_killed_while_a_vm_boots(state_dir: Path, stack_file, docker_client) 
     run.wait_for(lambda: run.saw("booting (libvirt domain hyb-e2e-kill-vm-box"), "a booting VM", timeout=300)
     run.kill()
     assert domains_of("e2e-kill-vm")                # the domain outlives the killed run
-    _after_kill(path, "e2e-kill-vm", docker_client, state_dir)
+    err = _after_kill(path, "e2e-kill-vm", docker_client, state_dir)
+    # kept (same spec) and waited for as if this run had booted it
+    booting = [line for line in progress_lines(err) if "box: booting (libvirt domain hyb-e2e-kill-vm-box-0, " in line]
+    assert len(booting) == 1 and booting[0].endswith("; adopted from an interrupted run)"), err
+    assert "box: ready (libvirt domain hyb-e2e-kill-vm-box-0)" in err, err
+
+
+def _children(pid: int) -> list[tuple[int, list[str]]]:
+    """(pid, command line) of each process whose parent is `pid`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append((int(entry.name), (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_right_after(run: Run, verb: str, arg: str, domain: str, timeout: float = 300) -> bool:
+    """SIGKILL `run` right after libvirt did `virsh VERB ARG` for it, before the run could go on: the run is
+    frozen (SIGSTOP) while its own `virsh VERB ARG` is under way, that virsh finishes, then the run is killed.
+    False when the run got past that step unseen (a `virsh define` lasts a few milliseconds): it is killed anyway."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = [(pid, argv) for pid, argv in _children(run.proc.pid) if Path(argv[0]).name == "virsh"]
+        if virsh := [pid for pid, argv in children if verb in argv and arg in argv]:
+            break
+        if run.proc.poll() is not None or any("start" in argv and domain in argv for _, argv in children):
+            run.kill()
+            return False
+        assert time.monotonic() < deadline, f"no `virsh {verb} {arg}` within {timeout:g}s:\n" + "\n".join(run.lines)
+        time.sleep(0.002)
+    run.proc.send_signal(signal.SIGSTOP)
+    while _running(virsh[0]):
+        time.sleep(0.01)
+    run.kill()
+    return True
+
+
+def _domain_state(name: str) -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "domstate", name], capture_output=True,
+                          text=True).stdout.strip()
+
+
+# what is done after `up` was killed right after libvirt defined (or started) the VM's domain, before hybridorch
+# recorded its pid: (the virsh step the run is killed after, the next command)
+AFTER_DEFINE = {
+    "adopted-by-up": ("start", "up"),             # same spec: adopted, waited for like its own boot
+    "replaced-not-started": ("define", "up"),     # defined, never started: replaced
+    "replaced-changed-spec": ("start", "up-changed"),
+    "replaced-record-lost": ("start", "up-no-record"),
+    "removed-by-down": ("start", "down"),
+    "removed-by-gc": ("start", "gc-no-record"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AFTER_DEFINE))
+def test_up_killed_after_a_domain_is_defined_before_it_is_recorded(case: str, state_dir: Path, stack_file,
+                                                                   docker_client) -> None:
+    require(shutil.which("virsh") is not None and shutil.which("qemu-system-x86_64") is not None,
+            "libvirt/QEMU missing (e2e/setup.d/15-libvirt.sh)")
+    verb, then = AFTER_DEFINE[case]
+    stack, domain = "e2e-kill-define", "hyb-e2e-kill-define-box-0"
+    path = small(stack_file, stack, WITH_VM.replace("      runtime: vm\n", "      runtime: vm\n      ttl: 2s\n"))
+    workdir = state_dir / stack / "box"
+    for _ in range(5):
+        # `virsh define` takes the file; a run that got past it unseen is taken down and run again
+        if _kill_right_after(Run("up", path), verb, domain if verb == "start" else str(workdir / "domain.xml"), domain):
+            break
+        hybridorch("down", path)
+    else:
+        pytest.fail(f"five runs got past `virsh {verb}` unseen")
+    assert domains_of(stack) == [domain]            # the domain outlives the killed run ...
+    assert _domain_state(domain) == ("running" if verb == "start" else "shut off")
+    assert not (workdir / "qemu.pid").exists()      # ... which did not record it
+    if then.endswith("no-record"):
+        shutil.rmtree(state_dir / stack)            # no record at all: found by its labels alone
+    if verb == "start":                             # `ps` lists it, record or not
+        rows = json.loads(hybridorch("ps", "-o", "json").stdout)
+        assert [(r["workload"], r["name"]) for r in rows if r["stack"] == stack and r["kind"] == "vm"] == \
+            [("box", "box")], rows
+    if then == "down":
+        hybridorch("down", path)
+        assert_nothing_left(docker_client, stack, state_dir)
+        return
+    if then.startswith("gc"):
+        time.sleep(2.5)                             # past the VM's ttl
+        swept = hybridorch("gc", "--no-wait-lock").stdout
+        assert f"removed vm {stack}/box" in swept, swept
+        assert domains_of(stack) == []
+        hybridorch("down", path)
+        assert_nothing_left(docker_client, stack, state_dir)
+        return
+    if then == "up-changed":
+        Path(path).write_text(Path(path).read_text().replace("memory: 160Mi", "memory: 192Mi"))
+    err = _after_kill(path, stack, docker_client, state_dir)
+    # adopted: the same progress as a boot of its own (booting, then ready once it is), nothing built again
+    booting = [line for line in progress_lines(err) if f"box: booting (libvirt domain {domain}, " in line]
+    assert len(booting) == 1, err
+    assert booting[0].endswith("; adopted from an interrupted run)") == (case == "adopted-by-up"), err
+    assert ("box: created (building its initramfs)" in err) != (case == "adopted-by-up"), err
+    assert f"box: ready (libvirt domain {domain})" in err, err
 
 
 # --- (c) a wedged stack: two networks of one name -------------------------------------------------------------------

@@ -5,7 +5,9 @@ from a real probe, port forwards and the console log live in that template.
 
 Beside each domain, <state>/<stack>/<workload>/ holds what it boots (initramfs, or a qcow2 overlay on a cached
 containerDisk, its kernel and cloud-init seed), the rendered domain.xml, the console log, the QEMU pid and a spec
-hash, so `up` leaves unchanged VMs alone. `down` removes the domains that carry the stack's labels.
+hash, so `up` leaves unchanged VMs alone. `down` removes the domains that carry the stack's labels. A run killed
+while a VM was defined or booting leaves a pending record (see _left_booting): the next `up` adopts that VM when it
+is the wanted one and waits for it as for its own, or replaces it.
 
 Replicas: a workload with N replicas boots N domains, replica i > 0 in <state>/<stack>/<workload>.<i>/. Only
 replica 0 forwards the host ports (two VMs cannot listen on one host port); the others are identical but
@@ -105,6 +107,84 @@ vm_label = replica_title   # a VM replica in messages
 def _of_replica(replica: int) -> str:
     """What an event's detail adds for replica i > 0 (the workload's progress line is shared by its replicas)."""
     return f" (replica {replica})" if replica else ""
+
+
+# --- the state record beside each replica ---------------------------------------------------------------------
+# Written before libvirt defines the domain, marked pending (as Helm marks a release pending) and completed with
+# the QEMU pid once it runs: a run killed at any point leaves either no domain or a record naming it and its spec.
+# The next `up` adopts a domain a killed run left booting when it is exactly the wanted one (and waits for it as
+# for its own), or replaces it; `down` and `gc` find domains by their labels, record or not.
+
+def _record(workdir: Path) -> dict[str, Any]:
+    """A replica's state record, complete or only the one written before its domain was defined."""
+    try:
+        state = json.loads((workdir / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_record(workdir: Path, state: dict[str, Any]) -> None:
+    # written aside, then renamed over: a run killed mid-write leaves the old record or the new one
+    part = workdir / "state.json.part"
+    part.write_text(json.dumps(state, indent=2) + "\n")
+    part.replace(workdir / "state.json")
+
+
+def _new_record(d: _Desired, plan: Plan, accel: str) -> dict[str, Any]:
+    w = d.placement.workload
+    return {"stack": plan.stack.name, "workload": w.name, "replica": d.replica, "domain": libvirt.name_in(d.xml),
+            "runtime": d.placement.runtime, "arch": w.arch, "accelerator": accel, "cpus": w.vcpus,
+            "memoryMib": w.resources.memory_bytes // 2**20, "guest": "disk" if _boots_disk(d) else "busybox",
+            "disk": disks.disk_image(w), "forwards": _forwards_of(d.forwards),
+            "digest": d.digest, "started": time.time(), "owner": w.owner, "ttl": w.ttl, "tenant": w.tenant,
+            "sandbox": sandbox_reason(plan) if d.placement.runtime is Runtime.SANDBOXED else "",
+            # until the run that started it is done with it (waited for it, or was told not to wait)
+            "pending": True}
+
+
+def _forwards_of(forwards: tuple[Forward, ...]) -> list[list[Any]]:
+    return [[f.host_addr, f.host_port, f.guest_port] for f in forwards]
+
+
+def _boots_disk(d: _Desired) -> bool:
+    """The rendered domain decides: a disk boot, or the busybox guest (no disk named)."""
+    return "/disk.qcow2" in d.xml
+
+
+def _keep_booted(workdir: Path, vm: GuestVM, state: dict[str, Any]) -> None:
+    """Complete the record of a domain that runs: the host ports as bound (an automatic one is the port QEMU
+    picked: status and readiness use it), then the pid that makes the record complete."""
+    _write_record(workdir, {**state, "forwards": _forwards_of(vm.forwards)})
+    (workdir / "qemu.pid").write_text(f"{vm.pid}\n")
+
+
+def _left_booting(d: _Desired) -> GuestVM | None:
+    """The domain a killed run defined for this replica and did not live to record: adopted when the record it
+    wrote first names this very spec, the domain file beside it is the rendered one, and libvirt runs that
+    definition (same name, labels, boot files, size and forwards); None otherwise (the caller replaces it)."""
+    state, name = _record(d.workdir), libvirt.name_in(d.xml)
+    if not name or state.get("digest") != d.digest or state.get("domain") != name:
+        return None
+    try:
+        if (d.workdir / "domain.xml").read_text() != d.xml:
+            return None
+    except OSError:
+        return None
+    dom = libvirt.get(name)
+    if dom is None or not dom.running or not libvirt.same_boot(d.xml, dom.xml):
+        return None
+    vm = GuestVM.adopt(name, d.workdir / "console.log", d.forwards)
+    if vm is not None:
+        _keep_booted(d.workdir, vm, state)
+    return vm
+
+
+def _settle(workdir: Path) -> None:
+    """The run that started (or adopted) this VM is done with it: the next `up` leaves it alone."""
+    state = _record(workdir)
+    if state.get("pending"):
+        _write_record(workdir, {**state, "pending": False})
 
 
 class QemuBackend(Backend):
@@ -215,29 +295,54 @@ class QemuBackend(Backend):
             out.append(_Desired(p, program, forwards_in(xml), digest, workdir, i, xml, seed))
         return out
 
-    def _current(self, d: _Desired) -> bool:
+    def _running(self, d: _Desired) -> tuple[GuestVM | None, bool]:
+        """The replica's VM when it runs with the wanted spec (None: boot it), and whether it is pending: left
+        booting by a run that was killed, recorded or not, so this run finishes its boot."""
         vm, state = self._load(d.workdir)
-        return vm is not None and vm.owns() and state.get("digest") == d.digest
+        if vm is not None and vm.owns() and state.get("digest") == d.digest:
+            return vm, bool(state.get("pending"))
+        adopted = _left_booting(d) if vm is None else None
+        return adopted, adopted is not None
 
     def _apply(self, replicas: list[_Desired], plan: Plan, wait: bool, timeout: float) -> set[str]:
-        """Start every replica that does not run with the same spec already, then wait for them; the names of
-        the state dirs of the (re)started replicas."""
-        stale = [d for d in replicas if not self._current(d)]  # unchanged and running: idempotent
-        if not stale:
+        """Start every replica that does not run with the same spec already, adopt those a killed run left
+        booting, then wait for both alike; the names of the state dirs of the replicas (re)started or adopted."""
+        found = [(d, *self._running(d)) for d in replicas]
+        stale = [d for d, vm, _ in found if vm is None]
+        booting = [(vm, d) for d, vm, pending in found if vm is not None and pending]
+        if not stale and not booting:   # unchanged and running: idempotent
             self.events(Event(replicas[0].placement.name, EventKind.UNCHANGED, "already running"))
             return set()
+        w = replicas[0].placement.workload
+        for vm, d in booting:
+            self._started.append((vm, d.workdir))   # this run's now: a failed or interrupted `up` removes it
+            self.events(Event(w.name, EventKind.BOOTING, f"libvirt domain {vm.name}, "
+                              f"{_record(d.workdir).get('accelerator')}; adopted from an interrupted run"
+                              + _of_replica(d.replica)))
+        if stale:
+            booting += zip(self._boot(stale, plan), stale)
+        booting.sort(key=lambda vm_d: vm_d[1].replica)
+        if wait:
+            for vm, d in booting:
+                wait_vm_ready(vm, w, timeout, self.events, d.label, booted_disk=_boots_disk(d))
+        for _, d in booting:
+            _settle(d.workdir)
+        return {d.workdir.name for _, d in booting}
+
+    def _boot(self, stale: list[_Desired], plan: Plan) -> list[GuestVM]:
+        """Replace the given replicas: whatever runs under their names goes, their boot files are built and
+        their domains defined and started (not waited for)."""
         w = stale[0].placement.workload
         for d in stale:
-            if d.workdir.exists():
-                self._remove(d.workdir)
+            # a domain of this name that no complete record names (a killed run's) goes too: it holds the ports
+            self._remove(d.workdir, libvirt.name_in(d.xml))
         guest = load_guest(w.arch)
         qemu_binary(w.arch)  # fail before building anything when QEMU is missing
         for d in stale:
             for f in d.forwards:
                 if f.host_port != AUTO_PORT:   # an automatic one is free by definition
                     check_port_free(f.host_addr, f.host_port)
-        # the rendered domain decides: a disk boot, or the busybox guest (no disk named)
-        disk = disks.disk_image(w) if "/disk.qcow2" in stale[0].xml else None
+        disk = disks.disk_image(w) if _boots_disk(stale[0]) else None
         base: disks.BaseDisk | None = disks.base_disk(disk, w.arch) if disk else None
         initrd: Path | None = None
         built: GuestProgram | None = None     # the program `initrd` was built for
@@ -272,34 +377,23 @@ class QemuBackend(Backend):
         finally:
             for tar in stale[0].workdir.glob("*.rootfs.tar"):
                 tar.unlink()  # copied into the initramfs images
-        if wait:
-            for vm, d in zip(vms, stale):
-                wait_vm_ready(vm, w, timeout, self.events, d.label, booted_disk=base is not None)
-        return {d.workdir.name for d in stale}
+        return vms
 
     def _start(self, d: _Desired, plan: Plan) -> GuestVM:
-        w = d.placement.workload
         xml_file = d.workdir / "domain.xml"
         xml_file.write_text(d.xml)
         accel = "kvm" if '<domain type="kvm"' in d.xml else "tcg"
+        state = _new_record(d, plan, accel)
+        _write_record(d.workdir, state)     # before libvirt knows the domain (see _left_booting)
         try:
             vm = GuestVM.start(xml_file, d.workdir / "console.log", d.forwards)
         except BaseException:
             shutil.rmtree(d.workdir, ignore_errors=True)
             raise
         self._started.append((vm, d.workdir))
-        (d.workdir / "qemu.pid").write_text(f"{vm.pid}\n")
-        state = {"stack": plan.stack.name, "workload": w.name, "replica": d.replica, "domain": vm.name,
-                 "runtime": d.placement.runtime, "arch": w.arch, "accelerator": accel, "cpus": w.vcpus,
-                 "memoryMib": w.resources.memory_bytes // 2**20,
-                 "guest": "disk" if "/disk.qcow2" in d.xml else "busybox",
-                 # as bound: an automatic host port is the one QEMU picked (status and readiness use it)
-                 "disk": disks.disk_image(w), "forwards": [[f.host_addr, f.host_port, f.guest_port] for f in vm.forwards],
-                 "digest": d.digest, "started": time.time(), "owner": w.owner, "ttl": w.ttl,
-                 "tenant": w.tenant,
-                 "sandbox": sandbox_reason(plan) if d.placement.runtime is Runtime.SANDBOXED else ""}
-        (d.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        self.events(Event(w.name, EventKind.BOOTING, f"libvirt domain {vm.name}, {accel}" + _of_replica(d.replica)))
+        _keep_booted(d.workdir, vm, state)
+        self.events(Event(d.placement.name, EventKind.BOOTING, f"libvirt domain {vm.name}, {accel}"
+                          + _of_replica(d.replica)))
         return vm
 
     # -- status / logs / down ---------------------------------------------------------------------------
@@ -326,32 +420,14 @@ class QemuBackend(Backend):
         vm, _ = self._load(workdir)
         if vm is None:
             raise BackendError(f"VM {workload} of stack {plan.stack.name} is not running here (run `hybridorch up`)")
-        return self._follow(vm, tail, follow)
+        return _follow(vm, tail, follow)
 
-    @staticmethod
-    def _follow(vm: GuestVM, tail: int | None, follow: bool) -> Iterator[str]:
-        lines = vm.console().split("\n")
-        partial = lines.pop()
-        if tail is not None:
-            lines = lines[-tail:] if tail > 0 else []
-        yield from lines
-        if not follow:
-            if partial:
-                yield partial
-            return
-        size = vm.console_log.stat().st_size - len(partial.encode())
-        splitter = proc.LineSplitter()
-        while vm.owns():
-            with open(vm.console_log, "rb") as fh:
-                fh.seek(size)
-                chunk = fh.read()
-            size += len(chunk)
-            yield from splitter.feed(chunk)
-            time.sleep(0.2)
-
-    def _remove(self, workdir: Path) -> bool:
+    def _remove(self, workdir: Path, domain: str = "") -> bool:
+        """A replica's VM and state dir; the domain its record names (complete or not) or `domain` goes too."""
         vm, _ = self._load(workdir)
         stopped = vm.stop() if vm is not None else False
+        for name in {domain, str(_record(workdir).get("domain") or "")} - {"", vm.name if vm else ""}:
+            stopped = libvirt.remove(name) or stopped
         shutil.rmtree(workdir, ignore_errors=True)
         return stopped
 
@@ -391,3 +467,25 @@ class QemuBackend(Backend):
         if stack_dir.is_dir():
             shutil.rmtree(stack_dir, ignore_errors=True)
         return Removal(tuple(removed))
+
+
+def _follow(vm: GuestVM, tail: int | None, follow: bool) -> Iterator[str]:
+    """A VM's console lines (the last `tail`), then with `follow` what it writes while its QEMU runs."""
+    lines = vm.console().split("\n")
+    partial = lines.pop()
+    if tail is not None:
+        lines = lines[-tail:] if tail > 0 else []
+    yield from lines
+    if not follow:
+        if partial:
+            yield partial
+        return
+    size = vm.console_log.stat().st_size - len(partial.encode())
+    splitter = proc.LineSplitter()
+    while vm.owns():
+        with open(vm.console_log, "rb") as fh:
+            fh.seek(size)
+            chunk = fh.read()
+        size += len(chunk)
+        yield from splitter.feed(chunk)
+        time.sleep(0.2)

@@ -50,16 +50,22 @@ class GuestVM:
         console_log.parent.mkdir(parents=True, exist_ok=True)
         console_log.write_bytes(b"")
         name = (libvirt.create_transient if transient else libvirt.define_and_start)(xml_file)
-        vm = cls(name, console_log, forwards)
-        vm.pid = libvirt.Domain(name, {}, True).pid or 0
-        if any(f.host_port == AUTO_PORT for f in forwards):
-            try:
-                bound = libvirt.bound_ports(name)
-            except BaseException:
-                libvirt.remove(name)
-                raise
-            vm.forwards = tuple(replace(f, host_port=bound.get(f.guest_port, AUTO_PORT)) if f.host_port == AUTO_PORT
-                                else f for f in forwards)
+        vm = cls(name, console_log, forwards, libvirt.Domain(name, {}, True).pid)
+        try:
+            vm.forwards = _as_bound(name, forwards)
+        except BaseException:
+            libvirt.remove(name)
+            raise
+        return vm
+
+    @classmethod
+    def adopt(cls, name: str, console_log: Path, forwards: tuple[Forward, ...] = ()) -> "GuestVM | None":
+        """The handle of a domain that runs already (started by a run killed before it kept the pid); None when
+        no QEMU of that name runs."""
+        vm = cls(name, console_log, forwards, libvirt.Domain(name, {}, True).pid)
+        if not vm.owns():
+            return None
+        vm.forwards = _as_bound(name, forwards)
         return vm
 
     def owns(self) -> bool:
@@ -92,6 +98,15 @@ class GuestVM:
     def stop(self) -> bool:
         """Destroy and undefine the domain; True if it was running."""
         return libvirt.remove(self.name)
+
+
+def _as_bound(name: str, forwards: tuple[Forward, ...]) -> tuple[Forward, ...]:
+    """The forwards with each automatic host port replaced by the one QEMU bound for it."""
+    if not any(f.host_port == AUTO_PORT for f in forwards):
+        return forwards
+    bound = libvirt.bound_ports(name)
+    return tuple(replace(f, host_port=bound.get(f.guest_port, AUTO_PORT)) if f.host_port == AUTO_PORT else f
+                 for f in forwards)
 
 
 def last_lines(text: str, n: int = 5) -> str:

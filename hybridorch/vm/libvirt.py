@@ -43,12 +43,21 @@ class Domain:
     name: str
     labels: dict[str, str]
     running: bool
+    xml: str = ""     # its definition as libvirt keeps it (dumpxml)
 
     @property
     def pid(self) -> int | None:
         try:
             return int(Path(f"/run/libvirt/qemu/{self.name}.pid").read_text().strip())
         except (OSError, ValueError):
+            return None
+
+    @property
+    def started(self) -> float | None:
+        """When libvirt started its QEMU (the pid file it writes then); None when it does not run."""
+        try:
+            return Path(f"/run/libvirt/qemu/{self.name}.pid").stat().st_mtime if self.running else None
+        except OSError:
             return None
 
 
@@ -70,7 +79,7 @@ def domains(**wanted: str) -> list[Domain]:
         xml = virsh("dumpxml", name, what=f"libvirt: read domain {name}", check=False)
         labels = labels_of(xml)
         if labels and all(labels.get(k) == v for k, v in wanted.items()):
-            out.append(Domain(name, labels, name in running))
+            out.append(Domain(name, labels, name in running, xml))
     return out
 
 
@@ -79,7 +88,7 @@ def get(name: str) -> Domain | None:
     if not xml:
         return None
     state = virsh("domstate", name, what=f"libvirt: state of {name}", check=False).strip()
-    return Domain(name, labels_of(xml), state == "running")
+    return Domain(name, labels_of(xml), state == "running", xml)
 
 
 def remove(name: str) -> bool:
@@ -96,13 +105,61 @@ def remove(name: str) -> bool:
 _NAME = re.compile(r"<name>([^<]+)</name>")
 
 
+def name_in(xml: str) -> str:
+    """The domain name a domain XML defines ("" when it names none)."""
+    match = _NAME.search(xml)
+    return match.group(1) if match else ""
+
+
+# libvirt's memory units, as its domain format defines them
+_UNITS = {"b": 1, "bytes": 1, "kb": 10**3, "k": 2**10, "kib": 2**10, "mb": 10**6, "m": 2**20, "mib": 2**20,
+          "gb": 10**9, "g": 2**30, "gib": 2**30, "tb": 10**12, "t": 2**40, "tib": 2**40}
+_QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+
+
+def boot_facts(xml: str) -> tuple[object, ...] | None:
+    """What makes a domain the one a file defines: its name, labels, size, what it boots, its disks, console and
+    network arguments, read alike from the rendered file and from libvirt's dumpxml of the domain defined from it
+    (libvirt adds ids, addresses and defaults, spells memory in KiB and expands the machine alias, so the texts
+    differ). None when the XML does not parse."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+
+    def text(path: str) -> str:
+        found = root.find(path)
+        return (found.text or "").strip() if found is not None else ""
+
+    def attr(path: str, name: str, under: ET.Element = root) -> str | None:
+        found = under.find(path)
+        return found.get(name) if found is not None else None
+
+    try:
+        memory = int(text("memory")) * _UNITS[(attr("memory", "unit") or "KiB").lower()]
+    except (ValueError, KeyError):
+        memory = -1
+    disks = tuple((d.get("device"), attr("source", "file", d), attr("target", "dev", d), d.find("readonly") is not None)
+                  for d in root.findall("devices/disk"))
+    return (root.get("type"), text("name"), tuple(sorted(labels_of(xml).items())), memory, text("vcpu"),
+            attr("os/type", "arch"), text("os/kernel"), text("os/initrd"), text("os/cmdline"), text("devices/emulator"),
+            disks, tuple(s.get("path") for s in root.findall("devices/serial/source")),
+            tuple(a.get("value") for a in root.iter(f"{_QEMU_NS}arg")),
+            text("cputune/period"), text("cputune/quota"), text("seclabel/label"))
+
+
+def same_boot(rendered: str, defined: str) -> bool:
+    """The domain libvirt holds (`defined`, its dumpxml) was defined from the `rendered` file."""
+    facts = boot_facts(rendered)
+    return facts is not None and facts == boot_facts(defined)
+
+
 def define_and_start(xml_file: Path) -> str:
     """`virsh define` the file, then `virsh start` it: the domain stays listed (virsh list --all, virt-manager)
     until `remove`. A stale domain of the same name (an earlier run that died) is replaced."""
-    match = _NAME.search(xml_file.read_text())
-    if not match:
+    name = name_in(xml_file.read_text())
+    if not name:
         raise BackendError(f"{xml_file}: no <name> in the domain XML")
-    name = match.group(1)
     remove(name)
     virsh("define", str(xml_file), what=f"libvirt: define {name}")
     try:
