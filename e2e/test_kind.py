@@ -166,6 +166,49 @@ def test_apply_loads_the_local_image_into_the_kind_node(kind: dict[str, str], sh
     assert f"image {ref}: loaded (already on {len(node_containers())} node(s) of kind cluster {NAME})" in again, again
 
 
+OWN_IMAGE = "e2e-own/page:dev"   # a user's own build, never pushed anywhere
+OWN_STACK = """apiVersion: hybridorch.dev/v1alpha1
+kind: Stack
+metadata: {{name: own}}
+spec:
+  workloads:
+    - {{name: front, image: {image}, tenant: own-a, trust: trusted, ports: [8080],
+       command: [/bin/busybox, httpd, -f, -p, "8080", -h, /www], resources: {{cpu: 20m, memory: 32Mi}}}}
+    - {{name: back, image: {image}, tenant: own-b, trust: trusted, ports: [8080],
+       command: [/bin/busybox, httpd, -f, -p, "8080", -h, /www], resources: {{cpu: 20m, memory: 32Mi}}}}
+"""
+
+
+def test_a_users_own_local_image_reaches_the_kind_node(kind: dict[str, str], tmp_path: Path) -> None:
+    """`docker build -t myapp:dev` and a two-tenant stack of it: apply loads it into the node (no registry has
+    it, so without that the pods end in ErrImagePull) and both workloads get Ready; a registry image the engine
+    does not hold is left to its registry."""
+    from hybridorch.core.images import BUSYBOX_PATHS
+
+    context = tmp_path / "image"
+    (context / "www").mkdir(parents=True)
+    (context / "www" / "index.html").write_text("built by the user\n")
+    busybox = next(p for p in BUSYBOX_PATHS if Path(p).exists())
+    (context / "busybox").write_bytes(Path(busybox).read_bytes())
+    (context / "busybox").chmod(0o755)
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n")
+    subprocess.run(["docker", "build", "-q", "-t", OWN_IMAGE, str(context)], check=True, capture_output=True)
+    path = tmp_path / "own.yaml"
+    path.write_text(OWN_STACK.format(image=OWN_IMAGE))
+    try:
+        result = hybridorch("apply", str(path), "--namespace-prefix", PREFIX, "--timeout", "240", env=kind,
+                            timeout=400)
+        assert f"image {OWN_IMAGE}: loaded (into " in result.stderr, result.stderr
+        assert "front: ready" in result.stderr and "back: ready" in result.stderr, result.stderr
+        for node in node_containers():
+            held = subprocess.run(["docker", "exec", node, "crictl", "inspecti", "-o", "json", OWN_IMAGE],
+                                  capture_output=True, text=True)
+            assert held.returncode == 0, held.stderr
+    finally:
+        hybridorch("delete", str(path), "--namespace-prefix", PREFIX, env=kind, check=False)
+        subprocess.run(["docker", "rmi", "-f", OWN_IMAGE], capture_output=True)
+
+
 def test_container_workloads_are_ready_on_a_real_kubelet(kind: dict[str, str], shop: dict[str, Any]) -> None:
     for name, ns in (("web", "shop"), ("api", "shop"), ("payments", "payments")):
         pods = json.loads(kubectl(kind, "get", "pods", "-n", PREFIX + ns, "-l", f"hybridorch.dev/workload={name}",

@@ -1,5 +1,7 @@
 """The kubernetes backend's images: before anything is applied, the stack's locally built images are built and
-loaded into the nodes of a kind cluster (kind.py), or refused when the nodes of another cluster cannot have them."""
+loaded into the nodes of a kind cluster (kind.py), or refused when the nodes of another cluster cannot have them.
+On kind, every other image of the stack that this machine's Docker engine holds (a user's `docker build -t
+myapp:dev`) is loaded too, as `kind load docker-image`, Skaffold and Tilt do; the rest is left to its registry."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
@@ -18,16 +20,20 @@ def prepare_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, 
     a node that may run a pod lacks one (nodes report the images they hold; kwok's fake nodes pull nothing)."""
     wanted = pod_images(docs)
     local = {ref: where for ref, where in wanted.items() if images.is_local(ref)}
-    if not local:
-        return []
+    from hybridorch.backends.kind import image_id, kind_cluster_name, load_images
+
+    if not local and kind_cluster_name(backend.current_context(), []) is None:
+        return []   # only a kind cluster's nodes take the user's own images from here: no need to list nodes
     nodes = backend.get_json("nodes")
-    from hybridorch.backends.kind import kind_cluster_name, load_images
 
     cluster = kind_cluster_name(backend.current_context(), [(n.get("spec") or {}).get("providerID", "")
                                                             for n in nodes])
     if cluster is not None:
-        _build_images(backend, plan, list(local))
-        return load_images(cluster, list(local), backend.events)
+        if local:
+            _build_images(backend, plan, list(local))
+        # the user's own local builds: a node would otherwise try a registry that never had them (ErrImagePull)
+        own = [ref for ref in wanted if ref not in local and image_id(ref) is not None]
+        return load_images(cluster, list(local) + own, backend.events)
     for ref, (workload, node_selector) in local.items():
         eligible = [n for n in nodes if _matches(node_selector, (n.get("metadata") or {}).get("labels") or {})]
         lacking = [n["metadata"]["name"] for n in eligible if not _node_has(n, ref)]
