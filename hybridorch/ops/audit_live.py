@@ -10,8 +10,6 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-import yaml
-
 from hybridorch.backends.base import LiveFacts, get_backend
 from hybridorch import proc
 from hybridorch.core.safeload import compose_documents, no_gc, read_input, split_documents
@@ -43,7 +41,7 @@ def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | Non
         try:
             # the one reader: regular files only, size-limited, UTF-8 (a BOM dropped), never quoting the content
             text = read_input(path, "text")
-            kind, nodes = _kind(path, text)
+            kind = _kind(path, text)
             if kind == "stack":
                 plan = plan_stack(path, policy, hosts)
                 findings += audit_plan(plan, templates=templates, max_image_age=max_image_age, now=now)
@@ -52,7 +50,7 @@ def audit_files(paths: list[str], *, policy: str | None = None, hosts: str | Non
                                               max_image_age=max_image_age, now=now)
             else:
                 ctx = Context(default_profile, now, max_image_age)
-                findings += _audit_plain(path, text, kind, ctx, nodes)
+                findings += _audit_plain(path, text, kind, ctx)
         except SpecError as err:
             problems += err.problems
     if problems:
@@ -74,31 +72,28 @@ def _policy(policy: str | None, resolve: Callable[..., Profile]) -> Profile:
     return load_policy(policy)
 
 
-def _kind(path: str, text: str) -> tuple[str, list[yaml.Node] | None]:
-    """What a file is, and its YAML documents when it is YAML (composed once, through the safe reader). A stack is
-    a file whose first document has hybridorch's apiVersion and kind Stack; anything else of kind Stack is a
-    foreign object, audited like the documents after it."""
+def _kind(path: str, text: str) -> str:
+    """What a file is. A stack is a file whose first document has hybridorch's apiVersion and kind Stack; anything
+    else of kind Stack is a foreign object, audited like the documents after it."""
     head = text.lstrip()
     if path.endswith(".xml") or head.startswith("<"):
-        return "domain", []
+        return "domain"
     if head.startswith("#cloud-config"):
-        return "cloud-init", []
-    # the first document decides (a stack is read again by its own loader; manifests are read whole, or in parts
-    # when large: _audit_manifests)
+        return "cloud-init"
+    # only the first document decides (through the safe reader): a stack is read again by its own loader, and
+    # manifests whole or, when large, in parts (_audit_manifests)
     nodes = compose_documents(text, path, limit=1)
-    return ("stack" if nodes and foreign.is_stack(nodes[0]) else "manifests"), None
+    return "stack" if nodes and foreign.is_stack(nodes[0]) else "manifests"
 
 
-def _audit_plain(path: str, text: str, kind: str, ctx: Context, nodes: list[yaml.Node] | None = None
-                 ) -> list[Finding]:
+def _audit_plain(path: str, text: str, kind: str, ctx: Context) -> list[Finding]:
     """A file that is already rendered: Kubernetes/KubeVirt objects, a libvirt domain or cloud-init user data.
 
     Its findings are kept one per object and line (not merged per workload as a stack's are)."""
-    return [replace(f, workload="") for f in _audit_rendered_file(path, text, kind, ctx, nodes)]
+    return [replace(f, workload="") for f in _audit_rendered_file(path, text, kind, ctx)]
 
 
-def _audit_rendered_file(path: str, text: str, kind: str, ctx: Context, nodes: list[yaml.Node] | None = None
-                         ) -> list[Finding]:
+def _audit_rendered_file(path: str, text: str, kind: str, ctx: Context) -> list[Finding]:
     if kind == "domain":
         return audit.check_domain(text, ctx, lambda line, _w: (path, line), path)
     if kind == "cloud-init":
@@ -106,11 +101,11 @@ def _audit_rendered_file(path: str, text: str, kind: str, ctx: Context, nodes: l
         first = documents[0] if documents else None
         return audit.check_cloud_init(text, ctx, lambda key: (path, foreign.node_line(first, key) if first else 1),
                                       f"user-data {os.path.basename(path)}", file=path)
-    if nodes is None and len(text) >= PARALLEL_BYTES:
+    if len(text) >= PARALLEL_BYTES:
         return _audit_manifests(path, text, ctx)
     # millions of acyclic nodes and small dicts: the cyclic collector would rescan them all again and again
     with no_gc():
-        objects = foreign.read_manifests(compose_documents(text, path) if nodes is None else nodes, path)
+        objects = foreign.read_manifests(compose_documents(text, path), path)
         return audit.check_objects([o.doc for o in objects], ctx, lambda i, p: (path, objects[i].line(p)))
 
 
