@@ -58,9 +58,16 @@ def wait_vm_ready(vm: GuestVM, w: Workload, timeout: float, events: Callable[[Ev
     label = label or w.name
     replica = "" if label == w.name else f" ({label})"
     if proc.wait_until(lambda: vm_ready(vm, w, booted_disk), limit, poll=0.05,
-                       abort=lambda: not vm.running()):
+                       abort=lambda: not vm.running() or bool(console.exited_services(vm.console()))):
         events(Event(w.name, EventKind.READY, f"libvirt domain {vm.name}" + replica))
         return
+    stopped = console.exited_services(vm.console())
+    if stopped:
+        name, rc = stopped[0]
+        events(Event(w.name, EventKind.FAILED, f"container {name} failed in the VM (exit code {rc})" + replica))
+        vm.stop()
+        raise BackendError(f"VM {label}: its container {name} failed with exit code {rc} before the VM was "
+                           f"ready (stopped the VM); last console lines: {last_lines(vm.console())}")
     exited = not vm.running()
     events(Event(w.name, EventKind.FAILED, ("exited during boot" if exited else
                                             f"not ready within {limit:.0f}s") + replica))
@@ -96,6 +103,13 @@ def replicas_status(plan: Plan, p: Placement, loaded: list[tuple[int, str, Guest
         return WorkloadStatus(p.name, p.runtime, State.FAILED, ports, accel,
                               detail=f"{counts}; {what} is not running; last console lines: "
                                      f"{last_lines(vm.console(), 3)}")
+    for _, _, vm in alive:
+        stopped = console.exited_services(vm.console())
+        if stopped:
+            return WorkloadStatus(p.name, p.runtime, State.FAILED, ports, accel,
+                                  detail=f"{counts}; container {stopped[0][0]} in domain {vm.name} failed "
+                                         f"(exit code {stopped[0][1]}); last console lines: "
+                                         f"{last_lines(vm.console(), 3)}")
     pids = [vm.pid for _, _, vm in alive]
     domains = ', '.join(vm.name for _, _, vm in alive)
     if p.runtime is Runtime.SANDBOXED:

@@ -3,6 +3,7 @@
 The guest's /init prints, on its serial console, lines that start with `@@HYB`:
     @@HYB BOOTED <uptime> <uname -m>          the base system is up
     @@HYB READY                               the program runs (services started)
+    @@HYB EXITED <service> <rc>               a service container stopped (it should run forever)
     @@HYB START <test> <uptime>               a test container starts
     @@HYB OUT <test> <base64 chunk>           its output, base64 in chunks (one line each)
     @@HYB RESULT <test> <rc> <timedout> <start> <end>
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 PREFIX = "@@HYB"
-BOOTED, READY, START, OUT, RESULT, DONE = "BOOTED", "READY", "START", "OUT", "RESULT", "DONE"
+BOOTED, READY, START, OUT, RESULT, DONE, EXITED = "BOOTED", "READY", "START", "OUT", "RESULT", "DONE", "EXITED"
 READY_MARKER = f"{PREFIX} {READY}"
 
 
@@ -31,6 +32,11 @@ def say_ready() -> str:
 
 def say_done() -> str:
     return f"echo '{PREFIX} {DONE}'"
+
+
+def say_exited(name: str, rc: str) -> str:
+    """`name`, `rc`: shell words."""
+    return f"echo '{PREFIX} {EXITED}' {name} {rc}"
 
 
 def say_start(name: str, start: str) -> str:
@@ -81,6 +87,19 @@ def is_result(line: str) -> bool:
 def shows_ready(console: str) -> bool:
     """The guest's program is up: the console holds the READY line."""
     return READY_MARKER in console
+
+
+def exited_services(console: str) -> list[tuple[str, str]]:
+    """(name, exit code) of every service container the guest saw fail (a non-zero exit: one that ends with 0
+    finished its work, as a one-shot setup container does)."""
+    if f"{PREFIX} {EXITED}" not in console:
+        return []
+    found = []
+    for line in console.splitlines():
+        msg = parse(line)
+        if msg is not None and msg.kind == EXITED and len(msg.args) == 2 and msg.args[1] != "0":
+            found.append((msg.args[0], msg.args[1]))
+    return found
 
 
 @dataclass(frozen=True)

@@ -238,8 +238,10 @@ def _container_lines(program: GuestProgram) -> list[str]:
     tests = [c for c in program.containers if c.timeout]
     for c in services:
         # a service's output goes to the console, prefixed, so `logs` shows it
-        out.append(f"(cd /containers/{c.name} && runc run --no-pivot {c.name} </dev/null 2>&1 | "
-                   f"sed 's/^/[{c.name}] /') &")
+        # ...and its stop is reported, so the host fails at once instead of waiting out the ready timeout
+        out.append(f"(cd /containers/{c.name} && {{ runc run --no-pivot {c.name} </dev/null 2>&1; "
+                   f"echo $? >/run/{c.name}.rc; }} | sed 's/^/[{c.name}] /'; "
+                   + console.say_exited(c.name, f"$(cat /run/{c.name}.rc 2>/dev/null || echo 255)") + ") &")
     if services:
         out.append("sleep 1")
     out.append(console.say_ready())
