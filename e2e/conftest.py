@@ -1,8 +1,9 @@
 """Shared fixtures of the end-to-end tests: `require` (skip locally, fail in CI), a Docker client, an isolated
 state dir, a stack-file writer, a session cleanup of every object carrying a test stack's labels, and the two
 Kubernetes clusters: `kind_cluster`, the real kind cluster every module that needs a cluster shares (created once
-per session, deleted at its end), and `kwok_cluster`, the API server with many fake kwok nodes for the tests that
-need foreign-arch or fake nodes, or an API server they can stop.
+per session, deleted at its end), `kind_two_workers`, a second kind cluster with two worker nodes for the tests
+that spread pods over nodes (made only in sessions that ask for it), and `kwok_cluster`, the API server with many
+fake kwok nodes for the tests that need foreign-arch or fake nodes, or an API server they can stop.
 
 Test stacks are named `e2e-...`; what a session used is removed after it, stale `e2e-*` leftovers before it.
 """
@@ -265,6 +266,40 @@ def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         t0 = time.monotonic()
         cluster_cmd("kind", "down", env=own, timeout=300)
         CLUSTER_TIMINGS["kind cluster deleted"] = time.monotonic() - t0
+
+
+# the cluster of `kind_two_workers`: never the shared one, whatever HYBRIDORCH_KIND_CLUSTER says
+SOC_CLUSTER = "hybridorch-soc"
+SOC_WORKERS = (f"{SOC_CLUSTER}-worker", f"{SOC_CLUSTER}-worker2")   # kind's names for its workers: node = container
+
+
+@pytest.fixture(scope="session")
+def kind_two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A second real kind cluster, SOC_CLUSTER: a control-plane (kept tainted, as kind does beside workers) and two
+    workers (SOC_WORKERS), from the same node image, kubelet patches and kube-router as `kind_cluster`'s
+    (`e2e/cluster.sh up --provider kind --workers 2`), with KubeVirt's CRDs. Yields what `kind_cluster` does
+    (KUBECONFIG, HOME and kubectl for it; the kubeconfig is the session's own file). Made only when a test asks for
+    it, deleted when the session ends; one left by a killed session is reused if it has its three nodes, else made
+    anew. It holds about 0.8 GB while it runs."""
+    require(shutil.which("docker") is not None and bool(kubectl_binary()),
+            "no Docker engine or Kubernetes build (run e2e/setup.sh)")
+    home = tmp_path_factory.mktemp("kind-soc-home")
+    kubeconfig = home / "kubeconfig"
+    own = {"HYBRIDORCH_KIND_KUBECONFIG": str(kubeconfig), "HYBRIDORCH_KIND_CLUSTER": SOC_CLUSTER}
+    left = kind_nodes(SOC_CLUSTER)
+    if left and len(left) != 1 + len(SOC_WORKERS):
+        cluster_cmd("kind", "down", env=own, timeout=300)   # other nodes than this fixture makes: start afresh
+        left = []
+    t0 = time.monotonic()
+    proc = cluster_cmd("kind", "up", "--workers", str(len(SOC_WORKERS)), env=own)
+    if proc.returncode != 0:
+        cluster_cmd("kind", "down", env=own, timeout=300)   # half made: nothing for the next session to reuse
+    require(proc.returncode == 0, f"kind cluster {SOC_CLUSTER} did not come up: {proc.stderr[-2000:]}")
+    CLUSTER_TIMINGS[f"kind {SOC_CLUSTER} (2 workers) {'reused' if left else 'created'}"] = time.monotonic() - t0
+    yield _cluster_env(home, kubeconfig)
+    t0 = time.monotonic()
+    cluster_cmd("kind", "down", env=own, timeout=300)
+    CLUSTER_TIMINGS[f"kind {SOC_CLUSTER} deleted"] = time.monotonic() - t0
 
 
 @pytest.fixture(scope="session")

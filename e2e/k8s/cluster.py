@@ -6,7 +6,8 @@ kwokctl's binary runtime, with kwok faking many nodes of both architectures: the
 Each provider keeps its own kubeconfig, so both can run at once.
 `auto`: the provider whose cluster runs (kind first); else kind when its tool and node image are already built
 (e2e/kind/cluster.sh prepare, which the test command's setup runs), else local (no Docker needed).
-Usage: python3 e2e/k8s/cluster.py up|down|stop|start|status|kubeconfig [--provider auto|local|kind]
+Usage: python3 e2e/k8s/cluster.py up|down|stop|start|status|kubeconfig [--provider auto|local|kind] [--workers N]
+(--workers: kind only, a control-plane and N worker nodes; see e2e/kind/cluster.sh)
 """
 from __future__ import annotations
 
@@ -197,8 +198,9 @@ def kind_prepared() -> bool:
     return bool(image) and subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
 
 
-def kind_up() -> None:
-    """A real kind cluster from the node image e2e/kind builds locally (no registry): e2e/kind/cluster.sh.
+def kind_up(workers: int = 0) -> None:
+    """A real kind cluster from the node image e2e/kind builds locally (no registry): e2e/kind/cluster.sh,
+    with `workers` worker nodes beside the control-plane (0: the one-node cluster).
     Nodes are not labelled hybridorch.dev/virtualization: the node image has no sandbox runtime (kata needs
     KVM, which these hosts' guests lack), so a labelled node would only attract pods it cannot start."""
     KIND_KUBECONFIG.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +211,9 @@ def kind_up() -> None:
         kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=180s", timeout=200,
                 kubeconfig=KIND_KUBECONFIG)
         return
-    subprocess.run(["bash", str(KIND_SCRIPT), "up", "--name", KIND_NAME, "--kubeconfig", str(KIND_KUBECONFIG)],
+    # no --workers for the one-node cluster: e2e/kind/cluster.sh's own default, exactly as before
+    extra = ["--workers", str(workers)] if workers else []
+    subprocess.run(["bash", str(KIND_SCRIPT), "up", "--name", KIND_NAME, "--kubeconfig", str(KIND_KUBECONFIG), *extra],
                    check=True)
 
 
@@ -298,12 +302,14 @@ def kubeconfig_of(provider: str) -> Path:
     return KIND_KUBECONFIG if provider == "kind" else KUBECONFIG
 
 
-def up(provider: str) -> None:
+def up(provider: str, workers: int = 0) -> None:
     start = time.monotonic()
     provider = provider_of(provider)
+    if workers and provider != "kind":
+        raise SystemExit(f"[cluster] error: --workers needs the kind provider, not {provider}")
     kubeconfig = kubeconfig_of(provider)
     if provider == "kind":
-        kind_up()   # creates the cluster, or re-exports the kubeconfig of the running one
+        kind_up(workers)   # creates the cluster, or re-exports the kubeconfig of the running one
     elif api_ready(kubeconfig):
         log(f"cluster already running ({provider}); kubeconfig {kubeconfig}")
     else:
@@ -330,9 +336,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("command", choices=["up", "down", "stop", "start", "status", "kubeconfig"])
     parser.add_argument("--provider", choices=["auto", "local", "kind"],
                         default=os.environ.get("HYBRIDORCH_K8S_PROVIDER", "auto"))
+    parser.add_argument("--workers", type=int, default=0,
+                        help="up, kind only: worker nodes beside the control-plane (default 0: one node)")
     args = parser.parse_args(argv)
     if args.command == "up":
-        up(args.provider)
+        up(args.provider, args.workers)
     elif args.command == "down":
         down(args.provider)
     elif args.command in ("stop", "start"):
