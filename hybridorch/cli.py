@@ -5,7 +5,7 @@ Backends are imported inside the commands that use them, so `--help` and `plan` 
 """
 from __future__ import annotations
 
-import json
+import re
 import sys
 from typing import Any
 
@@ -538,17 +538,43 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
         _say(line, err=True)
 
 
+def _positive_duration(value: str) -> str:
+    from hybridorch.core.durations import POSITIVE, POSITIVE_WHAT
+
+    if len(value) > 63 or not re.fullmatch(POSITIVE, value):   # it is also a label value
+        raise click.BadParameter(f"{value!r} is not {POSITIVE_WHAT}")
+    return value
+
+
+def _dns_label(value: str) -> str:
+    from hybridorch.core.schema import DNS_LABEL
+
+    if not re.fullmatch(DNS_LABEL, value):
+        raise click.BadParameter(f"{value!r} is not a namespace name (lowercase letters, digits and '-', at most 63)")
+    return value
+
+
 @cli.command("soc-test")
 @click.argument("plans", nargs=-1, required=True, type=click.Path())
 @click.option("--junit", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Also write the results as JUnit XML.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Plans run in parallel, each in its own VM.")
-def soc_test(plans: tuple[str, ...], junit: str | None, jobs: int) -> None:
+@click.option("--target", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="Boot the boards on this machine, or as Kubernetes Jobs on a cluster (one pod per board).")
+@click.option("-j", "--jobs", "--parallel", "jobs", type=click.IntRange(1, 64), default=None,
+              help="Boards at a time, each in its own VM [default: 1 locally, every board on a cluster].")
+@context_option
+@click.option("--namespace", default="hybridorch-soc", show_default=True, callback=lambda _c, _p, v: _dns_label(v),
+              help="Namespace of the Jobs (target kubernetes); made when missing.")
+@click.option("--ttl", default="1h", show_default=True, callback=lambda _c, _p, v: _positive_duration(v),
+              help="How long finished Jobs stay (ttlSecondsAfterFinished, and the ttl label `gc` reads).")
+@load_option
+def soc_test(plans: tuple[str, ...], junit: str | None, target: str, jobs: int | None, context: str | None,
+             namespace: str, ttl: str, load: bool) -> None:
     """Boot an emulated board per `kind: SocTest` plan, run its containers inside with runc, report the results."""
     from hybridorch.ops import soc
 
-    report = soc.run_soc_tests(list(plans), junit, jobs)
+    options = {"context": context, "load": load, "soc_namespace": namespace} if target == "kubernetes" else {}
+    report = soc.run_soc_tests(list(plans), junit, jobs, target=target, events=_events(), ttl=ttl, **options)
     _show(soc.format_report(report))
     soc.check_report(report)  # TestFailure (exit 1) unless every test passed
 

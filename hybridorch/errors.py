@@ -85,6 +85,13 @@ class AuditFailed(HybridorchError):
     exit_code = EXIT_FINDINGS
 
 
+class InputError(HybridorchError):
+    """What a run needs and was pointed at is not there (a kubeconfig, an image on the cluster, an emulator for
+    the plan's arch): one line, exit 2, raised before anything starts or after what started is removed."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class TestFailure(HybridorchError):
     """A test run completed but some tests failed (soc-test)."""
 

@@ -17,6 +17,8 @@ from hybridorch.errors import BackendError
 if TYPE_CHECKING:
     from hybridorch.core.plan import Plan
     from hybridorch.render.writer import Rendered
+    from hybridorch.vm.boot import GuestRun
+    from hybridorch.vm.initramfs import GuestProgram
 
 # target name -> "module:Class"; adding a backend is a new module plus one line here
 REGISTRY: dict[str, str] = {
@@ -162,6 +164,34 @@ class Snapshot:
                 "size": self.size, "state": self.state}
 
 
+# --- soc-test boards on an engine that runs them elsewhere (a cluster) -----------------------------------------
+
+@dataclass(frozen=True)
+class Board:
+    """One soc-test plan as an engine runs it: the emulated machine and the guest program (the same on every
+    target), and `timeout` seconds for boot plus every test."""
+
+    name: str
+    arch: str
+    machine: str
+    cpus: int
+    memory_mib: int
+    timeout: int
+    program: GuestProgram
+
+
+@dataclass(frozen=True)
+class BoardRun:
+    """What came back of one board: the guest's console (None when it never ran, and `error` says why), where it
+    ran, and how long each phase took (seconds: pending, start, boot, tests)."""
+
+    board: str
+    run: GuestRun | None
+    error: str = ""
+    node: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
+
+
 # --- one run per stack at a time: who holds a stack's lock, and what a second run is told ----------------------
 
 # sysexits' EX_TEMPFAIL: the stack is busy, not broken; the same command later (or without --no-wait-lock) works
@@ -284,6 +314,14 @@ class Backend(ABC):
 
     def no_snapshots(self) -> BackendError:
         return BackendError(f"snapshots are not supported on target {self.name}")
+
+    # --- soc-test boards: a target that cannot run them says so ------------------------------------------------
+    def run_boards(self, boards: list[Board], *, parallel: int, ttl: str,
+                   on_finished: Callable[[BoardRun], None] | None = None) -> list[BoardRun]:
+        """Run every board (at most `parallel` at a time), each on the same guest program the local path boots,
+        and return their consoles in `boards` order (`on_finished` hears each as it ends); what this started is
+        gone or finished when it returns (Ctrl-C included), finished runs are kept for `ttl`."""
+        raise BackendError(f"soc-test does not run on target {self.name}: use --target local or kubernetes")
 
 
 def get_backend(target: str, **options: Any) -> Backend:

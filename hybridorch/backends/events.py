@@ -21,7 +21,10 @@ class EventKind(Named):
     STARTING = "starting"               # container started, waiting for its readiness check
     BOOTING = "booting"                 # libvirt domain defined and started
     PENDING = "pending"                 # Kubernetes: scheduled or being made, not ready yet
+    SCHEDULED = "scheduled"             # a soc-test board's pod placed on a node
     RUNNING = "running"
+    BOOTED = "booted"                   # a soc-test board's guest runs its /init
+    FINISHED = "finished"               # a soc-test board reported every test (or stopped; the detail says)
     ACCEPTED = "accepted"               # a VirtualMachine the API server took where nothing runs it
     READY = "ready"
     UNCHANGED = "unchanged"             # already running with the same spec: left alone

@@ -87,34 +87,47 @@ def snapshotter(node: str) -> str | None:
     return str(found) if found else None
 
 
-def load_images(cluster: str, refs: list[str], events: EventSink) -> list[str]:
-    """Import every image of `refs` (present in the local Docker engine) into every node of the kind cluster,
-    skipping nodes that already hold the same image ID; returns one line per image loaded or skipped (and
-    tells `events` about each)."""
+def load_images(cluster: str, refs: list[str], events: EventSink, only: Iterable[str] | None = None) -> list[str]:
+    """Import every image of `refs` (present in the local Docker engine) into every node of the kind cluster (or
+    the nodes named in `only`: those a pod may land on), skipping nodes that already hold the same image ID;
+    returns one line per image loaded or skipped (and tells `events` about each). Nodes are asked and loaded
+    in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
     nodes = node_containers(cluster)
+    if only is not None:
+        wanted = set(only)
+        nodes = [n for n in nodes if n in wanted] or nodes
     done: list[str] = []
     snapshotters: dict[str, str | None] = {}
-    for ref in dict.fromkeys(refs):
-        local = image_id(ref)
-        if local is None:
-            raise BackendError(f"image {ref} is not in this machine's Docker engine, so it cannot be loaded into "
-                               f"kind cluster {cluster}: build it, or pass --no-load")
-        missing = [n for n in nodes if node_image_id(n, ref) != local]
-        if not missing:
-            done.append(f"image {ref}: already on {len(nodes)} node(s) of kind cluster {cluster}")
-            events(Event(ref, EventKind.IMAGE_LOADED, f"already on {len(nodes)} node(s) of kind cluster {cluster}"))
-            continue
-        events(Event(ref, EventKind.IMAGE_LOADING, f"into {', '.join(missing)}"))
-        with tempfile.TemporaryDirectory(prefix="hybridorch-load-") as tmp:
-            archive = os.path.join(tmp, "image.tar")
-            _docker("save", "-o", archive, ref, what=f"saving image {ref}")
+    with ThreadPoolExecutor(max_workers=max(1, min(len(nodes), 8)), thread_name_prefix="kind-load") as pool:
+        for ref in dict.fromkeys(refs):
+            local = image_id(ref)
+            if local is None:
+                raise BackendError(f"image {ref} is not in this machine's Docker engine, so it cannot be loaded "
+                                   f"into kind cluster {cluster}: build it, or pass --no-load")
+            held = list(pool.map(lambda n: node_image_id(n, ref), nodes))
+            missing = [n for n, found in zip(nodes, held) if found != local]
+            if not missing:
+                done.append(f"image {ref}: already on {len(nodes)} node(s) of kind cluster {cluster}")
+                events(Event(ref, EventKind.IMAGE_LOADED, f"already on {len(nodes)} node(s) of kind cluster "
+                                                          f"{cluster}"))
+                continue
+            events(Event(ref, EventKind.IMAGE_LOADING, f"into {', '.join(missing)}"))
             for node in missing:
                 if node not in snapshotters:
                     snapshotters[node] = snapshotter(node)
-                flags = [f"--snapshotter={snapshotters[node]}"] if snapshotters[node] else []
-                _docker("exec", "-i", node, "ctr", f"--namespace={CONTAINERD_NAMESPACE}", "images", "import",
-                        "--all-platforms", "--digests", *flags, "-", stdin_file=archive,
-                        what=f"loading image {ref} into kind node {node}")
-        done.append(f"image {ref}: loaded into {', '.join(missing)}")
-        events(Event(ref, EventKind.IMAGE_LOADED, f"into {', '.join(missing)}"))
+            with tempfile.TemporaryDirectory(prefix="hybridorch-load-") as tmp:
+                archive = os.path.join(tmp, "image.tar")
+                _docker("save", "-o", archive, ref, what=f"saving image {ref}")
+
+                def load(node: str) -> None:
+                    flags = [f"--snapshotter={snapshotters[node]}"] if snapshotters[node] else []
+                    _docker("exec", "-i", node, "ctr", f"--namespace={CONTAINERD_NAMESPACE}", "images", "import",
+                            "--all-platforms", "--digests", *flags, "-", stdin_file=archive,
+                            what=f"loading image {ref} into kind node {node}")
+
+                list(pool.map(load, missing))
+            done.append(f"image {ref}: loaded into {', '.join(missing)}")
+            events(Event(ref, EventKind.IMAGE_LOADED, f"into {', '.join(missing)}"))
     return done

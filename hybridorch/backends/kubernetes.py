@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator
 
 from hybridorch import proc
 from hybridorch.errors import BackendError
 from hybridorch.core.labels import LABEL_STACK, LABEL_WORKLOAD, selector
 from hybridorch.backends import kube_images, kube_remove, kube_status, kubernetes_inventory, kubevirt_snapshots
-from hybridorch.backends.base import Backend, LiveFacts, LockNotice, Managed, Removal, Snapshot, WorkloadStatus
+from hybridorch.backends.base import (Backend, Board, BoardRun, LiveFacts, LockNotice, Managed, Removal, Snapshot,
+                                     WorkloadStatus)
 from hybridorch.backends.kube_api import KUBECTL_MISSING, REQUEST_TIMEOUT, explain_kubectl_error, find_kubectl
 from hybridorch.backends.kube_objects import (DATA_KINDS, IGNORED_RESOURCES, KIND_ORDER, KINDS, ObjectRef,
                                               applied_events)
@@ -254,6 +255,14 @@ class KubernetesBackend(Backend):
 
     def live_facts(self, plan: Plan) -> LiveFacts:
         return kubernetes_inventory.live_objects(self, plan.stack.name)
+
+    def run_boards(self, boards: list[Board], *, parallel: int, ttl: str,
+                   on_finished: Callable[[BoardRun], None] | None = None) -> list[BoardRun]:
+        """Each board as a Job in namespace `soc_namespace` (kube_soc.py)."""
+        from hybridorch.backends import kube_soc
+
+        return kube_soc.run_boards(self, boards, parallel=parallel, ttl=ttl, on_finished=on_finished,
+                                   namespace=self.options.get("soc_namespace") or kube_soc.NAMESPACE)
 
     def snapshot_create(self, plan: Plan, workload: str, name: str) -> list[Snapshot]:
         return kubevirt_snapshots.cluster_create(self, plan, workload, name)

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 # the objects that run a workload (what `ps` lists); their Services, claims and namespaces follow them
 WORKLOAD_RESOURCES = ("deployments.apps", "statefulsets.apps", "virtualmachines.kubevirt.io")
+SOC_JOBS = "jobs.batch"   # soc-test boards (kube_soc.py): every cluster serves Jobs
 
 
 def managed_workloads(backend: KubernetesBackend) -> list[Managed]:
-    """Every Deployment, StatefulSet and VirtualMachine carrying hybridorch's label, in every namespace."""
-    resources = [r for r in WORKLOAD_RESOURCES if r in backend.available_resources()]
+    """Every Deployment, StatefulSet, VirtualMachine and soc-test Job carrying hybridorch's label, in every
+    namespace."""
+    resources = [r for r in WORKLOAD_RESOURCES if r in backend.available_resources()] + [SOC_JOBS]
     items = backend.get_json(",".join(resources), "--all-namespaces", "-l", f"{LABEL_MANAGED}={MANAGED_BY}")
     out = []
     for o in items:

@@ -16,8 +16,11 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hybridorch.errors import BackendError, OutputError, Problem, SpecError, TestFailure
+from hybridorch.backends.base import Board, BoardRun
+from hybridorch.backends.events import Event, EventKind, EventSink, ignore
 from hybridorch.core.runtime import ARCHES, guest_refusal
 from hybridorch.vm import console
 from hybridorch.vm.initramfs import ContainerRun, GuestProgram
@@ -25,6 +28,9 @@ from hybridorch.core.schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj,
 from hybridorch.core.safeload import path_inside
 from hybridorch.core.spec import API_VERSION, image_problem
 from hybridorch.core.text import printable, table
+
+if TYPE_CHECKING:
+    from hybridorch.vm.boot import ConsoleLine, GuestRun
 
 SOC_ARCHES = tuple(a for a, info in ARCHES.items() if info.local)
 
@@ -202,6 +208,9 @@ class PlanResult:
     first_result_seconds: float | None = None  # QEMU start to the first test result
     total_seconds: float = 0.0
     error: str = ""                             # the plan could not run (guest did not boot, ...)
+    target: str = "local"
+    node: str = ""                              # the cluster node its pod ran on (target kubernetes)
+    phases: dict[str, float] = field(default_factory=dict)   # seconds: images, load, pending, start, boot, tests
 
     @property
     def ok(self) -> bool:
@@ -245,39 +254,82 @@ def parse_results(plan: SocPlan, lines: list[str]) -> list[TestResult]:
     return [judge(c, r.exit_code, r.timed_out, r.output, r.seconds) for c, r in zip(plan.containers, reports)]
 
 
-def run_plan(plan: SocPlan, workroot: Path, cancel: threading.Event | None = None) -> PlanResult:
+def plan_result(plan: SocPlan, run: GuestRun | None, error: str = "", *, seconds: float = 0.0,
+                target: str = "local", node: str = "", phases: dict[str, float] | None = None) -> PlanResult:
+    """The verdicts of one board's console, the same whichever target booted it; `run` None: it never ran."""
+    if run is None:
+        tests = tuple(TestResult(c.name, "error", None, 0.0, "", "the guest did not run") for c in plan.containers)
+        return PlanResult(plan.name, plan.file, plan.arch, "", tests, total_seconds=seconds, error=error,
+                          target=target, node=node, phases=dict(phases or {}))
+    results = parse_results(plan, [ln.text for ln in run.lines])
+    boot = next((ln.at for ln in run.lines if console.is_booted(ln.text)), None)
+    first = next((ln.at for ln in run.lines if console.is_result(ln.text)), None)
+    if not error and run.timed_out:
+        error = f"the run exceeded target.timeout ({plan.timeout}s) and was stopped; last console lines: " \
+                f"{run.console_tail}"
+    elif not error and not run.finished and any(r.exit_code is None for r in results):
+        error = f"the guest stopped before every test ran; last console lines: {run.console_tail}"
+    return PlanResult(plan.name, plan.file, plan.arch, run.accelerator, tuple(results), boot, first, run.seconds,
+                      error, target, node, dict(phases or {}))
+
+
+def host_memory_mib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
+def run_plan(plan: SocPlan, workroot: Path, cancel: threading.Event | None = None,
+             events: EventSink = ignore) -> PlanResult:
     """Boot one isolated guest for the plan and collect every test's result; a VM-level failure is the plan's
     error (the other plans still run)."""
     from hybridorch.vm.boot import run_guest  # the VM engine, the same one the local backend boots through
 
-    workdir = Path(tempfile.mkdtemp(prefix=f"{plan.name}-", dir=workroot))
     started = time.monotonic()
+    memory = host_memory_mib()
+    if plan.memory_mib > memory:   # what a cluster calls unschedulable: no run, the same verdicts
+        error = f"cannot run here: it needs {plan.memory_mib}Mi of memory and this machine has {memory}Mi"
+        events(Event(plan.name, EventKind.FAILED, error))
+        return plan_result(plan, None, error)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{plan.name}-", dir=workroot))
+
+    def on_line(line: ConsoleLine) -> None:
+        if console.is_booted(line.text):
+            events(Event(plan.name, EventKind.BOOTED, f"{line.at:.1f}s after QEMU started"))
+
+    events(Event(plan.name, EventKind.BOOTING, f"QEMU {plan.arch} on this machine"))
     try:
         run = run_guest(plan.arch, program_for_plan(plan), workdir=workdir, cpus=plan.cpus,
                         memory_mib=plan.memory_mib, machine=plan.machine, boot_timeout=min(plan.timeout, 180),
-                        timeout=plan.timeout, cancel=cancel)
+                        timeout=plan.timeout, cancel=cancel, on_line=on_line)
     except BackendError as err:
-        tests = tuple(TestResult(c.name, "error", None, 0.0, "", "the guest did not run") for c in plan.containers)
-        return PlanResult(plan.name, plan.file, plan.arch, "", tests, total_seconds=time.monotonic() - started,
-                          error=str(err))
+        events(Event(plan.name, EventKind.FAILED, str(err)))
+        return plan_result(plan, None, str(err), seconds=time.monotonic() - started)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    texts = [ln.text for ln in run.lines]
-    results = parse_results(plan, texts)
-    boot = next((ln.at for ln in run.lines if console.is_booted(ln.text)), None)
-    first = next((ln.at for ln in run.lines if console.is_result(ln.text)), None)
-    error = ""
-    if run.timed_out:
-        error = f"the run exceeded target.timeout ({plan.timeout}s) and was stopped; last console lines: " \
-                f"{run.console_tail}"
-    elif not run.finished and any(r.exit_code is None for r in results):
-        error = f"the guest stopped before every test ran; last console lines: {run.console_tail}"
-    return PlanResult(plan.name, plan.file, plan.arch, run.accelerator, tuple(results), boot, first, run.seconds,
-                      error)
+    result = plan_result(plan, run)
+    events(finished_event(result))
+    return result
 
 
-def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int = 1) -> SocReport:
-    """Load every plan (all spec problems at once), run them `jobs` at a time, write JUnit XML if asked.
+def finished_event(result: PlanResult) -> Event:
+    """The progress line of a board that ended: its verdicts (or why it did not run) and its time."""
+    n = {"passed": 0, "failed": 0, "error": 0}
+    for t in result.tests:
+        n[t.outcome] += 1
+    where = f" on node {result.node}" if result.node else ""
+    if result.error and not any(t.exit_code is not None for t in result.tests):
+        return Event(result.plan, EventKind.FAILED, f"{_clip(result.error, 160)}{where}")
+    return Event(result.plan, EventKind.FINISHED, f"{n['passed']} passed, {n['failed']} failed, {n['error']} errors "
+                                                  f"in {result.total_seconds:.1f}s{where}")
+
+
+def board_of(plan: SocPlan) -> Board:
+    return Board(plan.name, plan.arch, plan.machine, plan.cpus, plan.memory_mib, plan.timeout, program_for_plan(plan))
+
+
+def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int | None = None, *, target: str = "local",
+                  events: EventSink = ignore, ttl: str = "1h", **backend_options: Any) -> SocReport:
+    """Load every plan (all spec problems at once), run them `jobs` at a time (local: 1 by default; kubernetes:
+    all, the scheduler queues what does not fit) on this machine or as Jobs on a cluster, write JUnit XML if asked.
 
     Returns the report whatever the outcome; the CLI raises TestFailure when `not report.ok`."""
     problems: list[Problem] = []
@@ -293,19 +345,35 @@ def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int = 1) -> 
     for p in plans:
         if names.count(p.name) > 1:
             raise SpecError([Problem(p.file, 0, "metadata.name", f"plan name {p.name!r} is used by several files")])
+    if target not in ("local", "kubernetes"):
+        raise SpecError([Problem("--target", 0, "target", f"soc-test runs on local or kubernetes, not {target!r}")])
     from hybridorch.vm.guestimage import load_guest
-    from hybridorch.vm.host import qemu_binary, state_root
 
     for arch in dict.fromkeys(p.arch for p in plans):  # fail fast, before any VM starts
-        qemu_binary(arch)
+        if target == "local":
+            from hybridorch.vm.host import qemu_binary
+            qemu_binary(arch)
         load_guest(arch)
+    started = time.monotonic()
+    if target == "kubernetes":
+        results = _run_on_cluster(plans, jobs, events, ttl, backend_options)
+    else:
+        results = _run_here(plans, jobs or 1, events)
+    report = SocReport(tuple(results), time.monotonic() - started)
+    if junit:
+        write_junit(report, junit)
+    return report
+
+
+def _run_here(plans: list[SocPlan], jobs: int, events: EventSink) -> list[PlanResult]:
+    from hybridorch.vm.host import state_root
+
     workroot = state_root() / "soc"
     workroot.mkdir(parents=True, exist_ok=True)
     cancel = threading.Event()
-    started = time.monotonic()
     results: list[PlanResult] = []
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="soc") as pool:
-        futures = [pool.submit(run_plan, p, workroot, cancel) for p in plans]
+        futures = [pool.submit(run_plan, p, workroot, cancel, events) for p in plans]
         try:
             results = [f.result() for f in futures]
         except BaseException:
@@ -317,10 +385,31 @@ def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int = 1) -> 
         workroot.rmdir()  # only if no other soc-test run is using it
     except OSError:
         pass
-    report = SocReport(tuple(results), time.monotonic() - started)
-    if junit:
-        write_junit(report, junit)
-    return report
+    return results
+
+
+def _run_on_cluster(plans: list[SocPlan], jobs: int | None, events: EventSink, ttl: str,
+                    backend_options: dict[str, Any]) -> list[PlanResult]:
+    """Every plan as a Job (the kubernetes backend's run_boards); the same verdicts from the same consoles."""
+    from hybridorch.backends.base import get_backend
+
+    by_name = {p.name: p for p in plans}
+    results: dict[str, PlanResult] = {}
+
+    def result_of(run: BoardRun) -> PlanResult:
+        plan = by_name[run.board]
+        seconds = run.run.seconds if run.run is not None else 0.0
+        return plan_result(plan, run.run, run.error, seconds=seconds, target="kubernetes", node=run.node,
+                           phases=run.phases)
+
+    def finished(run: BoardRun) -> None:
+        results[run.board] = result_of(run)
+        events(finished_event(results[run.board]))
+
+    backend = get_backend("kubernetes", events=events, **backend_options)
+    runs = backend.run_boards([board_of(p) for p in plans], parallel=jobs or len(plans), ttl=ttl,
+                              on_finished=finished)
+    return [results.get(r.board) or result_of(r) for r in runs]
 
 
 # --- output ----------------------------------------------------------------------------------------------
@@ -343,8 +432,12 @@ def format_report(report: SocReport) -> str:
         if p.error:
             lines.append(printable(f"{p.plan}: error: {p.error}"))
         else:
-            lines.append(printable(f"{p.plan}: {p.arch} on QEMU {p.accelerator}, boot {p.boot_seconds or 0:.1f}s, "
-                                   f"first result {p.first_result_seconds or 0:.1f}s, total {p.total_seconds:.1f}s"))
+            where = f" in a pod on node {p.node}" if p.node else ""
+            spent = ", ".join(f"{k} {v:.1f}s" for k, v in p.phases.items() if k in ("images", "load", "pending",
+                                                                                  "start"))
+            lines.append(printable(f"{p.plan}: {p.arch} on QEMU {p.accelerator}{where}, boot "
+                                   f"{p.boot_seconds or 0:.1f}s, first result {p.first_result_seconds or 0:.1f}s, "
+                                   f"total {p.total_seconds:.1f}s{' (' + spent + ')' if spent else ''}"))
     n = report.counts()
     lines.append(f"{n['passed']} passed, {n['failed']} failed, {n['error']} errors in {report.seconds:.1f}s")
     return "\n".join(lines)
@@ -359,7 +452,8 @@ def junit_xml(report: SocReport) -> ET.Element:
                               errors=str(n_err), skipped="0", time=f"{p.total_seconds:.3f}",
                               hostname=socket.gethostname())
         props = ET.SubElement(suite, "properties")
-        for key, value in (("file", p.file), ("arch", p.arch), ("accelerator", p.accelerator),
+        for key, value in (("file", p.file), ("arch", p.arch), ("accelerator", p.accelerator), ("target", p.target),
+                           ("node", p.node),
                            ("bootSeconds", f"{p.boot_seconds or 0:.2f}"),
                            ("firstResultSeconds", f"{p.first_result_seconds or 0:.2f}")):
             ET.SubElement(props, "property", name=key, value=value)

@@ -230,6 +230,18 @@ class GuestRun:
     console_tail: str = ""
 
 
+def build_board_initrd(arch: str, program: GuestProgram, workdir: Path) -> Path:
+    """The one initramfs a board boots, on every target: the arch's busybox guest plus `program`, its containers'
+    docker:IMAGE roots exported first; written to workdir/initrd.img."""
+    from hybridorch.vm.image_export import materialize  # docker:IMAGE roots of a soc-test's containers
+
+    guest = load_guest(arch)
+    workdir.mkdir(parents=True, exist_ok=True)
+    initrd = workdir / "initrd.img"
+    build_initrd(guest, materialize(program, arch, workdir), initrd)
+    return initrd
+
+
 def run_guest(arch: str, program: GuestProgram, *, workdir: Path, cpus: int = 1, memory_mib: int = 256,
               machine: str | None = None, boot_timeout: float = 120, timeout: float = 600,
               on_line: Callable[[ConsoleLine], None] | None = None,
@@ -237,14 +249,10 @@ def run_guest(arch: str, program: GuestProgram, *, workdir: Path, cpus: int = 1,
     """Boot a transient domain that runs `program` and powers off; the console is read as it grows (so results
     have host-side timestamps). The domain is always gone when this returns, Ctrl-C included."""
     from hybridorch.vm.host import accelerator_for, local_facts, qemu_binary
-    from hybridorch.vm.image_export import materialize  # docker:IMAGE roots of a soc-test's containers
 
-    guest = load_guest(arch)
     qemu_binary(arch)
     accel = accelerator_for(arch)
-    workdir.mkdir(parents=True, exist_ok=True)
-    initrd = workdir / "initrd.img"
-    build_initrd(guest, materialize(program, arch, workdir), initrd)
+    initrd = build_board_initrd(arch, program, workdir)
     console_log = workdir / "console.log"
     xml = workdir / "domain.xml"
     xml.write_text(guest_domain_xml(local_facts(), name=f"hyb-soc-{workdir.name}-{os.getpid()}", arch=arch,

@@ -40,6 +40,7 @@ K8S_KINDS = {
     "networking.k8s.io/v1/NetworkPolicy": "io.k8s.api.networking.v1.NetworkPolicy",
     "policy/v1/PodDisruptionBudget": "io.k8s.api.policy.v1.PodDisruptionBudget",
     "node.k8s.io/v1/RuntimeClass": "io.k8s.api.node.v1.RuntimeClass",
+    "batch/v1/Job": "io.k8s.api.batch.v1.Job",   # soc-test boards on a cluster
 }
 KUBEVIRT_KINDS = {"kubevirt.io/v1/VirtualMachine": "v1.VirtualMachine"}
 # keys that do not constrain anything jsonschema checks; dropping them keeps the shipped files small
