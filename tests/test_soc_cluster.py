@@ -141,3 +141,11 @@ def test_the_job_of_a_board_is_valid_and_says_what_the_issue_asks() -> None:
     assert qemu_c["imagePullPolicy"] == "Never" and pod["initContainers"][0]["imagePullPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
     assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == "56Mi"
+
+
+def test_images_go_only_where_a_board_may_run() -> None:
+    control = node("cp", "2", "23Gi", taints=[{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
+    nodes = [control, node("w1", "2", "23Gi"), node("w2", "2", "23Gi", unschedulable=True),
+             node("a1", "2", "8Gi", "arm64")]
+    assert kube_soc.eligible_nodes(nodes, "amd64") == ["w1"]
+    assert kube_soc.eligible_nodes(nodes, "arm64") == ["a1"]
