@@ -183,7 +183,7 @@ class _Run:
     """One soc-test run on a cluster: its Jobs, their pods, and the events about them."""
 
     def __init__(self, backend: KubernetesBackend, namespace: str, qemu: QemuImage, images: dict[str, str],
-                 ttl: str, on_finished: Callable[[BoardRun], None] | None):
+                 ttl: str):
         from kubernetes import client
 
         self.backend = backend
@@ -195,7 +195,6 @@ class _Run:
         self.images = images             # board -> its initramfs image
         self.initrd_bytes: dict[str, int] = {}
         self.ttl = ttl
-        self.on_finished = on_finished
         self.run_id = secrets.token_hex(4)
         self.jobs: list[str] = []
         self.phases: dict[str, float] = {}
@@ -244,7 +243,7 @@ class _Run:
                                                  propagation_policy="Background")
             except Exception:   # gone already, or the cluster went away: the pods below are what matters
                 pass
-        selector = ",".join(f"job-name={j}" for j in jobs[:1]) if len(jobs) == 1 else f"{LABEL_RUN}={self.run_id}"
+        selector = f"job-name={jobs[0]}" if len(jobs) == 1 else f"{LABEL_RUN}={self.run_id}"
         try:
             self.core.delete_collection_namespaced_pod(self.namespace, label_selector=selector,
                                                        grace_period_seconds=0,
@@ -455,7 +454,7 @@ def run_boards(backend: KubernetesBackend, boards: list[Board], *, parallel: int
 
     nodes = _call(backend, "listing the nodes", list_json, client.CoreV1Api(api).list_node).get("items") or []
     qemu, images, sizes, phases = _images(backend, boards, nodes)
-    run = _Run(backend, namespace, qemu, images, ttl, on_finished)
+    run = _Run(backend, namespace, qemu, images, ttl)
     run.phases, run.initrd_bytes = phases, sizes
     _ensure_namespace(run)
     queue = list(boards)
