@@ -169,8 +169,6 @@ class _Track:
     told_running: bool = False
     told_booted: bool = False
     told_waiting: bool = False
-    follower: threading.Thread | None = None
-    stream: Any = None
     closing: bool = False
     # what the follower read: (kubelet's timestamp, line); whether the guest said DONE and the log then ended
     lines: list[tuple[float | None, str]] = field(default_factory=list)
@@ -266,9 +264,8 @@ class _Run:
         def run() -> None:
             while not t.closing:
                 try:
-                    t.stream = self.core.read_namespaced_pod_log(t.pod, self.namespace, container="qemu",
-                                                                 follow=True, timestamps=True,
-                                                                 _preload_content=False)
+                    stream = self.core.read_namespaced_pod_log(t.pod, self.namespace, container="qemu",
+                                                               follow=True, timestamps=True, _preload_content=False)
                     break
                 except Exception:   # 400 while the init container runs: try again shortly
                     time.sleep(0.2)
@@ -276,7 +273,7 @@ class _Run:
                 return
             t.running = t.running or time.monotonic()
             try:
-                for raw in proc.split_stream(t.stream.stream(4096)):
+                for raw in proc.split_stream(stream.stream(4096)):
                     when, line = parse_log_line(raw)
                     t.lines.append((when, line))
                     if t.booted_at is None and console.is_booted(line):
@@ -286,8 +283,7 @@ class _Run:
                 return
             t.ended = True
 
-        t.follower = threading.Thread(target=run, name=f"soc-log-{t.board.name}", daemon=True)
-        t.follower.start()
+        threading.Thread(target=run, name=f"soc-log-{t.board.name}", daemon=True).start()
 
     def stop_following(self, t: _Track) -> None:
         """Stop waiting for the log to open. An open stream is left to its daemon thread, which ends with the pod:
