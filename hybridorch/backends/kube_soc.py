@@ -198,12 +198,7 @@ class _Run:
         self.phases: dict[str, float] = {}
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        from hybridorch.backends.kubewatch import explain_api_error
-
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:   # ApiException, urllib3 errors: one line
-            raise BackendError(f"{what}: {explain_api_error(err, self.backend.where)}") from None
+        return _call(self.backend, what, fn, *args, **kwargs)
 
     # --- Jobs ----------------------------------------------------------------------------------------------------
 
@@ -481,6 +476,7 @@ def run_boards(backend: KubernetesBackend, boards: list[Board], *, parallel: int
 
 
 def _call(backend: KubernetesBackend, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One API call; its failure (ApiException, urllib3 errors) as one line."""
     from hybridorch.backends.kubewatch import explain_api_error
 
     try:

@@ -216,6 +216,12 @@ class PlanResult:
     def ok(self) -> bool:
         return not self.error and all(t.passed for t in self.tests)
 
+    def counts(self) -> dict[str, int]:
+        out = {"passed": 0, "failed": 0, "error": 0}
+        for t in self.tests:
+            out[t.outcome] += 1
+        return out
+
 
 @dataclass(frozen=True)
 class SocReport:
@@ -229,8 +235,8 @@ class SocReport:
     def counts(self) -> dict[str, int]:
         out = {"passed": 0, "failed": 0, "error": 0}
         for p in self.plans:
-            for t in p.tests:
-                out[t.outcome] += 1
+            for outcome, n in p.counts().items():
+                out[outcome] += n
         return out
 
 
@@ -312,9 +318,7 @@ def run_plan(plan: SocPlan, workroot: Path, cancel: threading.Event | None = Non
 
 def finished_event(result: PlanResult) -> Event:
     """The progress line of a board that ended: its verdicts (or why it did not run) and its time."""
-    n = {"passed": 0, "failed": 0, "error": 0}
-    for t in result.tests:
-        n[t.outcome] += 1
+    n = result.counts()
     where = f" on node {result.node}" if result.node else ""
     if result.error and not any(t.exit_code is not None for t in result.tests):
         return Event(result.plan, EventKind.FAILED, f"{_clip(result.error, 160)}{where}")
@@ -396,20 +400,16 @@ def _run_on_cluster(plans: list[SocPlan], jobs: int | None, events: EventSink, t
     by_name = {p.name: p for p in plans}
     results: dict[str, PlanResult] = {}
 
-    def result_of(run: BoardRun) -> PlanResult:
-        plan = by_name[run.board]
-        seconds = run.run.seconds if run.run is not None else 0.0
-        return plan_result(plan, run.run, run.error, seconds=seconds, target="kubernetes", node=run.node,
-                           phases=run.phases)
-
     def finished(run: BoardRun) -> None:
-        results[run.board] = result_of(run)
+        seconds = run.run.seconds if run.run is not None else 0.0
+        results[run.board] = plan_result(by_name[run.board], run.run, run.error, seconds=seconds,
+                                         target="kubernetes", node=run.node, phases=run.phases)
         events(finished_event(results[run.board]))
 
     backend = get_backend("kubernetes", events=events, **backend_options)
     runs = backend.run_boards([board_of(p) for p in plans], parallel=jobs or len(plans), ttl=ttl,
                               on_finished=finished)
-    return [results.get(r.board) or result_of(r) for r in runs]
+    return [results[r.board] for r in runs]   # on_finished heard every board
 
 
 # --- output ----------------------------------------------------------------------------------------------
