@@ -1,8 +1,9 @@
 """Shared fixtures of the end-to-end tests: `require` (skip locally, fail in CI), a Docker client, an isolated
-state dir, a stack-file writer, a session cleanup of every object carrying a test stack's labels, and the two
+state dir, a stack-file writer, a session cleanup of every object carrying a test stack's labels, and the
 Kubernetes clusters: `kind_cluster`, the real kind cluster every module that needs a cluster shares (created once
 per session, deleted at its end), `kind_two_workers`, a second kind cluster with two worker nodes for the tests
-that spread pods over nodes (made only in sessions that ask for it), and `kwok_cluster`, the API server with many
+that spread pods over nodes (made only in sessions that ask for it), `kubevirt_cluster`, a kind cluster where real
+KubeVirt (built from source) boots VMs, and `kwok_cluster`, the API server with many
 fake kwok nodes for the tests that need foreign-arch or fake nodes, or an API server they can stop.
 
 Test stacks are named `e2e-...`; what a session used is removed after it, stale `e2e-*` leftovers before it.
@@ -300,6 +301,43 @@ def kind_two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     t0 = time.monotonic()
     cluster_cmd("kind", "down", env=own, timeout=300)
     CLUSTER_TIMINGS[f"kind {SOC_CLUSTER} deleted"] = time.monotonic() - t0
+
+
+# the cluster of `kubevirt_cluster`: real KubeVirt runs there, so its CRDs are KubeVirt's own, not the stubs
+KUBEVIRT_CLUSTER = "hybridorch-kubevirt"
+
+
+@pytest.fixture(scope="session")
+def kubevirt_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A third real kind cluster, KUBEVIRT_CLUSTER: one node, from the same node image as `kind_cluster`'s, with
+    KubeVirt built from source (e2e/kubevirt/build.sh, run by the test command's setup) installed with TCG
+    (`e2e/cluster.sh up --provider kind --kubevirt`, which returns when the KubeVirt CR is Available). Yields what
+    `kind_cluster` does. One that already runs is reused and left running (install.sh makes sure KubeVirt is
+    current); one made here is deleted when the session ends. A separate cluster, so that the schema-only CRDs of
+    the others (VMs accepted, never booted: the "no KubeVirt" case) stay what they test."""
+    require(shutil.which("docker") is not None and bool(kubectl_binary()),
+            "no Docker engine or Kubernetes build (run e2e/setup.sh)")
+    built = subprocess.run(["bash", str(ROOT / "e2e" / "kubevirt" / "build.sh"), "--print-dir"], capture_output=True,
+                           text=True).stdout.strip()
+    require(bool(built) and (Path(built) / "build.env").exists(),
+            "KubeVirt not built: run e2e/setup.sh kubevirt (HYBRIDORCH_KUBEVIRT_SOURCE names its source)")
+    home = tmp_path_factory.mktemp("kind-kubevirt-home")
+    kubeconfig = home / "kubeconfig"
+    own = {"HYBRIDORCH_KIND_KUBECONFIG": str(kubeconfig), "HYBRIDORCH_KIND_CLUSTER": KUBEVIRT_CLUSTER}
+    reused = bool(kind_nodes(KUBEVIRT_CLUSTER))
+    t0 = time.monotonic()
+    proc = cluster_cmd("kind", "up", "--kubevirt", env=own, timeout=3600)
+    if proc.returncode != 0 and not reused:
+        cluster_cmd("kind", "down", env=own, timeout=300)   # half made: nothing for the next session to reuse
+    require(proc.returncode == 0, f"kind cluster {KUBEVIRT_CLUSTER} with KubeVirt did not come up: "
+                                  f"{(proc.stdout + proc.stderr)[-3000:]}")
+    CLUSTER_TIMINGS[f"kind {KUBEVIRT_CLUSTER} with KubeVirt {'reused' if reused else 'created'}"] = \
+        time.monotonic() - t0
+    yield _cluster_env(home, kubeconfig)
+    if not reused:
+        t0 = time.monotonic()
+        cluster_cmd("kind", "down", env=own, timeout=300)
+        CLUSTER_TIMINGS[f"kind {KUBEVIRT_CLUSTER} deleted"] = time.monotonic() - t0
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,11 @@ def kubectl_binary() -> str:
     return str(Path(out) / "kubectl")
 
 
-def node_containers() -> list[str]:
+def node_containers(env: dict[str, str] | None = None) -> list[str]:
+    """The node containers of the session's kind cluster, or of the kind cluster of `env` (kind names a node's
+    container as the node)."""
+    if env is not None:
+        return [n.split("/", 1)[1] for n in kubectl(env, "get", "nodes", "-o", "name").stdout.split()]
     out = subprocess.run(["docker", "ps", "--filter", f"label=io.x-k8s.kind.cluster={NAME}", "--format",
                           "{{.Names}}"], capture_output=True, text=True).stdout
     return out.split()
@@ -97,7 +101,7 @@ def release_when_enforced(env: dict[str, str], namespace: str, pod: str, deadlin
         assert time.monotonic() < deadline, f"client pod {pod} got no IP"
         time.sleep(0.2)
     if kubectl(env, "get", "networkpolicy", "-n", namespace, "-o", "name").stdout.strip():
-        for node in node_containers():
+        for node in node_containers(env):
             while not any(ip in line.split() for line in subprocess.run(
                     ["docker", "exec", node, "ipset", "save"], capture_output=True, text=True).stdout.splitlines()):
                 assert time.monotonic() < deadline, f"kube-router on {node} never added client {pod} ({ip})"

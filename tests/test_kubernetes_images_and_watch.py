@@ -41,6 +41,20 @@ def test_pod_images_are_the_rendered_content_tagged_references():
     assert not any("ledger-disk" in r for r in found)
 
 
+def test_where_kubevirt_runs_a_vms_disk_and_kernel_image_reach_the_nodes_too():
+    docs = list(render(str(ROOT / "examples" / "shop.yaml")).documents)
+    found = pod_images(docs, vms=True)
+    (disk,) = [r for r in found if "ledger-disk" in r]
+    # one image serves as the containerDisk and as the kernelBoot container, content-tagged like pods' images
+    assert disk.startswith("hybridorch.local/ledger-disk:1-") and len(disk.rsplit("-", 1)[1]) == 12
+    workload, selector = found[disk]
+    assert workload == "ledger-vm" and selector["kubernetes.io/arch"] == "amd64"
+    (vm,) = [d for d in docs if d["kind"] == "VirtualMachine"]
+    spec = vm["spec"]["template"]["spec"]
+    assert spec["domain"]["firmware"]["kernelBoot"]["container"]["image"] == disk
+    assert {"name": "rootdisk", "containerDisk": {"image": disk, "imagePullPolicy": "IfNotPresent"}} in spec["volumes"]
+
+
 def node(labels: dict[str, str], images: list[list[str]] = (), fake: bool = False) -> dict[str, Any]:
     return {"metadata": {"name": "n", "labels": labels,
                          "annotations": {"kwok.x-k8s.io/node": "fake"} if fake else {}},

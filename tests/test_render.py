@@ -7,6 +7,7 @@ Refresh every golden file and manifests/ after an intended change with one comma
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -200,7 +201,17 @@ def test_vm_renders_kubevirt_vm_and_service():
     vm = rendered.documents_by_workload()["ledger-vm"][0]
     spec = vm["spec"]["template"]["spec"]
     assert vm["spec"]["runStrategy"] == "Always"
-    assert {"name": "rootdisk", "containerDisk": {"image": "hybridorch.local/ledger-disk:1"}} in spec["volumes"]
+    (disk,) = [v["containerDisk"] for v in spec["volumes"] if v["name"] == "rootdisk"]
+    # the locally built disk by its content tag, as pods' images; it ships the kernel that boots it (kernelBoot)
+    assert disk["image"].startswith("hybridorch.local/ledger-disk:1-") and disk["imagePullPolicy"] == "IfNotPresent"
+    boot = spec["domain"]["firmware"]["kernelBoot"]
+    assert boot["container"] == {"image": disk["image"], "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd.img",
+                                 "imagePullPolicy": "IfNotPresent"}
+    assert boot["kernelArgs"] == "root=/dev/vda rw console=ttyS0 panic=-1"   # what the local target boots it with
+    # ready when the ledger's own service answers, not when QEMU started; a delete does not wait 180 s for a guest
+    # that ignores ACPI
+    assert spec["readinessProbe"]["tcpSocket"] == {"port": 8091}
+    assert spec["terminationGracePeriodSeconds"] == 20
     assert spec["domain"]["resources"]["limits"] == {"cpu": "1", "memory": "256Mi"}
     assert spec["domain"]["devices"]["interfaces"][0]["ports"] == [{"name": "tcp-8091", "port": 8091,
                                                                     "protocol": "TCP"}]
@@ -220,13 +231,23 @@ def test_nested_vm_is_emulated_arm64_running_its_containers_as_units():
     vm = rendered.documents_by_workload()["board"][0]
     spec = vm["spec"]["template"]["spec"]
     assert spec["architecture"] == "arm64" and spec["nodeSelector"]["kubernetes.io/arch"] == "amd64"
-    config = yaml.safe_load(spec["volumes"][1]["cloudInitNoCloud"]["userData"])
-    assert config["packages"] == ["podman"]
+    # no disk of its own: on a cluster too it boots the busybox guest the local target boots, its inner containers
+    # under runc, from an image the kubernetes backend builds (named by what the guest runs); no cloud-init
+    boot = spec["domain"]["firmware"]["kernelBoot"]
+    assert re.fullmatch(r"hybridorch\.local/guest-soc-rig-board:[0-9a-f]{16}", boot["container"]["image"])
+    assert boot["kernelArgs"] == "console=ttyAMA0 quiet loglevel=3 panic=-1 hyb.net=dhcp"
+    assert "volumes" not in spec and "disks" not in spec["domain"]["devices"]
+    assert spec["readinessProbe"]["tcpSocket"]["port"] == 9000   # the telemetry container's port
+    ports = spec["domain"]["devices"]["interfaces"][0]["ports"]
+    assert [x["port"] for x in ports] == [9000]
+    # the same stack names the same guest image (the tag is a digest of what the guest runs)
+    again = render_example("soc-rig")
+    assert again.documents_by_workload()["board"][0]["spec"]["template"]["spec"]["domain"]["firmware"][
+        "kernelBoot"]["container"]["image"] == boot["container"]["image"]   # deterministic
+    local = render_example("soc-rig", "local")
+    config = yaml.safe_load(local.file("board/user-data").content)
     assert [f["path"] for f in config["write_files"]] == ["/etc/systemd/system/hybridorch-sensor-daemon.service",
                                                           "/etc/systemd/system/hybridorch-telemetry.service"]
-    assert ["systemctl", "enable", "--now", "hybridorch-telemetry.service"] in config["runcmd"]
-    local = render_example("soc-rig", "local")
-    assert local.file("board/user-data").content == spec["volumes"][1]["cloudInitNoCloud"]["userData"]
     xml = local.file("board/domain.xml").content
     assert '<domain type="qemu" ' in xml and 'arch="aarch64" machine="virt"' in xml
 
@@ -356,6 +377,7 @@ def test_injection_through_env_command_and_user_data_stays_a_string(write_stack:
               ports: [8080]
             - name: nest
               trust: trusted
+              vm: {disk: {image: "hybridorch.local/ledger-disk:1"}}   # its own disk: podman units via cloud-init
               containers:
                 - name: c
                   image: busybox

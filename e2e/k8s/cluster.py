@@ -7,7 +7,10 @@ Each provider keeps its own kubeconfig, so both can run at once.
 `auto`: the provider whose cluster runs (kind first); else kind when its tool and node image are already built
 (e2e/kind/cluster.sh prepare, which the test command's setup runs), else local (no Docker needed).
 Usage: python3 e2e/k8s/cluster.py up|down|stop|start|status|kubeconfig [--provider auto|local|kind] [--workers N]
+                                   [--kubevirt]
 (--workers: kind only, a control-plane and N worker nodes; see e2e/kind/cluster.sh)
+(--kubevirt: kind only, real KubeVirt built from source (e2e/kubevirt/build.sh, install.sh) instead of the
+schema-only CRDs every other cluster gets; `up` returns when the KubeVirt CR is Available)
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ KUBECONFIG = STATE / "kubeconfig"
 KIND_NAME = os.environ.get("HYBRIDORCH_KIND_CLUSTER") or CLUSTER_NAME
 KIND_KUBECONFIG = Path(os.environ.get("HYBRIDORCH_KIND_KUBECONFIG") or CACHE / "kind" / "kubeconfig")
 KIND_SCRIPT = HERE.parent / "kind" / "cluster.sh"
+KUBEVIRT_DIR = HERE.parent / "kubevirt"
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
 
 # The fake hosts: (name, arch, hardware virtualisation, cpu, memory). Both architectures, with and without
@@ -247,6 +251,22 @@ def install_kubevirt_crds(kubeconfig: Path = KUBECONFIG) -> None:
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, kubeconfig=kubeconfig)
 
 
+def kubevirt_installed(kubeconfig: Path) -> bool:
+    """A KubeVirt CR exists: the real KubeVirt runs (or is being installed) here, so its CRDs are not ours."""
+    return kubectl("get", "kubevirts.kubevirt.io", "-A", "-o", "name", kubeconfig=kubeconfig,
+                   check=False).stdout.strip() != ""
+
+
+def install_kubevirt(kubeconfig: Path) -> None:
+    """Real KubeVirt on the kind cluster: build it (cached: a second run takes well under a second), then load,
+    render and apply it and wait for the KubeVirt CR to be Available (install.sh; about 2 min the first time)."""
+    for step in (["build.sh"], ["install.sh", str(kubeconfig)]):
+        proc = subprocess.run(["bash", str(KUBEVIRT_DIR / step[0]), *step[1:]],
+                              env={**os.environ, "HYBRIDORCH_KIND_CLUSTER": KIND_NAME}, timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"[cluster] error: e2e/kubevirt/{step[0]} failed (exit {proc.returncode})")
+
+
 def node_object(name: str, arch: str, kvm: bool, cpu: str, memory: str) -> dict[str, Any]:
     labels = {"kubernetes.io/arch": arch, "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
               "type": "kwok"}
@@ -302,11 +322,11 @@ def kubeconfig_of(provider: str) -> Path:
     return KIND_KUBECONFIG if provider == "kind" else KUBECONFIG
 
 
-def up(provider: str, workers: int = 0) -> None:
+def up(provider: str, workers: int = 0, kubevirt: bool = False) -> None:
     start = time.monotonic()
     provider = provider_of(provider)
-    if workers and provider != "kind":
-        raise SystemExit(f"[cluster] error: --workers needs the kind provider, not {provider}")
+    if (workers or kubevirt) and provider != "kind":
+        raise SystemExit(f"[cluster] error: --workers and --kubevirt need the kind provider, not {provider}")
     kubeconfig = kubeconfig_of(provider)
     if provider == "kind":
         kind_up(workers)   # creates the cluster, or re-exports the kubeconfig of the running one
@@ -315,7 +335,10 @@ def up(provider: str, workers: int = 0) -> None:
     else:
         local_up()
     wait_api(kubeconfig=kubeconfig)
-    install_kubevirt_crds(kubeconfig)
+    if kubevirt:
+        install_kubevirt(kubeconfig)
+    elif not kubevirt_installed(kubeconfig):   # the stubs would break a real KubeVirt
+        install_kubevirt_crds(kubeconfig)
     if provider == "local":
         add_fake_nodes()
     log(f"{provider} cluster ready in {time.monotonic() - start:.1f}s: export KUBECONFIG={kubeconfig}")
@@ -338,9 +361,11 @@ def main(argv: list[str]) -> int:
                         default=os.environ.get("HYBRIDORCH_K8S_PROVIDER", "auto"))
     parser.add_argument("--workers", type=int, default=0,
                         help="up, kind only: worker nodes beside the control-plane (default 0: one node)")
+    parser.add_argument("--kubevirt", action="store_true",
+                        help="up, kind only: install real KubeVirt (built from source) and wait until Available")
     args = parser.parse_args(argv)
     if args.command == "up":
-        up(args.provider, args.workers)
+        up(args.provider, args.workers, args.kubevirt)
     elif args.command == "down":
         down(args.provider)
     elif args.command in ("stop", "start"):

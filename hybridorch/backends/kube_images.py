@@ -4,8 +4,10 @@ On kind, every other image of the stack that this machine's Docker engine holds 
 myapp:dev`) is loaded too, as `kind load docker-image`, Skaffold and Tilt do; the rest is left to its registry."""
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Iterable
 
+from hybridorch.backends.events import Event, EventKind
 from hybridorch.core import images
 from hybridorch.errors import BackendError
 
@@ -18,7 +20,9 @@ def prepare_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, 
     """Make the stack's locally built images available to the nodes before anything is applied: on a kind
     cluster, build the missing ones and load them into every node; on any other cluster, fail in one line when
     a node that may run a pod lacks one (nodes report the images they hold; kwok's fake nodes pull nothing)."""
-    wanted = pod_images(docs)
+    # a containerDisk matters only where KubeVirt runs it; CRDs alone never pull it
+    has_vms = any(d.get("kind") == "VirtualMachine" for d in docs)
+    wanted = pod_images(docs, vms=has_vms and _kubevirt_runs(backend))
     local = {ref: where for ref, where in wanted.items() if images.is_local(ref)}
     from hybridorch.backends.kind import image_id, kind_cluster_name, load_images
 
@@ -29,8 +33,11 @@ def prepare_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, 
     cluster = kind_cluster_name(backend.current_context(), [(n.get("spec") or {}).get("providerID", "")
                                                             for n in nodes])
     if cluster is not None:
-        if local:
-            _build_images(backend, plan, list(local))
+        guests = [ref for ref in local if images.is_guest_image(ref)]
+        if guests:
+            _build_guest_images(backend, plan, docs, guests)
+        if len(guests) < len(local):
+            _build_images(backend, plan, [ref for ref in local if ref not in guests])
         # the user's own local builds: a node would otherwise try a registry that never had them (ErrImagePull)
         own = [ref for ref in wanted if ref not in local and image_id(ref) is not None]
         return load_images(cluster, list(local) + own, backend.events)
@@ -52,23 +59,62 @@ def _build_images(backend: KubernetesBackend, plan: Plan, refs: list[str]) -> No
     from hybridorch.backends.base import get_backend
 
     dirs = images.image_dirs(plan.stack.file)
-    sources = {images.content_ref(p.workload.image, dirs): p.workload.image for p in plan.placements
-               if p.workload.image and images.is_local(p.workload.image)}
+    named = [ref for p in plan.placements for ref in (p.workload.image, p.workload.vm.disk_image) if ref]
+    sources = {images.content_ref(ref, dirs): ref for ref in named if images.is_local(ref)}
     missing = [sources.get(ref, ref) for ref in refs]
     builder: Any = get_backend("docker", events=backend.events)
     builder.ensure_images(missing, plan.stack.file)
 
 
-def pod_images(docs: Iterable[dict[str, Any]]) -> dict[str, tuple[str, dict[str, str]]]:
-    """Every image the pod templates of `docs` run -> (its workload, the pod's nodeSelector)."""
+def _build_guest_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, Any]], refs: list[str]) -> None:
+    """The busybox guest of each nested VM whose kernelBoot image is `refs`: the initramfs the local target boots
+    (the same program, inner images exported from the local engine), with the guest kernel, as an image."""
+    import tempfile
+    from pathlib import Path
+
+    from hybridorch.vm.programs import program_for
+    from hybridorch.core.labels import LABEL_WORKLOAD
+    from hybridorch.vm.board_image import guest_image
+    from hybridorch.vm.boot import build_board_initrd
+
+    for ref, (name, _selector) in pod_images(docs, vms=True).items():
+        if ref not in refs:
+            continue
+        vm = next(d for d in docs if d.get("kind") == "VirtualMachine" and d["metadata"]["name"] == name)
+        workload = vm["metadata"]["labels"][LABEL_WORKLOAD]
+        p = next(p for p in plan.placements if p.name == workload)
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="hybridorch-guest-") as work:
+            initrd = build_board_initrd(p.workload.arch, program_for(p.workload, p.runtime, plan.stack.name),
+                                        Path(work))
+            built = guest_image(ref, p.workload.arch, initrd)
+        if built:
+            backend.events(Event(ref, EventKind.IMAGE_BUILT, f"the busybox guest of {workload} in "
+                                                             f"{time.monotonic() - t0:.1f}s"))
+
+
+def _kubevirt_runs(backend: KubernetesBackend) -> bool:
+    from hybridorch.backends.kube_status import kubevirt_present
+
+    return kubevirt_present(backend)
+
+
+def pod_images(docs: Iterable[dict[str, Any]], vms: bool = False) -> dict[str, tuple[str, dict[str, str]]]:
+    """Every image the pod templates of `docs` run -> (its workload, the pod's nodeSelector); with `vms`, also the
+    VirtualMachines' containerDisks and kernelBoot images, which KubeVirt runs as containers of virt-launcher."""
     out: dict[str, tuple[str, dict[str, str]]] = {}
     for d in docs:
-        if d.get("kind") not in ("Deployment", "StatefulSet"):
-            continue
+        name = (d.get("metadata") or {}).get("name", "")
         pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
-        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
-            if c.get("image"):
-                out.setdefault(c["image"], ((d.get("metadata") or {}).get("name", ""), pod.get("nodeSelector") or {}))
+        if d.get("kind") in ("Deployment", "StatefulSet"):
+            refs = [c.get("image") for c in (pod.get("initContainers") or []) + (pod.get("containers") or [])]
+        elif d.get("kind") == "VirtualMachine" and vms:
+            boot = (((pod.get("domain") or {}).get("firmware") or {}).get("kernelBoot") or {}).get("container") or {}
+            refs = [boot.get("image")] + [(v.get("containerDisk") or {}).get("image") for v in pod.get("volumes") or []]
+        else:
+            continue
+        for ref in filter(None, refs):
+            out.setdefault(ref, (name, pod.get("nodeSelector") or {}))
     return out
 
 

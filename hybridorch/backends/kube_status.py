@@ -65,10 +65,16 @@ def workload_statuses(plan: Plan, objects: list[dict[str, Any]], controller: boo
         order = (State.FAILED, State.PENDING, State.STOPPED, State.RUNNING, State.READY)
         state = min((s for s, _ in states), key=order.index)
         detail = "; ".join(d for s, d in states if d)
+        if "ErrorUnschedulable" in detail and p.runtime in VM_RUNTIMES and p.workload.arch != p.host_arch:
+            # the plan emulates the guest on another arch's host, which KubeVirt does not: it asks for a node
+            # of the guest's own architecture
+            detail += (f" (KubeVirt runs a VM only on a node of its own architecture, {p.workload.arch}: it does "
+                       f"not emulate it on {p.host_arch})")
         ns = objs[0]["metadata"].get("namespace", "")
         age = _age(objs[0])
         # in-cluster ports (the Service's); nothing is published on this machine
-        ports = tuple(f"{x.port}/{x.protocol.lower()}" for x in p.workload.ports)
+        ports = tuple(dict.fromkeys(f"{x.port}/{x.protocol.lower()}" for x in list(p.workload.ports) + [
+            x for c in p.workload.containers for x in c.ports]))   # a nested VM serves its inner containers' too
         out.append(WorkloadStatus(p.name, p.runtime, state, ports=ports, uptime_seconds=age, detail=detail,
                                   extra={"namespace": ns,
                                          "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in objs]}))
@@ -171,19 +177,43 @@ def _object_state(obj: dict[str, Any], controller: bool | None) -> tuple[State, 
             return State.READY, f"{ready}/{want} ready"
         return State.PENDING, f"{ready}/{want} ready"
     if kind == "VirtualMachine":
-        printable = st.get("printableStatus")
-        if st.get("ready"):
-            return State.READY, printable or "Running"
-        if spec.get("runStrategy") == "Halted" or spec.get("running") is False:
-            return State.STOPPED, printable or "Halted"
-        if printable in ("CrashLoopBackOff", "ErrorUnschedulable", "ErrImagePull", "ImagePullBackOff",
-                         "ErrorPvcNotFound", "DataVolumeError"):
-            return State.FAILED, printable
-        if controller is False and not printable:
-            # no KubeVirt controller in this cluster: the API server accepting the object is all there is
-            return State.PENDING, ACCEPTED
-        return State.PENDING, printable or "waiting for KubeVirt"
+        return _vm_state(spec, st, controller)
     return State.RUNNING, ""
+
+
+# printableStatus values of a VM that waiting does not mend
+VM_FAILURES = ("CrashLoopBackOff", "ErrorUnschedulable", "ErrImagePull", "ImagePullBackOff", "ErrorPvcNotFound",
+               "DataVolumeError", "ErrorDataVolumeNotFound")
+# VM conditions that say why, most telling first (Ready's own messages only say "not running")
+VM_WHY = ("Failure", "Synchronized", "PodScheduled", "Ready")
+
+
+def _vm_state(spec: dict[str, Any], st: dict[str, Any], controller: bool | None) -> tuple[State, str]:
+    printable = st.get("printableStatus")
+    if st.get("ready"):
+        return State.READY, printable or "Running"
+    if spec.get("runStrategy") == "Halted" or spec.get("running") is False:
+        return State.STOPPED, printable or "Halted"
+    if controller is False and not printable:
+        # no KubeVirt controller in this cluster: the API server accepting the object is all there is
+        return State.PENDING, ACCEPTED
+    why = vm_reason(st)
+    if printable in VM_FAILURES:
+        return State.FAILED, f"{printable}: {why}" if why else printable
+    if printable == "Running":
+        # the guest runs; its readiness probe (the first TCP port) has not answered yet
+        return State.PENDING, "Running; the guest's service does not answer yet"
+    return State.PENDING, printable or "waiting for KubeVirt"
+
+
+def vm_reason(st: dict[str, Any]) -> str:
+    """KubeVirt's own words for a VM that is not ready, in one line: the message of its most telling False
+    condition (the scheduler's, a missing PVC, a failed start)."""
+    false = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "False" and c.get("message")}
+    for kind in VM_WHY:
+        if kind in false:
+            return " ".join(str(false[kind]["message"]).split())
+    return ""
 
 
 def state_event(status: WorkloadStatus) -> Event | None:

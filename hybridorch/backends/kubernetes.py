@@ -232,8 +232,11 @@ class KubernetesBackend(Backend):
         if not objs:
             raise BackendError(f"workload {workload} is not in the cluster: apply the stack first")
         ns = objs[0]["metadata"]["namespace"]
-        args = ["logs", "-n", ns, "-l", f"{selector(plan.stack.name)},{LABEL_WORKLOAD}={workload}",
-                "--all-containers", "--prefix", f"--tail={tail if tail is not None else -1}"]
+        # a VM's log is its serial console, which KubeVirt's virt-launcher pod streams in its guest-console-log
+        # container (the pod's other containers log libvirt and KubeVirt, not the guest)
+        which = ["-c", "guest-console-log"] if objs[0]["kind"] == "VirtualMachine" else ["--all-containers"]
+        args = ["logs", "-n", ns, "-l", f"{selector(plan.stack.name)},{LABEL_WORKLOAD}={workload}", *which,
+                "--prefix", f"--tail={tail if tail is not None else -1}"]
         if follow:
             args.append("--follow")
         if not follow:

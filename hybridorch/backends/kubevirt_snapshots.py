@@ -66,9 +66,42 @@ def cluster_list(backend: KubernetesBackend, plan: Plan, workload: str) -> list[
     return _list(backend, plan.stack.name, workload, ns)
 
 
+def lacking(backend: KubernetesBackend) -> list[str]:
+    """What a cluster lacks for KubeVirt to snapshot disk data: CDI (DataVolumes) and CSI volume snapshots."""
+    served = set(backend.kubectl("api-resources", "-o", "name").stdout.split())
+    out = []
+    if "datavolumes.cdi.kubevirt.io" not in served:
+        out.append("CDI (no DataVolumes)")
+    if "volumesnapshotclasses.snapshot.storage.k8s.io" not in served:
+        out.append("CSI volume snapshots (no VolumeSnapshot CRDs or snapshot controller)")
+    elif not backend.get_json("volumesnapshotclasses.snapshot.storage.k8s.io"):
+        out.append("a VolumeSnapshotClass (no CSI driver that snapshots)")
+    return out
+
+
+def check_snapshottable(backend: KubernetesBackend, namespace: str, vms: list[str]) -> None:
+    """Refuse in one line where KubeVirt would take a snapshot holding no disk at all: it reports each volume's
+    snapshot support on the VM, and a containerDisk (ephemeral: reset at every boot) or a PVC without CSI
+    snapshots has none; such a "snapshot" restores the VM's spec only."""
+    for vm in vms:
+        found = backend.get_json("virtualmachines.kubevirt.io", "-n", namespace, "--field-selector",
+                                 f"metadata.name={vm}")
+        if not found:
+            raise BackendError(f"VirtualMachine {namespace}/{vm} is not in {backend.where}: apply the stack first")
+        volumes = (found[0].get("status") or {}).get("volumeSnapshotStatuses") or []
+        if volumes and not any(v.get("enabled") for v in volumes):
+            why = "; ".join(f"{v.get('name')}: {v.get('reason', 'not supported')}" for v in volumes)
+            missing = lacking(backend)
+            raise BackendError(
+                f"VirtualMachine {namespace}/{vm} has no disk KubeVirt can snapshot ({why}): snapshots need the "
+                "boot disk on a PVC (vm.disk.pvc, or vm.disk.size for a DataVolume) of a StorageClass with CSI "
+                "snapshots" + (f"; the cluster lacks {' and '.join(missing)}" if missing else ""))
+
+
 def cluster_create(backend: KubernetesBackend, plan: Plan, workload: str, name: str) -> list[Snapshot]:
     check_crds(backend)
     ns, vms = cluster_vms(plan, workload, backend.namespace_prefix)
+    check_snapshottable(backend, ns, vms)
     _apply(backend, [snapshot_object(plan.stack.name, workload, vm, ns, name) for vm in vms])
     return [s for s in _list(backend, plan.stack.name, workload, ns) if s.name.startswith(name)]
 

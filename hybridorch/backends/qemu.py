@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from hybridorch import proc
 from hybridorch.errors import BackendError
-from hybridorch.core.runtime import VM_RUNTIMES, Runtime, container_env, read_only_root
+from hybridorch.core.runtime import VM_RUNTIMES, Runtime
 from hybridorch.vm.guestimage import load_guest
-from hybridorch.vm.initramfs import ContainerRun, GuestProgram, build_initrd
+from hybridorch.vm.initramfs import GuestProgram, build_initrd
 from hybridorch.core.labels import LABEL_REPLICA, LABEL_STACK, LABEL_WORKLOAD, replica_dir, replica_path, replica_title
 from hybridorch.vm import disks, libvirt
 from hybridorch.vm.boot import GuestVM, check_port_free, run_guest
 from hybridorch.render.domain import AUTO_PORT, MACHINES, Forward, forwards_in, workload_forwards
 from hybridorch.vm.host import accelerator_for, local_facts, qemu_binary, state_root
-from hybridorch.vm.image_export import DOCKER_PREFIX, inner_rootfs, materialize
+from hybridorch.vm.image_export import DOCKER_PREFIX, materialize
+from hybridorch.vm.programs import program_for
 from hybridorch.backends import qemu_inventory, qemu_snapshots
 from hybridorch.backends.qemu_status import replicas_status, sandbox_reason, wait_vm_ready
 from hybridorch.backends.base import Backend, LiveFacts, Managed, Removal, Snapshot, WorkloadStatus
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from hybridorch.core.plan import Plan
     from hybridorch.core.policy import Placement
     from hybridorch.render.writer import Rendered
-    from hybridorch.core.spec import Workload
 
 __all__ = ["QemuBackend", "run_guest", "state_root", "qemu_binary", "MACHINES", "Forward",
            "program_for", "materialize", "accelerator_for"]
@@ -51,39 +51,6 @@ _forwards = workload_forwards
 
 
 # --- the backend -------------------------------------------------------------------------------------
-
-def program_for(w: Workload, runtime: Runtime, stack: str = "", replica: int = 0) -> GuestProgram:
-    """What the guest of a vm/nested workload runs: inner containers, the workload's command, or httpd; a
-    sandboxed workload's guest runs its container image with runc on the guest's own kernel, with the spec's
-    command (args go to the image's entrypoint: see materialize) and env, as Docker would."""
-    if runtime is Runtime.SANDBOXED:
-        assert w.image is not None   # the spec loader requires an image for container runtimes
-        env = container_env(w, stack, replica)
-        argv = tuple(w.command or ()) + tuple(w.args or ()) if w.command is not None else ()
-        # the same hardening as the container would get in Docker or a pod: core.runtime.read_only_root
-        run = ContainerRun(w.name, argv, inner_rootfs(w.image), env, timeout=0, host_network=True,
-                           read_only=read_only_root(w))
-        return GuestProgram(w.name, containers=(run,), env=dict(w.env))
-    if runtime is Runtime.NESTED:
-        containers = []
-        for c in w.containers:
-            rootfs = inner_rootfs(c.image)
-            if not c.command and not rootfs.startswith(DOCKER_PREFIX):
-                raise BackendError(f"{w.name}: inner container {c.name} needs a command (the guest runs it with runc)")
-            containers.append(ContainerRun(c.name, tuple(c.command or ()), rootfs, dict(c.env),
-                                           timeout=0, host_network=True))
-        return GuestProgram(w.name, containers=tuple(containers), env=dict(w.env))
-    command = tuple(w.command or ()) + tuple(w.args or ()) or None
-    if w.runtime is None and w.image and not (w.vm.disk_image or w.vm.disk_pvc):
-        # a container image the policy moved into a VM (own kernel, escape surface, ...): the guest runs it with
-        # runc on its own kernel, as the KubeVirt rendering runs it with podman; an image named by an explicit
-        # `runtime: vm` is a boot disk instead, which the local busybox guest stands in for
-        env = {"HYBRIDORCH_WORKLOAD": w.name, **w.env}
-        run = ContainerRun(w.name, command or (), inner_rootfs(w.image), env, timeout=0, host_network=True)
-        return GuestProgram(w.name, containers=(run,), env=dict(w.env))
-    ports = tuple(p.port for p in w.ports if p.protocol == "TCP")
-    return GuestProgram(w.name, http_ports=ports, command=command, env=dict(w.env))
-
 
 @dataclass
 class _Desired:

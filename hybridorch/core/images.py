@@ -96,6 +96,20 @@ def is_local(ref: str) -> bool:
     return ref.startswith(LOCAL_REGISTRY + "/")
 
 
+# The busybox guest of a VM without a disk of its own (a nested workload's inner containers under runc), as an
+# image a cluster boots with KubeVirt's kernelBoot: built by the kubernetes backend from the same initramfs the
+# local target boots; named by the stack, the workload and a digest of what the guest runs
+GUEST_REPOSITORY_PREFIX = f"{LOCAL_REGISTRY}/guest-"
+
+
+def guest_image_ref(stack: str, workload: str, digest: str) -> str:
+    return f"{GUEST_REPOSITORY_PREFIX}{stack}-{workload}:{digest[:16]}"
+
+
+def is_guest_image(ref: str) -> bool:
+    return ref.startswith(GUEST_REPOSITORY_PREFIX)
+
+
 def image_dirs(stack_file: str | None = None) -> list[Path]:
     """Where recipes are looked up, first match wins: $HYBRIDORCH_IMAGES, <stack dir>/images, examples/images."""
     dirs = [Path(p) for p in os.environ.get("HYBRIDORCH_IMAGES", "").split(os.pathsep) if p]

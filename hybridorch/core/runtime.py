@@ -143,6 +143,29 @@ def guest_refusal(arch: str) -> str | None:
 
 # --- rules -------------------------------------------------------------------------------------------------
 
+# Where a containerDisk keeps the kernel and initrd that boot its root (KubeVirt's kernelBoot layout): the local
+# target boots them through libvirt, a cluster through KubeVirt's firmware.kernelBoot
+DISK_KERNEL = "/boot/vmlinuz"
+DISK_INITRD = "/boot/initrd.img"
+
+
+# On the kernel command line of a busybox guest: take the address by DHCP (KubeVirt's masquerade binding hands
+# out its own), not the fixed address of QEMU's user network the local target uses
+GUEST_DHCP_ARG = "hyb.net=dhcp"
+
+
+def guest_cmdline(arch: str) -> str:
+    """The kernel command line of the busybox guest (its initramfs is the root)."""
+    console = ARCHES[arch].console if arch in ARCHES else "ttyS0"
+    return f"console={console} quiet loglevel=3 panic=-1"
+
+
+def disk_cmdline(arch: str, bus: str) -> str:
+    """The kernel command line of a VM booting its own disk's kernel: the root is the first disk, on both targets."""
+    console = ARCHES[arch].console if arch in ARCHES else "ttyS0"
+    return f"root=/dev/{'sda' if bus == 'sata' else 'vda'} rw console={console} panic=-1"
+
+
 def readiness_port(w: Workload) -> int | None:
     """The TCP port whose answer shows the workload is ready: `ready.port`; without it the first TCP port (the
     workload's, then its inner containers'), unless a `ready.marker` (a log line) is the check instead.

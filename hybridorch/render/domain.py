@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from hybridorch.core.labels import LABEL_REPLICA, replica_dir, replica_name, replica_title
 from hybridorch.core.runtime import (ANY_ADDRESS, ARCHES, Arch, LocalSandbox, Runtime, assign_host_ports,
-                                     host_address, local_ports, publishes_host_ports)
+                                     disk_cmdline, guest_cmdline, host_address, local_ports,
+                                     publishes_host_ports)
 
 if TYPE_CHECKING:
     from hybridorch.core.spec import Workload
@@ -136,12 +137,11 @@ def domain_context(facts: LocalFacts, vm: Mapping[str, Any], *, stack: str, arch
     if emulated:
         accel = "tcg"
     where = vm_dir(facts, stack, vm["name"], replica)
-    console = m.console if m else "ttyS0"
     if has_disk:
         # the disk's own kernel, shipped in its containerDisk (KubeVirt's kernelBoot layout), boots its root
-        cmdline = f"root=/dev/{'sda' if vm['bus'] == 'sata' else 'vda'} rw console={console} panic=-1"
+        cmdline = disk_cmdline(arch, vm["bus"])
     else:
-        cmdline = f"console={console} quiet loglevel=3 panic=-1"
+        cmdline = guest_cmdline(arch)
     sandbox = vm.get("runtime") is Runtime.SANDBOXED
     memory = vm["memory_mib"] if has_disk else \
         sandbox_memory_mib(vm["memory_mib"]) if sandbox else max(MIN_INITRAMFS_MIB, vm["memory_mib"])
@@ -178,7 +178,7 @@ def guest_domain_context(facts: LocalFacts, *, name: str, arch: str, accel: str,
     return _domain(facts, arch, accel, name=name, title=name, labels=dict(labels or {}), memory_mib=memory_mib,
                    vcpus=cpus, uname=m.uname, machine=machine or m.machine,
                    kernel=f"{facts.guests_dir}/{arch}/vmlinuz", initrd=initrd,
-                   cmdline=f"console={m.console} quiet loglevel=3 panic=-1", console_log=console_log)
+                   cmdline=guest_cmdline(arch), console_log=console_log)
 
 
 def _domain(facts: LocalFacts, arch: str, accel: str, *, name: str, title: str, labels: Mapping[str, str],

@@ -2,6 +2,8 @@
 objects or local VM files; every template's text is parsed back and validated before a Rendered is returned."""
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,8 +16,10 @@ from hybridorch.errors import RenderError
 from hybridorch.core.labels import LABEL_MANAGED, LABEL_RUNTIME, MANAGED_BY, object_labels, replica_names, replica_path
 from hybridorch.core.plan import Plan
 from hybridorch.core.policy import Placement, Profile
-from hybridorch.core.runtime import (ARCHES, VM_RUNTIMES, Runtime, SandboxClass, assign_host_ports, cache_root,
-                                     is_privileged, read_only_root, readiness_port, runs_image_in_vm, scratch_tmp)
+from hybridorch.core.runtime import (ARCHES, DISK_INITRD, DISK_KERNEL, GUEST_DHCP_ARG, VM_RUNTIMES, Runtime,
+                                     SandboxClass, assign_host_ports, cache_root, disk_cmdline, guest_cmdline,
+                                     is_privileged, read_only_root,
+                                     readiness_port, runs_image_in_vm, scratch_tmp)
 from hybridorch.core.spec import InnerContainer, Workload, memory_bytes
 from hybridorch.render.domain import LocalFacts, domain_context, replica_forwards, sandbox_in_vm, vm_dir, workload_forwards
 from hybridorch.render.sandbox import Templates
@@ -27,6 +31,9 @@ LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
 # (the handlers' conventional names: Kata Containers' "kata", gVisor's "runsc")
 RUNTIME_CLASSES = {SandboxClass.KATA: ("hybridorch-kata", "kata"), SandboxClass.GVISOR: ("hybridorch-gvisor", "runsc")}
 RUNTIME_CLASS = RUNTIME_CLASSES[SandboxClass.KATA][0]   # the default policies' class
+# How long KubeVirt waits for a guest to shut down on its own before stopping it (its default is 180 s; a guest
+# without ACPI handling, like the examples' busybox-style inits, would hold every delete that long)
+VM_GRACE_SECONDS = 20
 # Boot disk of a Linux VM that names none: a public cloud image with cloud-init (podman for nested comes from apt)
 DEFAULT_DISK_IMAGE = "quay.io/containerdisks/debian:12"
 NONROOT_ID = 65532                  # the conventional "nonroot" uid/gid of distroless images
@@ -98,11 +105,16 @@ def _inner_containers(w: Workload) -> tuple[InnerContainer, ...]:
     return ()
 
 
-def _vm_ports(w: Workload) -> list[dict[str, Any]]:
+def _vm_port_list(w: Workload) -> list[Any]:
+    """The ports a VM serves: its own and its inner containers', each (port, protocol) once."""
     seen: dict[tuple[int, str], Any] = {}
     for p in list(w.ports) + [p for c in _inner_containers(w) for p in c.ports]:
         seen.setdefault((p.port, p.protocol), p)
-    return _ports(seen.values())
+    return list(seen.values())
+
+
+def _vm_ports(w: Workload) -> list[dict[str, Any]]:
+    return _ports(_vm_port_list(w))
 
 
 def _workload_context(plan: Plan, p: Placement, namespace: str, image_dirs: list[Path]) -> dict[str, Any]:
@@ -173,14 +185,34 @@ def _cloud_config(tpl: Templates, plan: Plan, p: Placement) -> str:
     return text
 
 
-def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str) -> dict[str, Any]:
+def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str,
+                image_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """The `vm` of the KubeVirt and libvirt templates. With `image_dirs` (a cluster's render) a locally built disk
+    image is named by its content-derived tag, as pods' images are."""
     w = p.workload
     windows = w.os == "windows"
     image = _disk_image(w)
     if windows and image == DEFAULT_DISK_IMAGE:
         raise RenderError(f"workload {w.name}: a windows VM needs vm.disk.image or vm.disk.pvc (its boot disk)")
+    if image and image_dirs is not None:
+        image = images.content_ref(image, image_dirs)
     machine = w.vm.machine or ARCHES[w.arch].machine
     replicas = max(w.replicas, 1)
+    bus = "sata" if windows else "virtio"
+    # a disk the user names boots the kernel its image ships, as on the local target; the default cloud image
+    # and a PVC boot their own bootloader
+    kernel_boot = None if windows or image in (None, DEFAULT_DISK_IMAGE) else {
+        "image": image, "kernel": DISK_KERNEL, "initrd": DISK_INITRD, "args": disk_cmdline(w.arch, bus)}
+    # a nested workload without a disk of its own boots, on a cluster too, the busybox guest the local target
+    # boots: its inner containers under runc, from an image the kubernetes backend builds and loads
+    guest = image_dirs is not None and p.runtime is Runtime.NESTED and image == DEFAULT_DISK_IMAGE \
+        and not w.vm.disk_size
+    if guest:
+        ref = images.guest_image_ref(plan.stack.name, w.name, _guest_digest(w, image_dirs or []))
+        kernel_boot = {"image": ref, "kernel": DISK_KERNEL, "initrd": DISK_INITRD,
+                       "args": f"{guest_cmdline(w.arch)} {GUEST_DHCP_ARG}"}
+        image = None
+    ready_port = readiness_port(w)
     return {
         "name": w.name, "namespace": namespace, "runtime": p.runtime,
         "labels": _labels(plan, w, p.runtime, w.tenant), "selector": _selector(plan, w),
@@ -191,10 +223,26 @@ def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str) -> dic
         "memory_mib": w.resources.memory_bytes // 2**20,
         "node_selector": _node_selector(p), "ports": _vm_ports(w),
         "disk": {"image": image, "pvc": w.vm.disk_pvc, "size": w.vm.disk_size},
-        "bus": "sata" if windows else "virtio", "nic_model": "e1000e" if windows else "virtio",
-        "windows": windows, "accelerated": p.needs_virtualization and not p.emulated,
-        "user_data": None if windows else _cloud_config(tpl, plan, p),
+        "bus": bus, "nic_model": "e1000e" if windows else "virtio", "kernel_boot": kernel_boot,
+        # a locally built image by its content-derived tag (loaded into kind's nodes): IfNotPresent is right
+        "pull_policy": "IfNotPresent", "grace_seconds": VM_GRACE_SECONDS,
+        # KubeVirt turns a TCP probe into the virt-launcher pod's, which its masquerade binding hands to the guest:
+        # ready when the guest's own service answers
+        "ready_port": ready_port if any(x.port == ready_port and x.protocol == "TCP" for x in _vm_port_list(w))
+        else None,
+        "windows": windows, "accelerated": p.needs_virtualization and not p.emulated, "guest": guest,
+        "user_data": None if windows or guest else _cloud_config(tpl, plan, p),
     }
+
+
+def _guest_digest(w: Workload, image_dirs: list[Path]) -> str:
+    """What a nested workload's busybox guest runs, hashed (arch, env, inner containers with local images by their
+    content tags): a change names a new guest image."""
+    inner = [{"name": c.name, "image": images.content_ref(c.image, image_dirs) if c.image else c.image,
+              "command": list(c.command or ()), "env": dict(c.env), "ports": [[x.port, x.protocol] for x in c.ports]}
+             for c in w.containers]
+    data = json.dumps({"arch": w.arch, "env": dict(w.env), "containers": inner}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()
 
 
 def _tenant_context(plan: Plan, tenant: str, namespace: str, placements: list[Placement],
@@ -312,7 +360,7 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     for p in plan.placements:
         ns = f"{prefix}{p.workload.tenant}"
         if p.runtime in VM_RUNTIMES:
-            ctx = _vm_context(tpl, plan, p, ns)
+            ctx = _vm_context(tpl, plan, p, ns, image_dirs)
             docs = tpl.documents("kubevirt/virtualmachine.yaml.j2", vm=ctx)
         else:
             ctx = _workload_context(plan, p, ns, image_dirs)

@@ -6,7 +6,9 @@
   guest kernel of each arch at /board/<arch>/vmlinuz and a static busybox; tagged with a hash of everything put in,
   so a rebuilt QEMU or kernel makes a new tag and an unchanged machine builds nothing;
 - a board image per plan (`board_image`): busybox and the plan's initrd, which an init container copies into an
-  emptyDir (`INIT_COMMAND`) where the QEMU container boots it (`qemu_args`).
+  emptyDir (`INIT_COMMAND`) where the QEMU container boots it (`qemu_args`);
+- beside them, a nested workload's guest image (`guest_image`): the guest kernel and its initrd in a containerDisk's
+  kernelBoot layout, which KubeVirt boots.
 Both are built with the docker CLI on a temporary context directory, only when the local engine lacks the tag."""
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ QEMU_REPOSITORY = f"{REGISTRY}/soc-qemu"
 BOARD_REPOSITORY_PREFIX = f"{REGISTRY}/soc-board-"
 LABEL_QEMU_ARCHES = "dev.hybridorch.qemu-arches"
 LABEL_SOC_PLAN = "dev.hybridorch.soc-plan"
+LABEL_GUEST_CONTENT = "dev.hybridorch.guest-content"   # a guest image's content hash (its tag is render's)
 # bump when what goes into the QEMU image changes (not its inputs: those are hashed)
 RECIPE_VERSION = 1
 
@@ -329,6 +332,25 @@ def ensure_image(recipe: ImageRecipe) -> bool:
     finally:
         shutil.rmtree(context, ignore_errors=True)
     return True
+
+
+def guest_image(ref: str, arch: str, initrd: Path) -> bool:
+    """A nested workload's busybox guest as an image KubeVirt boots with kernelBoot: the arch's guest kernel and
+    `initrd` at the paths of a containerDisk's kernel (runtime.DISK_KERNEL/DISK_INITRD), under the tag render
+    chose. Rebuilt when what it holds changed (a label hashes it); True when it was built."""
+    from hybridorch.core.runtime import DISK_INITRD, DISK_KERNEL
+
+    files: dict[str, tuple[Path, int]] = {}
+    _add(files, DISK_KERNEL, load_guest(arch).kernel, executable=False)
+    _add(files, DISK_INITRD, initrd, executable=False)
+    content = content_tag(files, "guest")
+    labels = {LABEL_MANAGED: MANAGED_BY, LABEL_GUEST_CONTENT: content}
+    # KubeVirt's kernelBoot init container copies the files out as its own (non-root) user: readable by anyone
+    recipe = ImageRecipe(ref, files, _dockerfile(f"hybridorch busybox guest ({arch})", labels, user=False))
+    if (_labels(ref) or {}).get(LABEL_GUEST_CONTENT) == content:
+        return False
+    _docker("image", "rm", "-f", ref, what=f"docker image rm {ref}")
+    return ensure_image(recipe)
 
 
 def qemu_image(arches: Iterable[str]) -> QemuImage:

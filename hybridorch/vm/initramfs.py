@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Iterable, Mapping
 
 from hybridorch.errors import BackendError
-from hybridorch.core.runtime import ARCHES
+from hybridorch.core.runtime import ARCHES, GUEST_DHCP_ARG
 from hybridorch.vm import console
 
 if TYPE_CHECKING:
@@ -179,6 +179,15 @@ def _q(args: Iterable[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+# udhcpc's script: apply the lease it got (busybox ships none)
+_DHCP_SCRIPT = """#!/bin/sh
+case "$1" in bound|renew)
+  ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface"
+  [ -n "$router" ] && ip route add default via "${router%% *}" ;;
+esac
+exit 0"""
+
+
 def init_script(program: GuestProgram) -> str:
     """The guest's /init: base system, then the program; every line for the host is a console.py message."""
     lines = [
@@ -194,7 +203,13 @@ def init_script(program: GuestProgram) -> str:
     ]
     if program.network:
         lines += ["n=0; while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done",
-                  "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2"]
+                  "ip link set eth0 up",
+                  # QEMU's user network locally (fixed addresses); DHCP where the kernel command line asks for it
+                  # (KubeVirt's masquerade binding hands out its own address)
+                  f"if grep -qw {GUEST_DHCP_ARG} /proc/cmdline; then",
+                  f"  printf '%s\\n' {shlex.quote(_DHCP_SCRIPT)} > /run/dhcp.sh; chmod 755 /run/dhcp.sh",
+                  "  udhcpc -i eth0 -n -q -t 20 -s /run/dhcp.sh >/dev/null 2>&1 || echo 'guest: no DHCP lease on eth0'",
+                  "else ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2; fi"]
     for k, v in program.env.items():
         lines.append(f"export {k}={shlex.quote(v)}")
     lines.append(console.say_booted())
@@ -237,10 +252,11 @@ def _container_lines(program: GuestProgram) -> list[str]:
     services = [c for c in program.containers if not c.timeout]
     tests = [c for c in program.containers if c.timeout]
     for c in services:
-        # a service's output goes to the console, prefixed, so `logs` shows it
+        # a service's output goes to the console, prefixed, so `logs` shows it: line by line through the shell
+        # (sed held it in its buffer: a long-running service's first lines never reached the console)
         # ...and its stop is reported, so the host fails at once instead of waiting out the ready timeout
         out.append(f"(cd /containers/{c.name} && {{ runc run --no-pivot {c.name} </dev/null 2>&1; "
-                   f"echo $? >/run/{c.name}.rc; }} | sed 's/^/[{c.name}] /'; "
+                   f"echo $? >/run/{c.name}.rc; }} | while IFS= read -r l; do echo \"[{c.name}] $l\"; done; "
                    + console.say_exited(c.name, f"$(cat /run/{c.name}.rc 2>/dev/null || echo 255)") + ") &")
     if services:
         out.append("sleep 1")
