@@ -8,7 +8,7 @@ The VMs: examples/shop.yaml's ledger-vm alone (its Debian disk, a containerDisk 
 workload (the busybox guest with two inner containers, a kernelBoot image hybridorch builds). Each is deleted and
 waited for between runs; images are loaded before the first timed run, so every run is warm.
 
-Run: KUBECONFIG=... python3 benchmarks/kubevirt_vm.py [--runs 2]
+Run: KUBECONFIG=... python3 benchmarks/kubevirt_vm.py [--runs 2] [--only ledger-vm|nested]
 (the e2e KubeVirt kind cluster: HYBRIDORCH_KIND_CLUSTER=hybridorch-kubevirt bash e2e/cluster.sh up --provider kind
 --kubevirt)
 """
@@ -86,11 +86,14 @@ def by_hand(path: str, vm: str, namespace: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--only", choices=["ledger-vm", "nested"], help="one of the two VMs")
     args = parser.parse_args()
     if not os.environ.get("KUBECONFIG"):
         raise SystemExit("set KUBECONFIG to a cluster running KubeVirt (see this file's docstring)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, (path, vm) in stacks(Path(tmp)).items():
+            if args.only and name != args.only:
+                continue
             namespace = "bench" if name == "nested" else "payments"
             by_hybridorch(path)   # builds and loads the images: every timed run below is warm
             delete(path)

@@ -1,9 +1,10 @@
 """End-to-end tests on a kind cluster running real KubeVirt (e2e/conftest.py `kubevirt_cluster`: KubeVirt v1.9.0
 built from source offline by e2e/kubevirt/build.sh, installed with TCG by e2e/kubevirt/install.sh): the VMs
 hybridorch renders boot. The shop's ledger-vm (its own Debian disk, a containerDisk that ships its kernel) gets
-Ready when the guest's service answers, is reached through its Service by its tenant and by an allowFrom tenant
-only, logs its serial console, is listed by `ps` and removed by `delete` and `gc` with its virt-launcher pod; what
-cannot run says why in one line.
+Ready when the guest's service answers, applies its cloud-init user data, is reached through its Service by its
+tenant and by an allowFrom tenant only, logs its serial console, is listed by `ps` and removed by `delete` and `gc`
+with its virt-launcher pod; a nested workload's inner containers run in the busybox guest; what cannot run says
+why in one line.
 
 The cluster is planned with e2e/kubevirt/hosts.yaml (one amd64 node, no usable KVM: VMs run under TCG) and the
 shop's requests are scaled to the 2-CPU node, as e2e/test_kind.py does.
@@ -56,7 +57,21 @@ def kv_shop(directory: Path) -> str:
         if w["name"] == "ledger-vm":
             w["resources"]["cpu"] = "400m"
             w["ports"] = [{"port": 8091, "allowFrom": ["shop"]}]
+            w["vm"]["userData"] = USER_DATA
     return write_stack(directory, stack, "shop.yaml")
+
+
+# cloud-init's own modules on the ledger's first boot (KubeVirt's cloudInitNoCloud seed): a file put in place, a
+# command run, a user made; the ledger serves /srv/ledger
+TOKEN = "kubevirt-cloud-init-7f3a"
+USER_DATA = f"""#cloud-config
+users:
+  - {{name: auditor, shell: /bin/sh}}
+write_files:
+  - {{path: /srv/ledger/token.txt, content: "{TOKEN}\\n", permissions: "0644"}}
+runcmd:
+  - [sh, -c, "id auditor > /srv/ledger/user.txt; cat /etc/hostname > /srv/ledger/runcmd.txt"]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +107,53 @@ def test_kubevirt_runs_from_the_images_built_here_with_emulation(kv: dict[str, s
     assert all(i.startswith("hybridorch.local/kubevirt/") for i in images), images
 
 
+NESTED = {"apiVersion": "hybridorch.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "e2e-kv-nested"},
+          "spec": {"workloads": [{
+              "name": "board", "runtime": "nested", "resources": {"cpu": "300m", "memory": "384Mi"},
+              "trust": "trusted", "tenant": "rig", "containers": [
+                  {"name": "sensor-daemon", "image": "busybox",
+                   "command": ["sh", "-c", "echo sensor up on $(uname -m); sleep 3600"]},
+                  {"name": "telemetry", "image": "busybox", "ports": [9000],
+                   "command": ["sh", "-c", "mkdir -p /www && echo telemetry on $(uname -m) > /www/index.html && "
+                                           "httpd -f -p 9000 -h /www"]}]},
+              # soc-rig's build cache beside the board (its image also serves as the probing client)
+              {"name": "build-cache", "image": "hybridorch.local/httpd:1", "ports": [8080], "trust": "trusted",
+               "tenant": "rig", "resources": {"cpu": "50m", "memory": "64Mi"}}]}}
+
+
+def test_a_nested_workload_runs_its_inner_containers_in_a_guest_on_kubevirt(kv: dict[str, str], tmp_path: Path,
+                                                                           cluster_timings: dict[str, float]) -> None:
+    """soc-rig's shape on amd64 (the node's arch). No disk of its own: the busybox guest the local target boots (its
+    initramfs, the inner containers under runc), built into a kernelBoot image and loaded into the node; ready
+    when the inner telemetry port answers. Runs before the shop is applied: the 2-CPU node holds one of them."""
+    path = write_stack(tmp_path, NESTED)
+    namespace = PREFIX + "rig"
+    try:
+        t0 = time.monotonic()
+        result = hyb(kv, "apply", path, "--namespace-prefix", PREFIX, "--timeout", "300", timeout=400)
+        cluster_timings["kubevirt: nested apply to ready"] = time.monotonic() - t0
+        lines = progress_lines(result.stderr)
+        assert any(re.search(r"\] image hybridorch\.local/guest-e2e-kv-nested-board:\w+: (built|loaded)", x)
+                   for x in lines), lines
+        assert any("] board: ready" in x for x in lines), result.stderr
+        (vmi,) = vm_objects(kv, "virtualmachineinstances.kubevirt.io", namespace)
+        assert "hyb.net=dhcp" in vmi["spec"]["domain"]["firmware"]["kernelBoot"]["kernelArgs"]
+        assert not vmi["spec"].get("volumes")   # the initramfs is the root: no disk
+        # the inner containers' output on the guest's serial console, through the API server
+        deadline = time.monotonic() + 60
+        while "[sensor-daemon] sensor up on x86_64" not in (
+                console := hyb(kv, "logs", path, "board", "--target", "kubernetes").stdout):
+            assert time.monotonic() < deadline, console[-3000:]
+            time.sleep(2)
+        assert "@@HYB READY" in console
+        # the inner telemetry container's port answers through the VM's Service, inside its tenant
+        page = run_client(kv, namespace, "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 board 9000")
+        assert "200 OK" in page and "telemetry on x86_64" in page, page
+    finally:
+        hyb(kv, "delete", path, "--namespace-prefix", PREFIX, check=False, timeout=300)
+    assert kubectl(kv, "get", "namespace", namespace, check=False).returncode != 0
+
+
 def test_the_ledger_vm_boots_its_own_disk_and_is_ready_when_its_guest_serves(kv: dict[str, str],
                                                                            shop: dict[str, Any]) -> None:
     lines = progress_lines(shop["apply"].stderr)
@@ -120,8 +182,12 @@ def test_the_ledger_vm_boots_its_own_disk_and_is_ready_when_its_guest_serves(kv:
 
 def test_the_vm_service_answers_its_tenant_and_allowfrom_while_policies_keep_others_out(
         kv: dict[str, str], shop: dict[str, Any]) -> None:
-    page = run_client(kv, PREFIX + "payments", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 ledger-vm 8091")
+    get = "printf 'GET /{} HTTP/1.0\\r\\n\\r\\n' | nc -w 5 ledger-vm 8091"
+    page = run_client(kv, PREFIX + "payments", "; ".join(get.format(f) for f in ("", "token.txt", "user.txt",
+                                                                                  "runcmd.txt")))
     assert "200 OK" in page and "hybridorch ledger disk" in page and "host: ledger-vm" in page, page
+    # the user data took effect through cloud-init on KubeVirt's seed: write_files, users, runcmd
+    assert TOKEN in page and "uid=" in page and "(auditor)" in page and "ledger-vm\n" in page, page
     target = [(f"ledger-vm.{PREFIX}payments", 8091)]
     opened, closed = [f"{target[0][0]}:8091 open"], [f"{target[0][0]}:8091 closed"]
     # tenant shop may connect (allowFrom); a namespace hybridorch did not make may not ...
@@ -222,49 +288,6 @@ def test_ps_lists_a_vm_and_gc_removes_it_with_its_launcher_pod_once_expired(kv: 
         assert not [p for p in vm_objects(kv, "pods", namespace) if p["metadata"]["name"].startswith("virt-launcher")]
     finally:
         hyb(kv, "delete", path, "--namespace-prefix", PREFIX, check=False, timeout=300)
-
-
-NESTED = {"apiVersion": "hybridorch.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "e2e-kv-nested"},
-          "spec": {"workloads": [{
-              "name": "board", "runtime": "nested", "resources": {"cpu": "300m", "memory": "384Mi"},
-              "trust": "trusted", "tenant": "rig", "containers": [
-                  {"name": "sensor-daemon", "image": "busybox",
-                   "command": ["sh", "-c", "echo sensor up on $(uname -m); sleep 3600"]},
-                  {"name": "telemetry", "image": "busybox", "ports": [9000],
-                   "command": ["sh", "-c", "mkdir -p /www && echo telemetry on $(uname -m) > /www/index.html && "
-                                           "httpd -f -p 9000 -h /www"]}]}]}}
-
-
-def test_a_nested_workload_runs_its_inner_containers_in_a_guest_on_kubevirt(kv: dict[str, str], tmp_path: Path,
-                                                                           cluster_timings: dict[str, float]) -> None:
-    """No disk of its own: the busybox guest the local target boots (its initramfs, the inner containers under
-    runc), built into a kernelBoot image and loaded into the node; ready when the inner telemetry port answers."""
-    path = write_stack(tmp_path, NESTED)
-    namespace = PREFIX + "rig"
-    try:
-        t0 = time.monotonic()
-        result = hyb(kv, "apply", path, "--namespace-prefix", PREFIX, "--timeout", "300", timeout=400)
-        cluster_timings["kubevirt: nested apply to ready"] = time.monotonic() - t0
-        lines = progress_lines(result.stderr)
-        assert any(re.search(r"\] image hybridorch\.local/guest-e2e-kv-nested-board:\w+: (built|loaded)", x)
-                   for x in lines), lines
-        assert any("] board: ready" in x for x in lines), result.stderr
-        (vmi,) = vm_objects(kv, "virtualmachineinstances.kubevirt.io", namespace)
-        assert "hyb.net=dhcp" in vmi["spec"]["domain"]["firmware"]["kernelBoot"]["kernelArgs"]
-        assert not vmi["spec"].get("volumes")   # the initramfs is the root: no disk
-        # the inner containers' output on the guest's serial console, through the API server
-        deadline = time.monotonic() + 60
-        while "[sensor-daemon] sensor up on x86_64" not in (
-                console := hyb(kv, "logs", path, "board", "--target", "kubernetes").stdout):
-            assert time.monotonic() < deadline, console[-3000:]
-            time.sleep(2)
-        assert "@@HYB READY" in console
-        # the inner telemetry container's port answers through the VM's Service, inside its tenant
-        page = run_client(kv, namespace, "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 board 9000")
-        assert "200 OK" in page and "telemetry on x86_64" in page, page
-    finally:
-        hyb(kv, "delete", path, "--namespace-prefix", PREFIX, check=False, timeout=300)
-    assert kubectl(kv, "get", "namespace", namespace, check=False).returncode != 0
 
 
 def test_delete_removes_the_vm_its_instance_and_its_launcher_pod(kv: dict[str, str], shop: dict[str, Any]) -> None:

@@ -59,8 +59,8 @@ def vm_stack(name: str, workloads: str) -> str:
         """
 
 
-def http_get(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+def http_get(port: int, path: str = "/") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
         return resp.read().decode()
 
 
@@ -305,25 +305,35 @@ def test_container_image_moved_into_a_vm_runs_there_under_runc(state_dir: Path, 
     assert live_qemus(state_dir) == []
 
 
-def test_vm_boots_the_ledger_disk_it_names_and_is_ready_when_its_service_answers(state_dir: Path,
-                                                                                 stack_file) -> None:
-    # examples/shop.yaml's ledger-vm alone: its containerDisk (examples/images/ledger-disk, a Debian 12 root
-    # made by the recipe's `prepare`) boots through libvirt with its own kernel; the page comes from that OS
+def shop_ledger(port: int) -> dict:
+    """examples/shop.yaml's ledger-vm, its one port forwarded from `port` on the host."""
     import yaml
 
     shop = yaml.safe_load((ROOT / "examples" / "shop.yaml").read_text())
     ledger = next(w for w in shop["spec"]["workloads"] if w["name"] == "ledger-vm")
     (guest_port,) = ledger["ports"]
-    (port,) = free_ports(1)
     ledger["ports"] = [{"port": guest_port, "hostPort": port}]
-    path = stack_file({"apiVersion": shop["apiVersion"], "kind": "Stack", "metadata": {"name": "e2e-qemu-ledger"},
-                       "spec": {"workloads": [ledger]}}, "stack.yaml")
+    return ledger
+
+
+def ledger_stack(name: str, ledger: dict) -> dict:
+    return {"apiVersion": "hybridorch.dev/v1alpha1", "kind": "Stack", "metadata": {"name": name},
+            "spec": {"workloads": [ledger]}}
+
+
+def test_vm_boots_the_ledger_disk_it_names_and_is_ready_when_its_service_answers(state_dir: Path,
+                                                                                 stack_file) -> None:
+    # examples/shop.yaml's ledger-vm alone: its containerDisk (examples/images/ledger-disk, a Debian 12 root
+    # made by the recipe's `prepare`) boots through libvirt with its own kernel; the page comes from that OS
+    (port,) = free_ports(1)
+    ledger = shop_ledger(port)
+    path = stack_file(ledger_stack("e2e-qemu-ledger", ledger), "stack.yaml")
     try:
         hybridorch("up", path, timeout=900)   # the first run builds the disk (mmdebstrap, ~1 min)
         # `up` returned ready: the disk's own service answers at once, not only QEMU's port forward
         page = http_get(port)
         assert "hybridorch ledger disk" in page and "Debian GNU/Linux 12 (bookworm)" in page, page
-        assert "host: ledger-vm" in page, page   # the hostname the rendered NoCloud seed gave it
+        assert "host: ledger-vm" in page, page   # the hostname the rendered NoCloud seed gave it (cloud-init set it)
         (status,) = json.loads(hybridorch("status", path, "-o", "json").stdout)
         assert status["state"] == "ready" and status["guest"] == "disk", status
         assert f"its own disk {ledger['vm']['disk']['image']}" in status["detail"]
@@ -337,6 +347,63 @@ def test_vm_boots_the_ledger_disk_it_names_and_is_ready_when_its_service_answers
         console = hybridorch("logs", path, "ledger-vm").stdout
         assert "ledger: serving on :8091 (Debian GNU/Linux 12 (bookworm)" in console
         assert "@@HYB" not in console   # no busybox guest was involved
+    finally:
+        hybridorch("down", path)
+    assert live_qemus(state_dir) == []
+
+
+def test_the_ledger_disks_cloud_init_applies_user_data_before_the_ledger_serves(state_dir: Path,
+                                                                               stack_file) -> None:
+    # vm.userData goes, merged into the rendered #cloud-config, through the NoCloud seed to the disk's own
+    # cloud-init (Debian's): its modules create the user, write the file, run the commands, and set the hostname
+    # the user data names over the seed's; the ledger serves /srv/ledger only after cloud-init's final stage
+    import hashlib
+    import re
+    import secrets
+    import yaml
+
+    token = f"token {secrets.token_hex(16)}\n"
+    (port,) = free_ports(1)
+    ledger = shop_ledger(port)
+    ledger["vm"]["userData"] = "#cloud-config\n" + yaml.safe_dump({
+        "hostname": "ledger-audit",
+        "users": ["default", {"name": "auditor", "shell": "/bin/sh"}],
+        "write_files": [{"path": "/srv/ledger/token.txt", "content": token}],
+        # every boot (bootcmd) and once per instance (runcmd, after write_files and users)
+        "bootcmd": [["sh", "-c", "echo boot >> /srv/ledger/boots.txt"]],
+        "runcmd": [["sh", "-c", "id auditor > /srv/ledger/auditor.txt; sha256sum /srv/ledger/token.txt "
+                    "> /srv/ledger/digest.txt; echo ran >> /srv/ledger/runs.txt"]],
+    })
+    path = stack_file(ledger_stack("e2e-qemu-userdata", ledger), "stack.yaml")
+    try:
+        hybridorch("up", path, timeout=900)   # the first run builds the disk (mmdebstrap, ~1 min)
+        assert http_get(port, "/token.txt") == token
+        assert re.fullmatch(r"uid=\d+\(auditor\) gid=\d+\(auditor\) groups=\d+\(auditor\)\n",
+                            http_get(port, "/auditor.txt")), http_get(port, "/auditor.txt")
+        assert http_get(port, "/digest.txt").split()[0] == hashlib.sha256(token.encode()).hexdigest()
+        assert "host: ledger-audit" in http_get(port), http_get(port)
+        assert "hybridorch ledger disk" in http_get(port)
+        console = hybridorch("logs", path, "ledger-vm").stdout
+        assert "DataSourceNoCloud [seed=/dev/vdb]" in console, console
+        assert "ledger: cloud-init" not in console, console   # no stage failed
+        assert (http_get(port, "/boots.txt"), http_get(port, "/runs.txt")) == ("boot\n", "ran\n")
+
+        # a second boot of the same instance: per-boot commands run again, per-instance ones do not, and the
+        # hostname cloud-init wrote to /etc/hostname stays
+        (status,) = json.loads(hybridorch("status", path, "-o", "json").stdout)
+        for verb in ("destroy", "start"):
+            subprocess.run(["virsh", "-q", "-c", "qemu:///system", verb, status["domain"]], check=True,
+                           capture_output=True, timeout=120)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                boots = http_get(port, "/boots.txt")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the ledger did not serve again within 180 s of a reboot"
+                time.sleep(0.5)
+        assert (boots, http_get(port, "/runs.txt")) == ("boot\nboot\n", "ran\n")
+        assert http_get(port, "/token.txt") == token and "host: ledger-audit" in http_get(port)
     finally:
         hybridorch("down", path)
     assert live_qemus(state_dir) == []
