@@ -187,8 +187,9 @@ def _cloud_config(tpl: Templates, plan: Plan, p: Placement) -> str:
 
 def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str,
                 image_dirs: list[Path] | None = None) -> dict[str, Any]:
-    """The `vm` of the KubeVirt and libvirt templates. With `image_dirs` (a cluster's render) a locally built disk
-    image is named by its content-derived tag, as pods' images are."""
+    """The `vm` of the KubeVirt and libvirt templates. `image_dirs` is given for a cluster's render only: there a
+    locally built disk image is named by its content-derived tag, as pods' images are, and a nested VM without a
+    disk boots the busybox guest image the kubernetes backend builds (the local target boots that guest itself)."""
     w = p.workload
     windows = w.os == "windows"
     image = _disk_image(w)
