@@ -14,7 +14,7 @@ import pytest
 from hybridorch.backends import kube_api, kube_objects, kube_remove, kube_status
 from hybridorch.backends import kubernetes as k8s
 from hybridorch.backends.base import get_backend
-from hybridorch.core.runtime import Runtime
+from hybridorch.core.runtime import Runtime, State
 from hybridorch.errors import BackendError
 
 
@@ -133,6 +133,41 @@ def _deployment(replicas: int, ready: int, generation: int = 1, observed: int = 
 ])
 def test_object_state(obj: dict, controller: bool | None, state: str) -> None:
     assert kube_status._object_state(obj, controller)[0] == state
+
+
+def _vm_status(printable: str, *conditions: tuple[str, str]) -> dict:
+    return {"kind": "VirtualMachine", "metadata": {"name": "v", "labels": {"hybridorch.dev/workload": "v"}},
+            "spec": {"runStrategy": "Always"},
+            "status": {"printableStatus": printable, "conditions": [
+                {"type": t, "status": "False", "message": m} for t, m in conditions]}}
+
+
+def test_a_vm_that_cannot_boot_says_why_in_kubevirts_words_in_one_line() -> None:
+    pvc = _vm_status("ErrorPvcNotFound", ("Ready", "virt-launcher pod has not yet been scheduled"),
+                     ("Synchronized", "PVC lim/win-disk does not exist,\n waiting for it to appear"))
+    assert kube_status._object_state(pvc, True) == (
+        State.FAILED, "ErrorPvcNotFound: PVC lim/win-disk does not exist, waiting for it to appear")
+    running = _vm_status("Running", ("Ready", "the readiness probe failed"))
+    assert kube_status._object_state(running, True) == (State.PENDING,
+                                                        "Running; the guest's service does not answer yet")
+
+
+@pytest.mark.parametrize("message, hinted", [
+    ("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.", True),
+    ("0/1 nodes are available: 1 Insufficient cpu.", False),   # not the architecture's fault
+])
+def test_an_emulated_vm_kubevirt_cannot_place_is_told_why(tmp_path: Path, message: str, hinted: bool) -> None:
+    from hybridorch.core.plan import plan_stack
+
+    stack = tmp_path / "s.yaml"
+    stack.write_text("apiVersion: hybridorch.dev/v1alpha1\nkind: Stack\nmetadata: {name: s}\nspec:\n"
+                     "  hosts: [{name: x, os: linux, arch: amd64, cpu: '8', memory: 16Gi, count: 1}]\n"
+                     "  workloads:\n    - {name: v, runtime: vm, arch: arm64, resources: {cpu: 100m, memory: 256Mi}}\n")
+    plan = plan_stack(str(stack))
+    (status,) = kube_status.workload_statuses(plan, [_vm_status("ErrorUnschedulable", ("PodScheduled", message))],
+                                              controller=True)
+    assert status.state == State.FAILED and message in status.detail
+    assert ("own architecture, arm64: it does not emulate it on amd64" in status.detail) is hinted
 
 
 def test_vm_without_kubevirt_counts_as_settled_when_accepted() -> None:

@@ -65,7 +65,8 @@ def workload_statuses(plan: Plan, objects: list[dict[str, Any]], controller: boo
         order = (State.FAILED, State.PENDING, State.STOPPED, State.RUNNING, State.READY)
         state = min((s for s, _ in states), key=order.index)
         detail = "; ".join(d for s, d in states if d)
-        if "ErrorUnschedulable" in detail and p.runtime in VM_RUNTIMES and p.workload.arch != p.host_arch:
+        if "ErrorUnschedulable" in detail and "affinity/selector" in detail and p.runtime in VM_RUNTIMES \
+                and p.workload.arch != p.host_arch:
             # the plan emulates the guest on another arch's host, which KubeVirt does not: it asks for a node
             # of the guest's own architecture
             detail += (f" (KubeVirt runs a VM only on a node of its own architecture, {p.workload.arch}: it does "
