@@ -33,7 +33,7 @@ def prepare_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, 
     cluster = kind_cluster_name(backend.current_context(), [(n.get("spec") or {}).get("providerID", "")
                                                             for n in nodes])
     if cluster is not None:
-        guests = [ref for ref in local if images.is_guest_image(ref)]
+        guests = {ref: where[0] for ref, where in local.items() if images.is_guest_image(ref)}
         if guests:
             _build_guest_images(backend, plan, docs, guests)
         if len(guests) < len(local):
@@ -66,9 +66,11 @@ def _build_images(backend: KubernetesBackend, plan: Plan, refs: list[str]) -> No
     builder.ensure_images(missing, plan.stack.file)
 
 
-def _build_guest_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, Any]], refs: list[str]) -> None:
-    """The busybox guest of each nested VM whose kernelBoot image is `refs`: the initramfs the local target boots
-    (the same program, inner images exported from the local engine), with the guest kernel, as an image."""
+def _build_guest_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[str, Any]],
+                        guests: dict[str, str]) -> None:
+    """The busybox guest of each nested VM in `guests` (kernelBoot image -> VirtualMachine name): the initramfs
+    the local target boots (the same program, inner images exported from the local engine), with the guest
+    kernel, as an image."""
     import tempfile
     from pathlib import Path
 
@@ -77,9 +79,7 @@ def _build_guest_images(backend: KubernetesBackend, plan: Plan, docs: list[dict[
     from hybridorch.vm.board_image import guest_image
     from hybridorch.vm.boot import build_board_initrd
 
-    for ref, (name, _selector) in pod_images(docs, vms=True).items():
-        if ref not in refs:
-            continue
+    for ref, name in guests.items():
         vm = next(d for d in docs if d.get("kind") == "VirtualMachine" and d["metadata"]["name"] == name)
         workload = vm["metadata"]["labels"][LABEL_WORKLOAD]
         p = next(p for p in plan.placements if p.name == workload)

@@ -154,16 +154,18 @@ DISK_INITRD = "/boot/initrd.img"
 GUEST_DHCP_ARG = "hyb.net=dhcp"
 
 
+def _console(arch: str) -> str:
+    return ARCHES[arch].console if arch in ARCHES else "ttyS0"
+
+
 def guest_cmdline(arch: str) -> str:
     """The kernel command line of the busybox guest (its initramfs is the root)."""
-    console = ARCHES[arch].console if arch in ARCHES else "ttyS0"
-    return f"console={console} quiet loglevel=3 panic=-1"
+    return f"console={_console(arch)} quiet loglevel=3 panic=-1"
 
 
 def disk_cmdline(arch: str, bus: str) -> str:
     """The kernel command line of a VM booting its own disk's kernel: the root is the first disk, on both targets."""
-    console = ARCHES[arch].console if arch in ARCHES else "ttyS0"
-    return f"root=/dev/{'sda' if bus == 'sata' else 'vda'} rw console={console} panic=-1"
+    return f"root=/dev/{'sda' if bus == 'sata' else 'vda'} rw console={_console(arch)} panic=-1"
 
 
 def readiness_port(w: Workload) -> int | None:

@@ -18,8 +18,7 @@ from hybridorch.core.plan import Plan
 from hybridorch.core.policy import Placement, Profile
 from hybridorch.core.runtime import (ARCHES, DISK_INITRD, DISK_KERNEL, GUEST_DHCP_ARG, VM_RUNTIMES, Runtime,
                                      SandboxClass, assign_host_ports, cache_root, disk_cmdline, guest_cmdline,
-                                     is_privileged, read_only_root,
-                                     readiness_port, runs_image_in_vm, scratch_tmp)
+                                     is_privileged, read_only_root, readiness_port, runs_image_in_vm, scratch_tmp)
 from hybridorch.core.spec import InnerContainer, Workload, memory_bytes
 from hybridorch.render.domain import LocalFacts, domain_context, replica_forwards, sandbox_in_vm, vm_dir, workload_forwards
 from hybridorch.render.sandbox import Templates
