@@ -9,6 +9,7 @@ one-line message in exactly one place (cli.HybridorchGroup). Exit codes, kept ap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 EXIT_FINDINGS = 1
 EXIT_BAD_INPUT = 2
@@ -53,6 +54,10 @@ class SpecError(HybridorchError):
 
     def lines(self) -> list[str]:
         return [str(p) for p in self.problems]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled whole (a forked render worker hands it back), not rebuilt from the joined message
+        return (type(self), (self.problems,))
 
 
 class PolicyError(HybridorchError):

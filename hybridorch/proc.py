@@ -31,16 +31,24 @@ def workers() -> int:
         return os.cpu_count() or 1
 
 
-def map_forked(fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> list[T]:
+def map_forked(fn: Callable[..., T], calls: Sequence[tuple[Any, ...]],
+               meanwhile: Callable[[], None] | None = None) -> list[T]:
     """fn(*args) for each args, in forked processes, one per call at most as many at once as there are CPUs; the
     results in order. In this process when there is one call or one CPU, or fork is unavailable. fn must return
     what pickles; it should return its failures rather than raise them (exceptions lose their fields on the way).
-    The workers end with the pool: an interrupt or an error leaves none behind."""
+    `meanwhile` runs in this process while the workers work. The workers end with the pool: an interrupt or an
+    error leaves none behind."""
     n = min(len(calls), workers())
-    if n < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    # forking while another thread runs (a progress display, a client's pool) may copy a lock it holds
+    if n < 2 or "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        if meanwhile is not None:
+            meanwhile()
         return [fn(*args) for args in calls]
     with multiprocessing.get_context("fork").Pool(n) as pool:
-        return pool.starmap(fn, calls, chunksize=1)
+        pending = pool.starmap_async(fn, calls, chunksize=1)
+        if meanwhile is not None:
+            meanwhile()
+        return pending.get()
 
 
 def run(cmd: Sequence[str], *, what: str, timeout: float = 120, missing: str = "", check: bool = True,

@@ -80,3 +80,89 @@ def test_the_c_loader_refuses_aliases_and_deep_flow_nesting_takes_the_python_loa
     assert _loader_for("a: [b]").__name__ == "CSafeLoader" and _loader_for("a: [*b]").__name__ == "_NoAliasCLoader"
     with pytest.raises(RenderError, match="nests too deeply|not valid YAML"):
         tpl.documents("kubernetes/deep.yaml.j2")
+
+
+# --- shapes from skeletons, and the render in forked workers ------------------------------------------------
+
+def test_a_document_read_through_a_skeleton_is_checked_by_its_tokens_kinds(tmp_path):
+    """Documents of one skeleton share a validity verdict only when their tokens agree in kind, enum values and
+    keys: an enum's non-member, a key or an integer where a string belongs still gets the full check."""
+    (tmp_path / "kubernetes").mkdir()
+    (tmp_path / "kubernetes" / "pod.yaml.j2").write_text(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: {{ name }}, labels: {{ labels }}}\n"
+        "spec:\n  template:\n    spec:\n      dnsPolicy: {{ policy }}\n"
+        "      domain: {devices: {}, machine: {type: {{ image }}}}\n")
+    tpl = Templates(str(tmp_path))
+
+    def problems(name: object = "p", policy: object = "Default", image: object = "q35", labels: object = None) -> list:
+        (doc, origin), = tpl.documents_with_origin("kubernetes/pod.yaml.j2", name=name, policy=policy, image=image,
+                                                   labels=labels or {"a": "b"})
+        assert origin is not None    # read through the fast path
+        return validate.object_problems(doc, origin)
+
+    assert problems() == [] and problems(name="q", image="j") == []    # the shape is known valid now
+    assert problems(policy="None") == []
+    assert any("dnsPolicy" in p for p in problems(policy="Sometimes"))   # an enum's non-member
+    assert any("machine.type" in p for p in problems(image=5))           # an integer for a string
+    assert any("labels" in p for p in problems(labels={"a": 5}))
+    (doc, origin), = tpl.documents_with_origin("kubernetes/pod.yaml.j2", name="p", policy="Default", image="q35",
+                                               labels={"bogus key": "b"})
+    assert '"bogus key"' in validate._origin_shape(origin)[2]    # a key stays whole
+
+
+def many(n: int) -> str:
+    lines = ["apiVersion: hybridorch.dev/v1alpha1", "kind: Stack", "metadata: {name: par}", "spec:",
+             "  hosts: [{name: pool, cpu: '64', memory: 256Gi, count: 4, virtualization: true}]", "  workloads:"]
+    for i in range(n):
+        kind = ("trusted", "internal", "untrusted")[i % 3]
+        extra = ", ports: [{port: 8080}]" if i % 2 else ""
+        extra += ", replicas: 2" if i % 4 == 1 else ""
+        extra += ", os: windows, vm: {disk: {image: win.qcow2}}" if i % 7 == 6 else ""
+        lines.append(f"    - {{name: w{i}, image: local/web:1, trust: {kind}, tenant: t{i % 3}{extra},"
+                     f" resources: {{cpu: 100m, memory: 128Mi}}}}")
+    return "\n".join(lines) + "\n"
+
+
+def render_both(tmp_path, monkeypatch, text: str, templates: str | None = None):
+    from hybridorch import proc
+    from hybridorch.api import plan_stack
+    from hybridorch.render import stack
+
+    path = tmp_path / "par.yaml"
+    path.write_text(text)
+    plan = plan_stack(str(path))
+    out = []
+    for parallel_from in (10**9, 1):
+        monkeypatch.setattr(stack, "PARALLEL_FROM", parallel_from)
+        monkeypatch.setattr(proc, "workers", lambda: 3)   # three parts even on a one-CPU machine
+        try:
+            out.append(stack.render_plan(plan, templates_dir=templates))
+        except RenderError as err:
+            out.append(err)
+    return out
+
+
+def test_the_render_in_forked_workers_is_the_render_in_one_process(tmp_path, monkeypatch):
+    sequential, parallel = render_both(tmp_path, monkeypatch, many(40))
+    assert parallel._packed and not sequential._packed
+    assert parallel.stream() == sequential.stream()
+    assert [f.path for f in parallel.files] == [f.path for f in sequential.files]
+    assert parallel.files == sequential.files
+    assert parallel.documents == sequential.documents and parallel.groups == sequential.groups
+    assert parallel.documents_by_workload() == sequential.documents_by_workload()
+    out = tmp_path / "out"
+    parallel.write(str(out))
+    assert (out / "workloads" / "w39.yaml").read_text() == sequential.file("workloads/w39.yaml").content
+
+
+@pytest.mark.parametrize("edit,match", [("  replicas: {{ w.replicas }}", "  replicas: {{ w.nope }}"),
+                                        ("  replicas: {{ w.replicas }}", "  replicas: {{ 'two' }}")])
+def test_a_worker_fails_the_render_as_one_process_does(tmp_path, monkeypatch, edit, match):
+    from tests.conftest import ROOT
+
+    text = (ROOT / "templates" / "kubernetes" / "workload.yaml.j2").read_text()
+    (tmp_path / "tpl" / "kubernetes").mkdir(parents=True)
+    (tmp_path / "tpl" / "kubernetes" / "workload.yaml.j2").write_text(text.replace(edit, match))
+    sequential, parallel = render_both(tmp_path, monkeypatch, many(12), str(tmp_path / "tpl"))
+    assert isinstance(sequential, RenderError) and isinstance(parallel, RenderError)
+    assert str(parallel) == str(sequential) and parallel.exit_code == sequential.exit_code

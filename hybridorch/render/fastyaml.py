@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -31,17 +31,29 @@ _UNSAFE = re.compile(r"[^\t\n\r\x20-\x7e]")
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 _SLOT = "hybslot{}x"
 _SLOT_JSON = re.compile(r'"hybslot([0-9]+)x"')
+_SLOT_KEY = re.compile(r'"hybslot([0-9]+)x":')
 _SLOTS = [_SLOT.format(i) for i in range(4096)]
 _MAX_SKELETONS = 2048
 
 
 class _Compiled:
-    """A skeleton as a JSON text with holes: pieces[i] comes before the token `order[i]` names."""
+    """A skeleton as a JSON text with holes: pieces[i] comes before the token `order[i]` names; `keys` are the
+    slots whose token is a mapping key."""
 
-    __slots__ = ("pieces", "order")
+    __slots__ = ("pieces", "order", "keys")
 
-    def __init__(self, pieces: list[str], order: list[int]):
-        self.pieces, self.order = pieces, order
+    def __init__(self, pieces: list[str], order: list[int], keys: frozenset[int]):
+        self.pieces, self.order, self.keys = pieces, order, keys
+
+
+class Origin(NamedTuple):
+    """Where a parsed document came from: its skeleton, its place among the skeleton's documents, and the cut
+    tokens (JSON texts). Two documents of one skeleton differ only in those tokens, so their shape follows from
+    the skeleton and the tokens' kinds (validate.object_problems uses that instead of walking the document)."""
+
+    skeleton: _Compiled
+    index: int
+    tokens: tuple[str, ...]
 
 
 _skeletons: dict[str, _Compiled | None] = {}
@@ -50,15 +62,19 @@ _skeletons: dict[str, _Compiled | None] = {}
 _DOCUMENT_START = re.compile(r"^---\n", re.M)
 
 
-def parse_rendered(text: str, loader: type) -> list[dict[str, Any]] | None:
+Parsed = list[tuple[dict[str, Any], Origin]]
+
+
+def parse_rendered(text: str, loader: type) -> Parsed | None:
     """The documents of a template's output (empty ones left out), exactly as `yaml.load_all(text, loader)` reads
-    them; None when the text is outside the subset this path is exact for, or not valid (PyYAML then says why)."""
+    them, each with its Origin; None when the text is outside the subset this path is exact for, or not valid
+    (PyYAML then says why)."""
     if _UNSAFE.search(text) or _SURROGATE.search(text) or "hybslot" in text or "*" in text:
         return None
     if "\n---" in text and not re.search(r"^(%|\.\.\.)", text, re.M):
         # a `---` line always starts a document (even inside a block or quoted scalar), so each document is
         # parsed alone: one output of many similar documents (a policy per workload) reuses their skeleton
-        out: list[dict[str, Any]] = []
+        out: Parsed = []
         for chunk in _DOCUMENT_START.split(text):
             docs = _parse(chunk, loader) if chunk.strip() else []
             if docs is None:
@@ -68,7 +84,7 @@ def parse_rendered(text: str, loader: type) -> list[dict[str, Any]] | None:
     return _parse(text, loader)
 
 
-def _parse(text: str, loader: type) -> list[dict[str, Any]] | None:
+def _parse(text: str, loader: type) -> Parsed | None:
     parts = _TOKEN.split(text)
     tokens = parts[1::2]
     # PyYAML refuses a simple key longer than 1024 characters, a slot never is
@@ -91,7 +107,8 @@ def _parse(text: str, loader: type) -> list[dict[str, Any]] | None:
         docs = _DECODER.decode("".join(joined))
     except (ValueError, RecursionError):   # a token JSON does not read as YAML does (an escape only YAML knows)
         return None
-    return docs
+    cut = tuple(tokens)
+    return [(doc, Origin(compiled, i, cut)) for i, doc in enumerate(docs)]
 
 
 def _no_float(text: str) -> Any:
@@ -124,7 +141,7 @@ def _compile(skeleton: str, slots: int, loader: type) -> _Compiled | None:
     order = [int(i) for i in split[1::2]]
     if sorted(order) != list(range(slots)):
         return None
-    return _Compiled(split[0::2], order)
+    return _Compiled(split[0::2], order, frozenset(int(i) for i in _SLOT_KEY.findall(text)))
 
 
 def _is_null(node: yaml.Node) -> bool:

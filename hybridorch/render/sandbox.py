@@ -26,6 +26,7 @@ from jinja2.utils import _PassArg
 
 from hybridorch.errors import HybridorchError, RenderError
 from hybridorch.render import fastyaml
+from hybridorch.render.fastyaml import Origin
 
 
 # --- the YAML-safe value filter --------------------------------------------------------------------
@@ -320,6 +321,9 @@ class BoundedSandbox(SandboxedEnvironment):
         return "".join(parts)
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class TrustedEnvironment(Environment):
     """The built-in templates' environment: the same options, filters and output rules, without the sandbox;
     they do not change while a render runs, so they are not checked for edits on every use either."""
@@ -330,6 +334,16 @@ class TrustedEnvironment(Environment):
 
     def bound_filters(self) -> None:
         """Nothing to bound: these templates are this program's code."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # `w.name` on a context dict: Jinja tries the attribute first and reads the key only after an
+        # AttributeError, half a million times in a large render; a dict's own methods keep winning as they do
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def render_bounded(self, template: Any, context: dict[str, Any]) -> str:
         # Template.render merges the globals into every new context (a ChainMap walk per render): merge them once
@@ -477,6 +491,11 @@ class Templates:
 
     def documents(self, name: str, /, **context: Any) -> list[dict[str, Any]]:
         """Render a YAML template and parse it back into its documents."""
+        return [doc for doc, _ in self.documents_with_origin(name, **context)]
+
+    def documents_with_origin(self, name: str, /, **context: Any) -> list[tuple[dict[str, Any], Origin | None]]:
+        """documents(), each with the skeleton it was read through (None when PyYAML read it): validation can then
+        tell its shape without walking it."""
         text = self.text(name, **context)
         loader = _loader_for(text)
         fast = fastyaml.parse_rendered(text, loader)
@@ -494,7 +513,7 @@ class Templates:
         for doc in docs:
             if not isinstance(doc, dict):
                 raise RenderError(f"{self.filename(name)}: rendered a {type(doc).__name__}, not a YAML mapping")
-        return docs
+        return [(doc, None) for doc in docs]
 
 
 class _NoAliasLoader(yaml.SafeLoader):

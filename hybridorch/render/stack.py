@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from hybridorch.core import images
 from hybridorch.render import validate
-from hybridorch.errors import RenderError
+from hybridorch import proc
+from hybridorch.errors import HybridorchError, RenderError
 from hybridorch.core.labels import LABEL_MANAGED, LABEL_RUNTIME, MANAGED_BY, object_labels, replica_names, replica_path
 from hybridorch.core.plan import Plan
 from hybridorch.core.policy import Placement, Profile
@@ -21,8 +23,9 @@ from hybridorch.core.runtime import (ARCHES, DISK_INITRD, DISK_KERNEL, GUEST_DHC
                                      is_privileged, read_only_root, readiness_port, runs_image_in_vm, scratch_tmp)
 from hybridorch.core.spec import InnerContainer, Workload, memory_bytes
 from hybridorch.render.domain import LocalFacts, domain_context, replica_forwards, sandbox_in_vm, vm_dir, workload_forwards
+from hybridorch.render.fastyaml import Origin
 from hybridorch.render.sandbox import Templates
-from hybridorch.render.writer import BlockDumper, Rendered, RenderedFile, dump_yaml
+from hybridorch.render.writer import BlockDumper, Packed, Rendered, RenderedFile, dump_yaml
 
 TARGETS = ("kubernetes", "local")
 LABEL_VIRTUALIZATION = "hybridorch.dev/virtualization"
@@ -327,11 +330,16 @@ def runtime_class_objects(profile: Profile, tpl: Templates | None = None, stack:
 
 # --- rendering -----------------------------------------------------------------------------------------
 
-def _check_objects(docs: list[dict[str, Any]], where: str) -> None:
+def _problems(docs: Iterable[dict[str, Any]], where: str, origins: dict[int, Origin]) -> list[str]:
+    """A file's schema violations; `origins` (by id) has the skeleton each template output was read through."""
     problems = []
     for doc in docs:
         name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
-        problems += [f"{where}: {name}: {msg}" for msg in validate.object_problems(doc)]
+        problems += [f"{where}: {name}: {msg}" for msg in validate.object_problems(doc, origins.get(id(doc)))]
+    return problems
+
+
+def _refuse(problems: list[str]) -> None:
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise RenderError(f"rendered objects fail the Kubernetes {validate.KUBERNETES_VERSION}/KubeVirt "
@@ -345,47 +353,116 @@ def _by_tenant(plan: Plan) -> dict[str, list[Placement]]:
     return out
 
 
-def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
-    tenants = _by_tenant(plan)
-    reachable = _reachable(plan, prefix)   # once, not once per tenant
-    contexts = {t: _tenant_context(plan, t, f"{prefix}{t}", ps, prefix, reachable) for t, ps in tenants.items()}
-    namespaces = {t: tpl.documents("kubernetes/namespace.yaml.j2", **contexts[t]) for t in tenants}
-    policies = {t: [d for name in ("networkpolicy", "limitrange", "resourcequota")
-                    for d in tpl.documents(f"kubernetes/{name}.yaml.j2", **contexts[t])] for t in tenants}
-    cluster = []
-    if plan.has_runtime(Runtime.SANDBOXED):
-        cluster = runtime_class_objects(plan.profile, tpl, plan.stack.name)
+class _Documents:
+    """Template outputs read back, remembering the skeleton each object was read through (by id: the objects live
+    as long as the render) so validation need not walk them."""
+
+    def __init__(self, tpl: Templates):
+        self.tpl, self.origins = tpl, {}
+
+    def __call__(self, template: str, /, **context: Any) -> list[dict[str, Any]]:
+        parsed = self.tpl.documents_with_origin(template, **context)
+        self.origins.update((id(doc), origin) for doc, origin in parsed if origin is not None)
+        return [doc for doc, _ in parsed]
+
+
+def _workload_documents(documents: _Documents, plan: Plan, prefix: str,
+                        placements: Iterable[Placement]) -> dict[str, list[dict[str, Any]]]:
+    """Each placement's objects: its workload or VM, a PodDisruptionBudget, a Service."""
     workloads: dict[str, list[dict[str, Any]]] = {}
     image_dirs = images.image_dirs(plan.stack.file)
-    for p in plan.placements:
+    for p in placements:
         ns = f"{prefix}{p.workload.tenant}"
         if p.runtime in VM_RUNTIMES:
-            ctx = _vm_context(tpl, plan, p, ns, image_dirs)
-            docs = tpl.documents("kubevirt/virtualmachine.yaml.j2", vm=ctx)
+            ctx = _vm_context(documents.tpl, plan, p, ns, image_dirs)
+            docs = documents("kubevirt/virtualmachine.yaml.j2", vm=ctx)
         else:
             ctx = _workload_context(plan, p, ns, image_dirs)
-            docs = tpl.documents("kubernetes/workload.yaml.j2", w=ctx)
+            docs = documents("kubernetes/workload.yaml.j2", w=ctx)
             if p.workload.replicas >= 2:
-                docs += tpl.documents("kubernetes/poddisruptionbudget.yaml.j2", name=p.workload.name, namespace=ns,
-                                      labels=ctx["labels"], selector=ctx["selector"])
+                docs += documents("kubernetes/poddisruptionbudget.yaml.j2", name=p.workload.name, namespace=ns,
+                                  labels=ctx["labels"], selector=ctx["selector"])
         if ctx["ports"]:
-            docs += tpl.documents("kubernetes/service.yaml.j2", name=p.workload.name, namespace=ns,
-                                  labels=ctx["labels"], selector=ctx["selector"], ports=ctx["ports"])
+            docs += documents("kubernetes/service.yaml.j2", name=p.workload.name, namespace=ns,
+                              labels=ctx["labels"], selector=ctx["selector"], ports=ctx["ports"])
         workloads[p.workload.name] = docs
-    # one file per group; each tenant file carries its Namespace too, so kustomize users need nothing else
-    groups = ([("cluster/runtimeclasses.yaml", cluster)] if cluster else []) \
-        + [(f"tenants/{t}.yaml", namespaces[t] + policies[t]) for t in tenants] \
-        + [(f"workloads/{name}.yaml", docs) for name, docs in workloads.items()]
-    for path, docs in groups:
-        _check_objects(docs, path)
-    ordered = [d for t in tenants for d in namespaces[t]] + cluster \
-        + [d for t in tenants for d in policies[t]] + [d for docs in workloads.values() for d in docs]
+    return workloads
+
+
+# placements from which the workloads are rendered in forked processes, one part per CPU (fewer: a worker's
+# start and its cold caches cost more than it saves)
+PARALLEL_FROM = 1000
+_job: tuple[Templates, Plan, str] | None = None   # what the forked workers render (inherited, never pickled)
+
+
+def _render_part(start: int, stop: int) -> tuple[Packed | None, list[str], HybridorchError | None]:
+    """Worker: placements [start, stop) of the job, validated and dumped (their files' texts)."""
+    assert _job is not None
+    tpl, plan, prefix = _job
+    documents = _Documents(tpl)
+    try:
+        workloads = _workload_documents(documents, plan, prefix, plan.placements[start:stop])
+    except HybridorchError as err:
+        return None, [], err
+    paths = tuple(f"workloads/{name}.yaml" for name in workloads)
+    problems = [m for path, docs in zip(paths, workloads.values()) for m in _problems(docs, path, documents.origins)]
+    texts = tuple(dump_yaml(docs) for docs in workloads.values())
+    return Packed(paths, texts, marshal.dumps(list(workloads.values()))), problems, None
+
+
+def _render_parts(tpl: Templates, plan: Plan, prefix: str,
+                  meanwhile: Callable[[], None]) -> tuple[tuple[Packed, ...], list[str]]:
+    """The workloads rendered in forked workers (proc.map_forked), in placement order; `meanwhile` here."""
+    global _job
+    n = len(plan.placements)
+    cuts = [n * i // proc.workers() for i in range(proc.workers() + 1)]
+    _job = (tpl, plan, prefix)
+    try:
+        results = proc.map_forked(_render_part, list(zip(cuts, cuts[1:])), meanwhile)
+    finally:
+        _job = None
+    for _, _, err in results:
+        if err is not None:
+            raise err
+    return tuple(part for part, _, _ in results if part is not None), [m for _, ms, _ in results for m in ms]
+
+
+def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
+    tenants = _by_tenant(plan)
+    documents = _Documents(tpl)
+    head: dict[str, Any] = {}
+
+    def render_head() -> None:
+        """Tenants' Namespaces and policies, the RuntimeClasses; one file per tenant carries its Namespace too,
+        so kustomize users need nothing else."""
+        reachable = _reachable(plan, prefix)   # once, not once per tenant
+        contexts = {t: _tenant_context(plan, t, f"{prefix}{t}", ps, prefix, reachable) for t, ps in tenants.items()}
+        namespaces = {t: documents("kubernetes/namespace.yaml.j2", **contexts[t]) for t in tenants}
+        policies = {t: [d for name in ("networkpolicy", "limitrange", "resourcequota")
+                        for d in documents(f"kubernetes/{name}.yaml.j2", **contexts[t])] for t in tenants}
+        cluster = runtime_class_objects(plan.profile, tpl, plan.stack.name) \
+            if plan.has_runtime(Runtime.SANDBOXED) else []
+        head["groups"] = ([("cluster/runtimeclasses.yaml", cluster)] if cluster else []) \
+            + [(f"tenants/{t}.yaml", namespaces[t] + policies[t]) for t in tenants]
+        head["ordered"] = [d for t in tenants for d in namespaces[t]] + cluster \
+            + [d for t in tenants for d in policies[t]]
+
+    packed: tuple[Packed, ...] = ()
+    if len(plan.placements) >= PARALLEL_FROM and proc.workers() > 1:
+        packed, more = _render_parts(tpl, plan, prefix, render_head)
+        groups, ordered, files = head["groups"], head["ordered"], []
+    else:
+        render_head()
+        workloads = _workload_documents(documents, plan, prefix, plan.placements)
+        files = [(f"workloads/{name}.yaml", docs) for name, docs in workloads.items()]
+        more = [m for path, docs in files for m in _problems(docs, path, documents.origins)]
+        groups, ordered = head["groups"] + files, head["ordered"] + [d for _, docs in files for d in docs]
+    _refuse([m for path, docs in head["groups"] for m in _problems(docs, path, documents.origins)] + more)
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "resources": [path for path, _ in groups]}
+                     "resources": [path for path, _ in groups] + [path for part in packed for path in part.paths]}
     text = dump_yaml([kustomization]).removeprefix("---\n")
-    # each object is dumped once (texts), for its file and for the stream, and only when one is asked for
     return Rendered("kubernetes", plan.stack.name, tuple(ordered), (RenderedFile("kustomization.yaml", text),),
-                    groups=tuple((path, tuple(docs)) for path, docs in groups))
+                    groups=tuple((path, tuple(docs)) for path, docs in groups), packed=packed)
 
 
 def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:

@@ -20,6 +20,7 @@ from referencing.jsonschema import DRAFT202012
 
 from hybridorch import proc
 from hybridorch.errors import RenderError
+from hybridorch.render.fastyaml import Origin
 
 KUBERNETES_VERSION = "1.34"
 SCHEMA_FILES = (f"kubernetes-{KUBERNETES_VERSION}-schema.json", "kubevirt-schema.json")
@@ -86,14 +87,37 @@ _VALID: set[Any] = set()   # shapes already found valid: an object of one of the
 _MAX_SHAPES = 100_000
 
 
-def object_problems(obj: dict[str, Any]) -> list[str]:
-    """Every schema violation of one object, as 'path: message' lines (empty when valid)."""
+@lru_cache(maxsize=None)
+def _enum_tokens() -> frozenset[str]:
+    """The enum values as the JSON tokens a template's output spells them (fastyaml's cut tokens): a string
+    JSON-quoted as the `yaml` filter writes it, an integer (or a boolean's equal) in digits."""
+    out = set()
+    for v in _enum_values():
+        if isinstance(v, str):
+            out.add(json.dumps(v, ensure_ascii=True))
+        elif isinstance(v, int):   # True == 1: the int token 1 is an enum member when True is one
+            out.add(str(int(v)))
+    return frozenset(out)
+
+
+def _origin_shape(origin: Origin) -> Any:
+    """The shape of a document read through a skeleton: the skeleton fixes everything but the cut tokens, so a
+    token that is a mapping key, may be an enum member or carries an escape stays whole, any other only says
+    string or integer. Two documents with one such shape have one _shape (finer never merges what differs)."""
+    enums, keys = _enum_tokens(), origin.skeleton.keys
+    kinds = [t if (i in keys or t in enums or "\\" in t) else t[0] == '"' for i, t in enumerate(origin.tokens)]
+    return (origin.skeleton, origin.index, tuple(kinds))
+
+
+def object_problems(obj: dict[str, Any], origin: Origin | None = None) -> list[str]:
+    """Every schema violation of one object, as 'path: message' lines (empty when valid). `origin`, when the
+    object was read through a skeleton, stands for its shape."""
     key = f"{obj.get('apiVersion')}/{obj.get('kind')}"
     validator = _validators().get(key)
     if validator is None:
         return [f"no schema for {key} (known: {', '.join(known_kinds())})"]
     problems = []
-    shape = (key, _shape(obj))
+    shape = (key, _origin_shape(origin) if origin is not None else _shape(obj))
     if shape not in _VALID:
         for err in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
             path = ".".join(str(p) for p in err.absolute_path) or "(object)"

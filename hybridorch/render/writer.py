@@ -3,11 +3,12 @@ the block-style YAML dumper every rendered file goes through."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
@@ -80,21 +81,48 @@ def dump_yaml(docs: Iterable[dict[str, Any]], memo: dict[int, str] | None = None
 
 
 @dataclass(frozen=True)
+class Packed:
+    """Files of objects rendered in a worker process: their objects marshalled (unpacked only when someone reads
+    them: `render` prints text and needs none) and each file's text as dump_yaml writes it."""
+
+    paths: tuple[str, ...]
+    texts: tuple[str, ...]
+    objects: bytes    # marshal of a list with one list of objects per path
+
+    def groups(self) -> tuple[tuple[str, tuple[dict[str, Any], ...]], ...]:
+        return tuple((path, tuple(docs)) for path, docs in zip(self.paths, marshal.loads(self.objects)))
+
+
 class Rendered:
-    target: str
-    stack: str
-    documents: tuple[dict[str, Any], ...]   # every Kubernetes/KubeVirt object, in apply order
-    # files written as they are (local VM files, the kustomization); `files` has them after the groups' files
-    written: tuple[RenderedFile, ...]
-    # each document's YAML text by id, as the files dumped it (the documents above keep the ids valid)
-    texts: dict[int, str] = field(default_factory=dict, compare=False, repr=False)
-    # files of objects as (path, objects), dumped only when `files` is first read: audit and apply need none
-    groups: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = field(default=(), compare=False, repr=False)
+    """The output of a render: Kubernetes/KubeVirt objects in apply order and the files they go to, or local VM
+    files. Objects of `packed` parts follow the others, in apply order as in their files."""
+
+    def __init__(self, target: str, stack: str, documents: tuple[dict[str, Any], ...] = (),
+                 written: tuple[RenderedFile, ...] = (),
+                 groups: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (), packed: tuple[Packed, ...] = ()):
+        self.target, self.stack = target, stack
+        self.written = written    # files written as they are (local VM files, the kustomization), after the groups
+        self._documents, self._groups, self._packed = documents, groups, packed
+        # each document's YAML text by id, as its file dumped it (the documents keep the ids valid)
+        self.texts: dict[int, str] = {}
+
+    @cached_property
+    def documents(self) -> tuple[dict[str, Any], ...]:
+        """Every Kubernetes/KubeVirt object, in apply order."""
+        return self._documents + tuple(d for part in self._packed for _, docs in part.groups() for d in docs)
+
+    @cached_property
+    def groups(self) -> tuple[tuple[str, tuple[dict[str, Any], ...]], ...]:
+        """Files of objects as (path, objects)."""
+        return self._groups + tuple(g for part in self._packed for g in part.groups())
 
     @cached_property
     def files(self) -> tuple[RenderedFile, ...]:
-        """Everything write() writes, paths relative to its directory."""
-        return tuple(RenderedFile(path, dump_yaml(docs, self.texts)) for path, docs in self.groups) + self.written
+        """Everything write() writes, paths relative to its directory; objects are dumped only now (audit and
+        apply need none), each once."""
+        return tuple(RenderedFile(path, dump_yaml(docs, self.texts)) for path, docs in self._groups) \
+            + tuple(RenderedFile(path, text) for part in self._packed for path, text in zip(part.paths, part.texts)) \
+            + self.written
 
     def stream(self) -> str:
         """One deterministic text: a multi-document YAML stream of the objects (kubernetes), or of the files (local).
@@ -103,7 +131,7 @@ class Rendered:
         header is only ever a comment on a document start and the path is JSON-quoted; the content is a YAML
         scalar (indented block or quoted), so no line of any file can look like a header or a document start."""
         if self.target == "kubernetes":
-            return dump_yaml(self.documents, self.texts)
+            return dump_yaml(self._documents, self.texts) + "".join(t for part in self._packed for t in part.texts)
         out = []
         for f in self.files:
             body = yaml.dump({"path": f.path, "content": f.content}, Dumper=BlockDumper, sort_keys=False,
