@@ -78,7 +78,13 @@ def yaml_value(value: Any) -> YamlText:
 
 
 def _finalize_yaml(value: Any) -> Any:
-    # Every {{ expression }} goes through here: a value a template forgot to filter is still quoted.
+    # Every {{ expression }} goes through here: a value a template forgot to filter is still quoted. Its result
+    # is output, not a value another filter reads, so the common scalars need not be marked as YamlText.
+    kind = type(value)
+    if kind is str:
+        return _json_string(value)
+    if kind is int:
+        return int.__repr__(value)
     return yaml_value(value)
 
 
