@@ -12,6 +12,7 @@ from hybridorch.errors import BackendError
 
 KUBECTL_MISSING = "install kubectl or set HYBRIDORCH_KUBECTL"
 REQUEST_TIMEOUT = "30s"
+NO_CLUSTER = "no Kubernetes cluster configured: set KUBECONFIG to a kubeconfig file or pass --context"
 
 
 def find_kubectl() -> str:
@@ -47,7 +48,7 @@ def explain_kubectl_error(stderr: str, where: str) -> str:
         return (f"kubeconfig has no context {name!r}: list the contexts with `kubectl config get-contexts` "
                 "and pass one with --context")
     if "localhost:8080" in text and "refused" in text:
-        return "no Kubernetes cluster configured: set KUBECONFIG to a kubeconfig file or pass --context"
+        return NO_CLUSTER
     if any(s in text for s in ("Unable to connect to the server", "connection refused", "was refused", "no such host",
                                "i/o timeout", "dial tcp", "context deadline exceeded", "TLS handshake timeout",
                                "Client.Timeout exceeded")):

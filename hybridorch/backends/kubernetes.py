@@ -22,6 +22,7 @@ from hybridorch.backends import kube_images, kube_remove, kube_status, kubernete
 from hybridorch.backends.base import (Backend, Board, BoardRun, LiveFacts, LockNotice, Managed, Removal, Snapshot,
                                      WorkloadStatus)
 from hybridorch.backends.kube_api import KUBECTL_MISSING, REQUEST_TIMEOUT, explain_kubectl_error, find_kubectl
+from hybridorch.backends.kubeconfig import check_kubeconfig
 from hybridorch.backends.kube_objects import (DATA_KINDS, IGNORED_RESOURCES, KIND_ORDER, KINDS, ObjectRef,
                                               applied_events)
 
@@ -58,6 +59,7 @@ class KubernetesBackend(Backend):
         self.load = load   # load local images into kind nodes (and check other clusters' nodes have them)
         self._api: Any = None
         self._kubectl_path: str | None = None
+        self._kubeconfig_checked = False
         self._resources: set[str] | None = None
         self._namespaced: list[str] | None = None
 
@@ -68,6 +70,10 @@ class KubernetesBackend(Backend):
         return f"context {self.context}" if self.context else "the current kubeconfig context"
 
     def kubectl_command(self, *args: str) -> list[str]:
+        if not self._kubeconfig_checked:
+            # kubectl would wait forever on a FIFO and quote a broken file in its error: the safe reader goes first
+            check_kubeconfig(self.kubeconfig)
+            self._kubeconfig_checked = True
         if self._kubectl_path is None:
             self._kubectl_path = find_kubectl()
         cmd = [self._kubectl_path]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hybridorch import proc
-from hybridorch.backends.kube_api import permission_denied
+from hybridorch.backends.kube_api import NO_CLUSTER, permission_denied
+from hybridorch.backends.kubeconfig import check_kubeconfig
 from hybridorch.errors import BackendError
 from hybridorch.core.labels import LABEL_WORKLOAD
 
@@ -30,7 +31,9 @@ WATCH_ROUND = 20        # seconds per watch request; the thread re-watches from 
 
 
 def api_client(kubeconfig: str | None, context: str | None) -> Any:
-    """An ApiClient for KUBECONFIG (or `kubeconfig`) and `context`, as kubectl would choose them."""
+    """An ApiClient for KUBECONFIG (or `kubeconfig`) and `context`, as kubectl would choose them; the files are
+    checked through the safe reader first (the client's own reader waits on a FIFO and quotes the file)."""
+    check_kubeconfig(kubeconfig)
     from kubernetes import client, config
 
     cfg = client.Configuration()
@@ -44,8 +47,7 @@ def api_client(kubeconfig: str | None, context: str | None) -> Any:
             raise BackendError(f"kubeconfig has no context {context!r}: list the contexts with `kubectl config "
                                "get-contexts` and pass one with --context") from None
         if m or "No configuration found" in text:
-            raise BackendError("no Kubernetes cluster configured: set KUBECONFIG to a kubeconfig file or pass "
-                               "--context") from None
+            raise BackendError(NO_CLUSTER) from None
         raise BackendError(f"cannot use the kubeconfig: {text}") from None
     except OSError as err:
         raise BackendError(f"cannot read the kubeconfig: {err}") from None
