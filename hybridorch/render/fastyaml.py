@@ -40,10 +40,12 @@ class _Compiled:
     """A skeleton as a JSON text with holes: pieces[i] comes before the token `order[i]` names; `keys` are the
     slots whose token is a mapping key."""
 
-    __slots__ = ("pieces", "order", "keys")
+    __slots__ = ("pieces", "order", "keys", "docs", "emitted")
 
-    def __init__(self, pieces: list[str], order: list[int], keys: frozenset[int]):
+    def __init__(self, pieces: list[str], order: list[int], keys: frozenset[int], docs: list[dict[str, Any]]):
         self.pieces, self.order, self.keys = pieces, order, keys
+        self.docs = docs   # the skeleton's own documents, a slot's name standing for each token
+        self.emitted: dict[int, _Emission | None] = {}   # by document: see emit_parsed
 
 
 class Origin(NamedTuple):
@@ -141,7 +143,7 @@ def _compile(skeleton: str, slots: int, loader: type) -> _Compiled | None:
     order = [int(i) for i in split[1::2]]
     if sorted(order) != list(range(slots)):
         return None
-    return _Compiled(split[0::2], order, frozenset(int(i) for i in _SLOT_KEY.findall(text)))
+    return _Compiled(split[0::2], order, frozenset(int(i) for i in _SLOT_KEY.findall(text)), docs)
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -254,6 +256,94 @@ _STR_TYPES: set[type] = {str}
 def register_str(kind: type) -> None:
     """A str subclass the dumper represents as a plain str (the render's YamlText)."""
     _STR_TYPES.add(kind)
+
+
+_SLOT_TEXT = re.compile(r"hybslot([0-9]+)x")
+_token_forms: dict[str, str] = {}
+_token_key_forms: dict[str, str] = {}
+_token_values: dict[str, Any] = {}
+
+
+class _Emission(NamedTuple):
+    """A skeleton document's text cut at its slots, the slots in the order they appear, and per mapping with
+    slot keys its literal keys and its key slots (tokens that collide there make fewer keys than the skeleton)."""
+
+    pieces: list[str]
+    slots: list[int]
+    key_groups: list[tuple[frozenset[str], tuple[int, ...]]]
+
+
+def emit_parsed(origin: Origin, dumper: type) -> str | None:
+    """emit_block's text for a document parse_rendered read, without walking it: the skeleton's document is
+    emitted once (each slot a plain word in its place) and each token's form goes where its slot is. The layout
+    is the same for any tokens, as scalars of any form sit on the line of their key or dash; only the width can
+    differ, so a text with a line past it is left to emit_block (None), which decides about folding; so is a
+    document whose key tokens collide."""
+    skeleton = origin.skeleton
+    plan = skeleton.emitted.get(origin.index, False)
+    if plan is False:
+        plan = skeleton.emitted[origin.index] = _emission(skeleton.docs[origin.index], dumper)
+    if plan is None:
+        return None
+    tokens, keys = origin.tokens, skeleton.keys
+    for literal, group in plan.key_groups:
+        values = {_token_value(tokens[i]) for i in group}
+        if len(values) != len(group) or not literal.isdisjoint(values):
+            return None
+    try:
+        forms = [_token_form(tokens[i], i in keys, dumper) for i in plan.slots]
+    except _Unsupported:
+        return None
+    joined = [""] * (2 * len(plan.pieces) - 1)
+    joined[0::2] = plan.pieces
+    joined[1::2] = forms
+    text = "".join(joined)
+    if max(map(len, text.split("\n"))) > WIDTH:
+        return None
+    return text
+
+
+def _emission(doc: dict[str, Any], dumper: type) -> _Emission | None:
+    text = emit_block(doc, dumper)
+    if text is None:
+        return None
+    parts = _SLOT_TEXT.split(text)
+    slots = [int(i) for i in parts[1::2]]
+    if len(set(slots)) != len(slots):
+        return None
+    groups = []
+    todo: list[Any] = [doc]
+    while todo:
+        x = todo.pop()
+        if type(x) is dict:
+            slot_keys = tuple(int(m.group(1)) for k in x if (m := _SLOT_TEXT.fullmatch(k)))
+            if slot_keys:
+                groups.append((frozenset(k for k in x if not _SLOT_TEXT.fullmatch(k)), slot_keys))
+            todo.extend(x.values())
+        elif type(x) is list:
+            todo.extend(x)
+    return _Emission(parts[0::2], slots, groups)
+
+
+def _token_value(token: str) -> Any:
+    value = _token_values.get(token)
+    if value is None:
+        value = json.loads(token)
+        if len(_token_values) < _MAX_MEMO:
+            _token_values[token] = value
+    return value
+
+
+def _token_form(token: str, key: bool, dumper: type) -> str:
+    """How the dumper writes the value a cut token (JSON text) stands for, as a key or a value."""
+    memo = _token_key_forms if key else _token_forms
+    form = memo.get(token)
+    if form is None:
+        value = _token_value(token)
+        form = _str_form(value, dumper, key) if type(value) is str else str(value)
+        if len(memo) < _MAX_MEMO:
+            memo[token] = form
+    return form
 
 
 def emit_block(doc: Any, dumper: type) -> str | None:

@@ -406,7 +406,7 @@ def _render_part(start: int, stop: int) -> tuple[Packed | None, list[str], Hybri
         return None, [], err
     paths = tuple(f"workloads/{name}.yaml" for name in workloads)
     problems = [m for path, docs in zip(paths, workloads.values()) for m in _problems(docs, path, documents.origins)]
-    texts = tuple(dump_yaml(docs) for docs in workloads.values())
+    texts = tuple(dump_yaml(docs, origins=documents.origins) for docs in workloads.values())
     return Packed(paths, texts, marshal.dumps(list(workloads.values()))), problems, None
 
 
@@ -462,7 +462,8 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
                      "resources": [path for path, _ in groups] + [path for part in packed for path in part.paths]}
     text = dump_yaml([kustomization]).removeprefix("---\n")
     return Rendered("kubernetes", plan.stack.name, tuple(ordered), (RenderedFile("kustomization.yaml", text),),
-                    groups=tuple((path, tuple(docs)) for path, docs in groups), packed=packed)
+                    groups=tuple((path, tuple(docs)) for path, docs in groups), packed=packed,
+                    origins=documents.origins)
 
 
 def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:

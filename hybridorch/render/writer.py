@@ -52,10 +52,13 @@ if _CDumper is not None:
     _CBlockDumper.add_representer(YamlText, _str_representer)
 
 
-def _dump_one(doc: dict[str, Any]) -> str:
+def _dump_one(doc: dict[str, Any], origin: fastyaml.Origin | None = None) -> str:
     options: dict[str, Any] = dict(sort_keys=False, default_flow_style=False, width=120, allow_unicode=False,
                                    explicit_start=True)
     if _CDumper is not None:
+        fast = fastyaml.emit_parsed(origin, _CBlockDumper) if origin is not None else None
+        if fast is not None:
+            return fast
         fast = fastyaml.emit_block(doc, _CBlockDumper)
         if fast is not None:
             return fast
@@ -66,14 +69,16 @@ def _dump_one(doc: dict[str, Any]) -> str:
     return yaml.dump_all([doc], Dumper=BlockDumper, **options)
 
 
-def dump_yaml(docs: Iterable[dict[str, Any]], memo: dict[int, str] | None = None) -> str:
+def dump_yaml(docs: Iterable[dict[str, Any]], memo: dict[int, str] | None = None,
+              origins: dict[int, fastyaml.Origin] | None = None) -> str:
     """The documents as one YAML stream (each dumped alone: PyYAML's stream is their concatenation). `memo`
-    keeps each document's text by id, so the stream of a render reuses what its files already dumped."""
+    keeps each document's text by id, so the stream of a render reuses what its files already dumped; `origins`
+    (by id) has the skeleton a document was read through, which writes it without walking it."""
     out = []
     for doc in docs:
         text = memo.get(id(doc)) if memo is not None else None
         if text is None:
-            text = _dump_one(doc)
+            text = _dump_one(doc, origins.get(id(doc)) if origins else None)
             if memo is not None:
                 memo[id(doc)] = text
         out.append(text)
@@ -99,8 +104,10 @@ class Rendered:
 
     def __init__(self, target: str, stack: str, documents: tuple[dict[str, Any], ...] = (),
                  written: tuple[RenderedFile, ...] = (),
-                 groups: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (), packed: tuple[Packed, ...] = ()):
+                 groups: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (), packed: tuple[Packed, ...] = (),
+                 origins: dict[int, fastyaml.Origin] | None = None):
         self.target, self.stack = target, stack
+        self.origins = origins or {}   # the skeleton each document was read through, by id (dump_yaml)
         self.written = written    # files written as they are (local VM files, the kustomization), after the groups
         self._documents, self._groups, self._packed = documents, groups, packed
         # each document's YAML text by id, as its file dumped it (the documents keep the ids valid)
@@ -120,7 +127,7 @@ class Rendered:
     def files(self) -> tuple[RenderedFile, ...]:
         """Everything write() writes, paths relative to its directory; objects are dumped only now (audit and
         apply need none), each once."""
-        return tuple(RenderedFile(path, dump_yaml(docs, self.texts)) for path, docs in self._groups) \
+        return tuple(RenderedFile(path, dump_yaml(docs, self.texts, self.origins)) for path, docs in self._groups) \
             + tuple(RenderedFile(path, text) for part in self._packed for path, text in zip(part.paths, part.texts)) \
             + self.written
 
@@ -131,7 +138,8 @@ class Rendered:
         header is only ever a comment on a document start and the path is JSON-quoted; the content is a YAML
         scalar (indented block or quoted), so no line of any file can look like a header or a document start."""
         if self.target == "kubernetes":
-            return dump_yaml(self._documents, self.texts) + "".join(t for part in self._packed for t in part.texts)
+            return dump_yaml(self._documents, self.texts, self.origins) \
+                + "".join(t for part in self._packed for t in part.texts)
         out = []
         for f in self.files:
             body = yaml.dump({"path": f.path, "content": f.content}, Dumper=BlockDumper, sort_keys=False,
