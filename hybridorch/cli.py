@@ -6,6 +6,7 @@ Backends are imported inside the commands that use them, so `--help` and `plan` 
 from __future__ import annotations
 
 import gc as collector
+import math
 import re
 import sys
 from typing import Any
@@ -140,8 +141,19 @@ def validate(files: tuple[str, ...], policy: str | None) -> None:
         _say(f"{plan.stack.file}: ok ({len(plan.placements)} workloads)")
 
 
+class FiniteRange(click.FloatRange):
+    """A float in a range that is a number: Click's FloatRange lets `nan` through (no comparison is true of it),
+    and a NaN budget, PUE or timeout then reaches arithmetic and JSON output (`NaN` is not JSON)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{printable(value)} is not a finite number", param, ctx)
+        return number
+
+
 solver_budget_option = click.option(
-    "--solver-budget", type=click.FloatRange(0, 3600), default=2.0, show_default=True, metavar="SECONDS",
+    "--solver-budget", type=FiniteRange(0, 3600), default=2.0, show_default=True, metavar="SECONDS",
     help="Time packing may spend beyond best-fit decreasing (exact CP-SAT on small and medium stacks, "
          "improvement on large ones; deterministic work limits, about seconds); 0 disables the improvement. "
          "A stack that best-fit cannot place at all still gets the default budget before it is refused.")
@@ -179,8 +191,8 @@ def plan(file: str, policy: str | None, output: str, solver_budget: float) -> No
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png|FILE.svg",
               help="Also draw servers, energy and every host's CPU and memory (needs hybridorch[plot]).")
-@click.option("--pue", type=click.FloatRange(1, 5), help="Power usage effectiveness (default printed with the report).")
-@click.option("--grid-intensity", type=click.FloatRange(0, 5000), metavar="G_PER_KWH",
+@click.option("--pue", type=FiniteRange(1, 5), help="Power usage effectiveness (default printed with the report).")
+@click.option("--grid-intensity", type=FiniteRange(0, 5000), metavar="G_PER_KWH",
               help="Grid carbon intensity in gCO2/kWh (default printed with the report).")
 @click.option("--idle-watts", type=click.IntRange(0, 100000), help="Idle power of hosts whose pool gives none.")
 @click.option("--peak-watts", type=click.IntRange(1, 100000), help="Peak power of hosts whose pool gives none.")
@@ -289,7 +301,8 @@ def _print_status(statuses: list, output: str) -> None:
 @target_option
 @context_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every workload is ready.")
-@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for readiness.")
+@click.option("--timeout", type=FiniteRange(0, 86400), default=300, show_default=True,
+              help="Seconds to wait for readiness.")
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
 @load_option
@@ -311,7 +324,7 @@ def up(file: str, target: str, context: str | None, wait: bool, timeout: float, 
 @context_option
 @click.option("--namespace-prefix", default="", help="Prefix for every tenant namespace.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--timeout", type=float, default=300, show_default=True)
+@click.option("--timeout", type=FiniteRange(0, 86400), default=300, show_default=True)
 @click.option("--templates", type=click.Path(file_okay=False, exists=True))
 @policy_option
 @load_option
@@ -346,7 +359,7 @@ def status(file: str, target: str, context: str | None, output: str, policy: str
 @click.argument("workload")
 @target_option
 @context_option
-@click.option("--tail", type=int, help="Only the last N lines.")
+@click.option("--tail", type=click.IntRange(0), help="Only the last N lines.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
 def logs(file: str, workload: str, target: str, context: str | None, tail: int | None, follow: bool) -> None:
     """Container logs, or a VM's serial console."""

@@ -43,6 +43,9 @@ FITS = [
     ("two hosts, 4+3+3 each", ["4", "4", "3", "3", "3", "3"], 2, "10", 2.0),
     ("three hosts, 4+3+3 each", ["4", "4", "4", "3", "3", "3", "3", "3", "3"], 3, "10", 2.0),
     ("budget 0 still looks for a packing that fits", ["4", "4", "3", "3", "3", "3"], 2, "10", 0.0),
+    # one 4, one 3 and one 2 per 9-CPU host on 30 hosts: too many hosts for CP-SAT's default budget, and every
+    # greedy order crowds the 4s; worst fit over every host spreads them first
+    ("thirty hosts, 4+3+2 each", ["4", "3", "2"] * 30, 30, "9", 2.0),
 ]
 
 

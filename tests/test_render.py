@@ -20,7 +20,7 @@ from hybridorch.render import validate
 from hybridorch.api import plan_stack, render
 from tests.conftest import require
 from hybridorch.cli import cli
-from hybridorch.errors import RenderError
+from hybridorch.errors import OutputError, RenderError
 from hybridorch.core.labels import LABEL_MANAGED, LABEL_RUNTIME, LABEL_STACK
 from hybridorch.core.policy import PROFILES
 from hybridorch.render.sandbox import unit_arg, yaml_value
@@ -647,7 +647,8 @@ def _umask() -> int:
 def test_write_refuses_a_directory_of_other_files(tmp_path: Path):
     (tmp_path / "notes.txt").write_text("mine\n")
     result = CliRunner().invoke(cli, ["render", example("shop"), "--out", str(tmp_path)])
-    assert result.exit_code == 3 and "holds files a render does not write (notes.txt)" in result.output
+    # a place the output cannot go is bad input (2), not a failed render (3)
+    assert result.exit_code == 2 and "holds files a render does not write (notes.txt)" in result.output
     assert tree(tmp_path) == {"notes.txt": "mine\n"}
 
 
@@ -658,7 +659,7 @@ def test_write_fault_half_way_keeps_the_previous_content(tmp_path: Path):
     before = tree(out)
     broken = Rendered("local", "x", (), (RenderedFile("web/domain.xml", "<a/>\n"),
                                          RenderedFile("web/domain.xml/user-data", "x\n")))
-    with pytest.raises(RenderError, match="cannot write to .*nothing was changed"):
+    with pytest.raises(OutputError, match="cannot write to .*nothing was changed"):
         broken.write(str(out))
     assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -678,7 +679,7 @@ def test_write_fault_when_the_old_directory_cannot_move_keeps_it(tmp_path: Path)
         result = CliRunner().invoke(cli, ["render", example("soc-rig"), "--out", str(out)])
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
-    assert result.exit_code == 3 and "Operation not permitted" in result.output, result.output
+    assert result.exit_code == 2 and "Operation not permitted" in result.output, result.output
     assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -686,7 +687,7 @@ def test_write_under_a_regular_file_is_one_line_and_writes_nothing(tmp_path: Pat
     """A real fault before anything is written: the target's parent is a regular file."""
     (tmp_path / "file").write_text("x\n")
     result = CliRunner().invoke(cli, ["render", example("shop"), "--out", str(tmp_path / "file" / "out")])
-    assert result.exit_code == 3 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert tree(tmp_path) == {"file": "x\n"}
 
 
@@ -704,7 +705,7 @@ def test_write_swap_in_failure_restores_the_old_directory(tmp_path: Path, monkey
         real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(RenderError, match="simulated"):
+    with pytest.raises(OutputError, match="simulated"):
         render_example("soc-rig").write(str(out))
     assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
 

@@ -2,7 +2,7 @@
 only when a figure is asked for: start-up matters)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from hybridorch.errors import HybridorchError
 from hybridorch.core.durations import uptime_text
@@ -47,9 +47,17 @@ def plan_table(plan: Plan) -> str:
                   f"allocated CPU {cpu:.0%}, memory {mem:.0%} of the hosts used"]
     for h in pk.hosts:
         lines.append(printable(f"  {h.name}: {h.cpu_used}m/{h.cpu_capacity}m CPU, "
-                               f"{_mi(h.memory_used)}/{_mi(h.memory_capacity)}: "
-                               + ", ".join(replica_ref(i.workload, i.replica) for i in h.items)))
+                               f"{_mi(h.memory_used)}/{_mi(h.memory_capacity)}: " + _replicas_text(h.items)))
     return "\n".join(lines)
+
+
+HOST_REPLICAS_SHOWN = 12   # a host line names this many replicas, then counts the rest (-o json has them all)
+
+
+def _replicas_text(items: Sequence[Any]) -> str:
+    shown = ", ".join(replica_ref(i.workload, i.replica) for i in items[:HOST_REPLICAS_SHOWN])
+    rest = len(items) - HOST_REPLICAS_SHOWN
+    return shown + (f" and {rest} more replicas" if rest > 0 else "")
 
 
 def status_table(statuses: list) -> str:

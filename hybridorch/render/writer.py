@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import yaml
 
 from hybridorch.core.labels import LABEL_WORKLOAD
-from hybridorch.errors import RenderError
+from hybridorch.errors import OutputError
 from hybridorch.render import fastyaml
 from hybridorch.render.sandbox import YamlText
 
@@ -170,11 +170,11 @@ class Rendered:
         out = Path(os.path.abspath(out_dir))
         if out.exists() or out.is_symlink():
             if out.is_symlink() or not out.is_dir():
-                raise RenderError(f"cannot write to {out_dir}: it exists and is not a directory")
+                raise OutputError(f"cannot write to {out_dir}: it exists and is not a directory")
             foreign = [p for p in _files_under(out) if not _rendered_path(p)]
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-                raise RenderError(f"cannot write to {out_dir}: it holds files a render does not write ({shown}); "
+                raise OutputError(f"cannot write to {out_dir}: it holds files a render does not write ({shown}); "
                                   f"choose a new or empty directory")
         stage: Path | None = None
         try:
@@ -206,7 +206,7 @@ class Rendered:
                 os.rename(stage, out)
                 stage = None
         except OSError as err:
-            raise RenderError(f"cannot write to {out_dir}: {err.strerror or err}"
+            raise OutputError(f"cannot write to {out_dir}: {err.strerror or err}"
                               f"{' (' + err.filename + ')' if err.filename else ''}; nothing was changed") from None
         finally:
             if stage is not None:
