@@ -165,11 +165,13 @@ def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = No
     from hybridorch.ops.audit import AuditReport
     from hybridorch.ops.audit_live import audit_files
     from hybridorch.core.durations import is_duration, parse_duration
+    from hybridorch.core.schema import show
 
     age = None
     if max_image_age is not None:
         if not is_duration(max_image_age):
-            raise SpecError([Problem("--max-image-age", 0, "", f"{max_image_age!r} is not a duration such as 30d")])
+            raise SpecError([Problem("--max-image-age", 0, "", f"{show(max_image_age)} is not a duration such as 30d "
+                                                              "(a positive number of at most 12 digits and a unit)")])
         age = parse_duration(max_image_age)
     findings = audit_files(paths, policy=policy, hosts=hosts, templates=templates, live=live, target=target,
                            context=context, namespace_prefix=namespace_prefix, max_image_age=age, now=now)

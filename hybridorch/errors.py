@@ -43,6 +43,9 @@ class Problem:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
+MAX_PROBLEM_LINES = 20  # per file: a file with thousands of problems must not flood the terminal
+
+
 class SpecError(HybridorchError):
     """Invalid stack, policy, hosts or test-plan input; carries every problem found, not only the first."""
 
@@ -50,10 +53,20 @@ class SpecError(HybridorchError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+        super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
-        return [str(p) for p in self.problems]
+        """One line per problem, at most MAX_PROBLEM_LINES of each file, then `FILE: and N more problems`."""
+        by_file: dict[str, list[Problem]] = {}
+        for p in self.problems:
+            by_file.setdefault(p.file, []).append(p)
+        out: list[str] = []
+        for file, problems in by_file.items():
+            out += [str(p) for p in problems[:MAX_PROBLEM_LINES]]
+            if len(problems) > MAX_PROBLEM_LINES:
+                more = len(problems) - MAX_PROBLEM_LINES
+                out.append(f"{file}: and {more} more problem{'s' if more > 1 else ''}")
+        return out
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled whole (a forked render worker hands it back), not rebuilt from the joined message

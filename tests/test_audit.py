@@ -174,7 +174,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, write_stack: Callable[
         """)
     for args, expect in (([str(bad_xml)], f"{bad_xml}:1: XML syntax error: mismatched tag"),
                          ([not_k8s], f"{not_k8s}:1: not a Kubernetes object"),
-                         ([bad_stack], f"{bad_stack}:3: metadata.ttl: '7 days' is not a duration"),
+                         ([bad_stack], f"{bad_stack}:3: metadata.ttl: must be a duration such as 30m"),
                          ([str(tmp_path / "missing.yaml")], "missing.yaml: cannot read"),
                          ([str(EXAMPLES / "shop.yaml"), "--max-image-age", "3x"], "--max-image-age: '3x'")):
         result = CliRunner().invoke(cli, ["audit", *args])
@@ -244,8 +244,8 @@ def test_owner_and_ttl_label_every_object_and_vm(write_stack: Callable[..., str]
 
 
 @pytest.mark.parametrize("snippet,error", [
-    ("metadata: {name: s, ttl: 7days}", "metadata.ttl: '7days' is not a duration"),
-    ("metadata: {name: s, owner: alice@example.com}", "metadata.owner: 'alice@example.com' is not an owner"),
+    ("metadata: {name: s, ttl: 7days}", "metadata.ttl: must be a duration"),
+    ("metadata: {name: s, owner: alice@example.com}", "metadata.owner: must be an owner"),
     ("metadata: {name: s, ttl: ''}", "metadata.ttl"),
 ])
 def test_bad_owner_or_ttl_is_an_error(write_stack: Callable[..., str], snippet: str, error: str):
@@ -262,9 +262,9 @@ def test_bad_owner_or_ttl_is_an_error(write_stack: Callable[..., str], snippet: 
 
 
 @pytest.mark.parametrize("snapshots,error", [
-    ("{retain: 0}", "spec.workloads[0].snapshots.retain: 0 is below the minimum 1"),
-    ("{retain: 2, maxAge: soon}", "spec.workloads[0].snapshots.maxAge: 'soon' is not a duration"),
-    ("{retain: 2, keep: all}", "spec.workloads[0].snapshots.keep"),
+    ("{retain: 0}", "spec.workloads[0].snapshots.retain: must be at least 1"),
+    ("{retain: 2, maxAge: soon}", "spec.workloads[0].snapshots.maxAge: must be a duration"),
+    ("{retain: 2, keep: all}", "spec.workloads[0].snapshots: unknown field (allowed: retain, maxAge)"),
 ])
 def test_bad_snapshots_are_errors(write_stack: Callable[..., str], snapshots: str, error: str):
     path = write_stack(f"""
@@ -323,7 +323,7 @@ def test_policy_file_sets_the_vm_cpu_ceiling(write_stack: Callable[..., str]):
         metadata: {name: bad}
         spec: {maxVmCpus: 0}
         """, "bad.yaml")
-    with pytest.raises(SpecError, match=r"spec.maxVmCpus: 0 is below the minimum 1"):
+    with pytest.raises(SpecError, match=r"spec.maxVmCpus: must be at least 1"):
         load_policy(bad)
 
 

@@ -78,7 +78,7 @@ def test_bad_policy_file_is_located(write_stack):
                          "spec: {headroomPercent: 95}\n", "policy.yaml")
     result = run("plan", SHOP, "--policy", policy)
     assert result.exit_code == 2
-    assert f"{policy}:4: spec.headroomPercent: 95 is above the maximum 90" in result.output
+    assert f"{policy}:4: spec.headroomPercent: must be at most 90" in result.output
 
 
 def test_unknown_policy_name():
@@ -99,8 +99,8 @@ def test_validate_ok_and_errors_from_several_files(write_stack):
     assert ok.exit_code == 0 and "ok (5 workloads)" in ok.output
     result = run("validate", SHOP, bad)
     assert result.exit_code == 2
-    assert result.output.strip() == f"{bad}:6: spec.workloads[0].resources.cpu: '5 cores' is not a CPU quantity " \
-                                    "(e.g. 500m, 2)"
+    assert result.output.strip() == f"{bad}:6: spec.workloads[0].resources.cpu: not a valid CPU quantity: a " \
+                                    "positive number of cores such as 500m or 2"
 
 
 def test_errors_never_show_a_traceback_but_debug_does(write_stack):
@@ -141,4 +141,4 @@ def test_bad_hosts_file_is_located(write_stack):
                         "spec:\n  pools:\n    - {name: a, arch: m68k}\n", "hosts.yaml")
     result = run("--hosts", hosts, "plan", SHOP)
     assert result.exit_code == 2
-    assert f"{hosts}:6: spec.pools[0].arch: 'm68k' is not one of: amd64, arm64, riscv64" in result.output
+    assert f"{hosts}:6: spec.pools[0].arch: must be one of: amd64, arm64, riscv64" in result.output

@@ -143,5 +143,5 @@ def test_allow_from_names_tenants_of_the_stack(write_stack: Callable[[str], str]
     path = write_stack(STACK.replace("allowFrom: [audit]", "allowFrom: [audit, payments]"))
     with pytest.raises(SpecError) as err:
         render(path)
-    assert err.value.lines() == [f"{path}:18: spec.workloads[2].allowFrom[1]: 'payments' is not a tenant of this "
-                                 "stack (tenants: audit, pay, shop)"]
+    assert err.value.lines() == [f"{path}:18: spec.workloads[2].allowFrom[1]: not a tenant of this stack (a "
+                                 "workload's tenant, or the stack's name where a workload sets none)"]

@@ -95,7 +95,7 @@ def test_unknown_sandbox_class_is_a_located_error(write_stack: Callable[..., str
     policy = policy_file(write_stack, "firecracker")
     result = CliRunner().invoke(cli, ["plan", SHOP, "--policy", policy], catch_exceptions=False)
     assert result.exit_code == 2
-    assert f"{policy}:6: spec.sandboxRuntimeClass: 'firecracker' is not one of: kata, gvisor" in result.output
+    assert f"{policy}:6: spec.sandboxRuntimeClass: must be one of: kata, gvisor" in result.output
     assert "Traceback" not in result.output
 
 

@@ -58,24 +58,24 @@ def test_examples_load(example):
 # (body appended after the header, expected line, expected field path, words in the message)
 MALFORMED = [
     ("    - {name: web, image: x, resources: {cpu: 5 cores}}\n", 6, "spec.workloads[0].resources.cpu",
-     "'5 cores' is not a CPU quantity"),
+     "not a valid CPU quantity"),
     ("    - {name: web, image: x, resources: {memory: lots}}\n", 6, "spec.workloads[0].resources.memory",
-     "not a memory quantity"),
+     "not a valid memory quantity"),
     ("    - {name: web, image: x, resources: {memory: 0.5}}\n", 6, "spec.workloads[0].resources.memory",
      "whole number of bytes"),
     ("    - {name: Web_1, image: x}\n", 6, "spec.workloads[0].name", "DNS-1123"),
     ("    - {name: web, image: x}\n    - {name: web, image: y}\n", 7, "spec.workloads[1].name",
-     "duplicate workload name 'web'"),
-    ("    - {name: web, image: x, replicas: two}\n", 6, "spec.workloads[0].replicas", "not an integer"),
-    ("    - {name: web, image: x, replicas: -1}\n", 6, "spec.workloads[0].replicas", "below the minimum 0"),
-    ("    - {name: web, image: x, ports: [70000]}\n", 6, "spec.workloads[0].ports[0]", "above the maximum 65535"),
-    ("    - {name: web, image: x, ports: [80, 80]}\n", 6, "spec.workloads[0].ports[1]", "listed twice"),
-    ("    - {name: web, image: x, os: macos}\n", 6, "spec.workloads[0].os", "not one of: linux, windows"),
-    ("    - {name: web, image: x, arch: sparc}\n", 6, "spec.workloads[0].arch", "not one of"),
-    ("    - {name: web, image: x, trust: maybe}\n", 6, "spec.workloads[0].trust", "not one of"),
-    ("    - {name: web, image: x, runtime: lxc}\n", 6, "spec.workloads[0].runtime", "not one of"),
-    ("    - {name: web, image: x, requires: [root]}\n", 6, "spec.workloads[0].requires[0]", "not one of"),
-    ("    - {name: web, image: x, imgae: y}\n", 6, "spec.workloads[0].imgae", "unknown field (did you mean 'image'?)"),
+     "duplicate workload name (first at spec.workloads[0])"),
+    ("    - {name: web, image: x, replicas: two}\n", 6, "spec.workloads[0].replicas", "expected an integer, got text"),
+    ("    - {name: web, image: x, replicas: -1}\n", 6, "spec.workloads[0].replicas", "must be at least 0"),
+    ("    - {name: web, image: x, ports: [70000]}\n", 6, "spec.workloads[0].ports[0]", "must be at most 65535"),
+    ("    - {name: web, image: x, ports: [80, 80]}\n", 6, "spec.workloads[0].ports[1]", "the same port and protocol as spec.workloads[0].ports[0]"),
+    ("    - {name: web, image: x, os: macos}\n", 6, "spec.workloads[0].os", "must be one of: linux, windows"),
+    ("    - {name: web, image: x, arch: sparc}\n", 6, "spec.workloads[0].arch", "must be one of"),
+    ("    - {name: web, image: x, trust: maybe}\n", 6, "spec.workloads[0].trust", "must be one of"),
+    ("    - {name: web, image: x, runtime: lxc}\n", 6, "spec.workloads[0].runtime", "must be one of"),
+    ("    - {name: web, image: x, requires: [root]}\n", 6, "spec.workloads[0].requires[0]", "must be one of"),
+    ("    - {name: web, image: x, imgae: y}\n", 6, "spec.workloads[0]", "unknown field (did you mean image? allowed: "),
     ("    - {image: x}\n", 6, "spec.workloads[0].name", "required field is missing"),
     ("    - {name: web}\n", 6, "spec.workloads[0].image", "an image is required"),
     ("    - {name: web, image: x, os: windows, runtime: container}\n", 6, "spec.workloads[0].runtime",
@@ -93,10 +93,11 @@ MALFORMED = [
     # two explicit hostPorts collide (the same container port without them does not: test_same_port_twice...)
     ("    - {name: web, image: x, ports: [{port: 80, hostPort: 8080}]}\n"
      "    - {name: api, image: x, ports: [{port: 81, hostPort: 8080}]}\n", 7,
-     "spec.workloads[1].ports[0].hostPort", "hostPort 8080 is already published by workload 'web'"),
-    ("    - {name: web, image: x, env: {1BAD: v}}\n", 6, "spec.workloads[0].env.1BAD", "not a valid key"),
+     "spec.workloads[1].ports[0].hostPort", "the hostPort is already published by spec.workloads[0]"),
+    ("    - {name: web, image: x, env: {1BAD: v}}\n", 6, "spec.workloads[0].env", "invalid key: a key must be an "
+     "environment variable name"),
     ("    - {name: web, image: x, ready: {port: 9}}\n", 6, "spec.workloads[0].ready.port",
-     "not one of the workload's ports"),
+     "must be one of the workload's ports"),
     ("    - name: web\n      image: x\n      image: y\n", 8, "spec.workloads[0].image", "duplicate key"),
     ("    - {name: web, image: x, resources: 2}\n", 6, "spec.workloads[0].resources", "expected a mapping"),
     ("    - {name: web, image: x, resources: {cpu: 100000}}\n", 0, "spec.hosts", "more than a host"),
@@ -105,7 +106,7 @@ MALFORMED = [
      "spec.workloads[0].containers", "need runtime nested"),
     ("    - {name: web, image: x, vm: {disk: {image: a, pvc: b}}}\n", 6, "spec.workloads[0].vm.disk",
      "either image or pvc"),
-    ("    - {name: web, image: x, writableRoot: yes please}\n", 6, "spec.workloads[0].writableRoot", "not true or false"),
+    ("    - {name: web, image: x, writableRoot: yes please}\n", 6, "spec.workloads[0].writableRoot", "expected true or false, got text"),
     ("    - {name: web, image: x, runtime: vm, writableRoot: true}\n", 6, "spec.workloads[0].writableRoot",
      "a VM's disk is its own"),
 ]
@@ -205,5 +206,5 @@ def test_duplicate_host_pool_is_located_even_after_a_broken_pool(write_stack):
 """) + "    - {name: web, image: x}\n"
     with pytest.raises(SpecError) as info:
         load_stack(write_stack(text))
-    assert any(p.path == "spec.hosts[2].name" and p.line == 8 and "duplicate host pool 'b' (first at spec.hosts[1])"
+    assert any(p.path == "spec.hosts[2].name" and p.line == 8 and "duplicate host pool (first at spec.hosts[1])"
                in p.message for p in info.value.problems), info.value.problems

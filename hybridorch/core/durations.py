@@ -6,20 +6,19 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from hybridorch.errors import InputError
+
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 PATTERN = r"([0-9]+[smhdw])+"      # the spec's schema adds a length limit (a duration is also a label value)
 # a ttl or a maximum age of zero (0s, 0m, 0h0m) means "expired at once": some digit must be non-zero
 POSITIVE = r"(?=.*[1-9])" + PATTERN
 POSITIVE_WHAT = "a duration such as 30m, 12h, 7d or 1d12h, and positive (zero would mean expired at once)"
+MAX_SECONDS = 100 * 365 * 86400     # a century: longer is a typo, and keeps every sum far from any overflow
 
 
-def is_duration(text: Any) -> bool:
-    """A duration such as 30m, 7d or 1d12h (a ttl label edited by hand may be anything)."""
-    return isinstance(text, str) and re.fullmatch(PATTERN, text) is not None
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in a duration such as 7d or 1d12h (already checked against PATTERN at load time)."""
+def _seconds(text: str) -> int:
+    """Seconds in text already matched against PATTERN whose numbers have at most 12 digits (int() of 5,000
+    digits raises: Python's 4,300-digit limit)."""
     total, number = 0, ""
     for ch in text:
         if ch.isdigit():
@@ -28,6 +27,25 @@ def parse_duration(text: str) -> int:
             total += int(number) * UNITS[ch]
             number = ""
     return total
+
+
+def is_duration(text: Any) -> bool:
+    """A duration such as 30m, 7d or 1d12h of at most MAX_SECONDS (a ttl label edited by hand may be anything)."""
+    return isinstance(text, str) and len(text) <= 1000 and re.fullmatch(PATTERN, text) is not None \
+        and re.search(r"[0-9]{13}", text) is None and _seconds(text) <= MAX_SECONDS
+
+
+def duration_problem(text: str) -> str | None:
+    """Why a duration that matched the schema's pattern is still refused (the schema's `validate` check)."""
+    return None if is_duration(text) else "must not be longer than 100 years (36500d)"
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as 7d or 1d12h (checked at load time; anything else is refused with exit 2,
+    never a ValueError from int())."""
+    if not is_duration(text):
+        raise InputError("not a duration such as 30m, 7d or 1d12h of at most 100 years")
+    return _seconds(text)
 
 
 def parse_time(text: Any) -> float | None:

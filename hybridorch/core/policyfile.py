@@ -6,11 +6,12 @@ import os
 from typing import Any
 
 from hybridorch.core.durations import POSITIVE as POSITIVE_DURATION
-from hybridorch.core.durations import POSITIVE_WHAT
+from hybridorch.core.durations import POSITIVE_WHAT, duration_problem
 from hybridorch.core.policy import PROFILES, SANDBOX_CLASSES, Overhead, Profile, make_profile
 from hybridorch.core.runtime import LocalSandbox, Named, Runtime, SandboxClass
 from hybridorch.core.safeload import path_inside
-from hybridorch.core.schema import DNS_LABEL, Document, Field, Obj, Quantity, Scalar, check_document, parse_quantity
+from hybridorch.core.schema import (DNS_LABEL, DNS_LABEL_WHAT, Document, Field, Obj, Quantity, Scalar, check_document,
+                                    parse_quantity)
 from hybridorch.core.spec import API_VERSION, Stack
 from hybridorch.errors import PolicyError, Problem, SpecError
 
@@ -28,7 +29,8 @@ _OVERHEAD = Obj({"cpu": Field(Quantity("cpu"), required=True), "memory": Field(Q
 POLICY_FILE = Obj({
     "apiVersion": Field(Scalar(str, enum=(API_VERSION,)), required=True),
     "kind": Field(Scalar(str, enum=("Policy",)), required=True),
-    "metadata": Field(Obj({"name": Field(Scalar(str, pattern=DNS_LABEL), required=True)}), required=True),
+    "metadata": Field(Obj({"name": Field(Scalar(str, pattern=DNS_LABEL, what=DNS_LABEL_WHAT), required=True)}),
+                      required=True),
     "spec": Field(Obj({
         "base": Field(Scalar(str, enum=tuple(PROFILES)), default="balanced"),
         "untrustedRuntime": Field(Scalar(str, enum=_values(Runtime.SANDBOXED, Runtime.VM))),
@@ -39,9 +41,10 @@ POLICY_FILE = Obj({
         "headroomPercent": Field(Scalar(int, minimum=0, maximum=90)),
         "emulationCpuFactor": Field(Scalar(int, minimum=1, maximum=100)),
         "maxVmCpus": Field(Scalar(int, minimum=1, maximum=1024), doc="Per-VM CPU ceiling (audit rule HYB002)."),
-        # the length limit keeps parse_duration's int() short (5,000 digits would raise in the audit)
-        # and zero is refused: a maximum age of 0s would flag every snapshot the moment it is taken
-        "maxSnapshotAge": Field(Scalar(str, pattern=r"(?=.{1,63}$)" + POSITIVE_DURATION, what=POSITIVE_WHAT),
+        # short numbers and at most a century keep parse_duration's sums small (5,000 digits once crashed the
+        # audit), and zero is refused: a maximum age of 0s would flag every snapshot the moment it is taken
+        "maxSnapshotAge": Field(Scalar(str, pattern=r"(?=.{1,63}$)" + POSITIVE_DURATION, what=POSITIVE_WHAT,
+                                       validate=duration_problem),
                                 doc="Longest snapshot retention the audit accepts (rule HYB015)."),
         "overheads": Field(Obj({"sandboxed": Field(_OVERHEAD), "vm": Field(_OVERHEAD)})),
         "localSandbox": Field(Scalar(str, enum=_values(*LocalSandbox)),
@@ -95,12 +98,13 @@ def resolve_policy(stack: Stack, override: str | None = None) -> Profile:
         inside = path_inside(stack.file, ref)
         if inside is None:
             raise SpecError([Problem(stack.file, stack.policy_line, "spec.policy",
-                                     f"policy file {ref!r} is outside the stack's directory (an absolute path, '..' "
+                                     "the policy file is outside the stack's directory (an absolute path, '..' "
                                      "or a symlink out of it): keep it beside the stack, or pass --policy")])
         path = inside
     if not os.path.exists(path):
-        message = f"policy {ref!r} is neither {', '.join(PROFILES)} nor an existing file"
-        if override:
-            raise PolicyError(message)
-        raise SpecError([Problem(stack.file, stack.policy_line, "spec.policy", message)])
+        if override:  # typed on the command line: quoting it back discloses nothing
+            raise PolicyError(f"policy {ref!r} is neither {', '.join(PROFILES)} nor an existing file")
+        raise SpecError([Problem(stack.file, stack.policy_line, "spec.policy",
+                                 f"neither a built-in policy ({', '.join(PROFILES)}) nor an existing file beside "
+                                 "the stack")])
     return load_policy(path)

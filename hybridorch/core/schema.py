@@ -97,14 +97,10 @@ _INT_TAG = "tag:yaml.org,2002:int"
 
 
 def show(value: Any) -> str:
-    """A value quoted in an error message: repr (so one line) and cut short."""
+    """A value the user typed on the command line, quoted in an error message: repr (so one line) and cut short.
+    Never for file content: messages about a file say where and what is wrong, not what was written there."""
     text = repr(value)
     return text if len(text) <= 60 else text[:56] + "...'"
-
-
-def key_text(key: str) -> str:
-    """A mapping key as written in a field path; quoted when it would break the one-line message."""
-    return key if key.isprintable() and 0 < len(key) <= 80 else show(key)
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -121,11 +117,22 @@ def _scalar(node: yaml.Node) -> Any:
 
 
 def _kind(node: yaml.Node) -> str:
+    """What a node is, in words: its type, never its content (the file may hold secrets)."""
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return show(_scalar(node))
+    return _value_kind(_scalar(node))
+
+
+def _value_kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "text" if isinstance(value, str) else "a date or other typed value"
 
 
 @dataclass
@@ -143,30 +150,31 @@ class Scalar(Type):
 
     def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
         lines[path] = line_of(node)
+        # every message says what is wanted, never what was written (the file may hold secrets)
         if not isinstance(node, yaml.ScalarNode):
             errors.add(node, path, f"expected {self._what()}, got {_kind(node)}")
             return None
         if self.py is int and node.tag == _INT_TAG and len(node.value) > 20:
-            errors.add(node, path, f"{show(node.value)} is out of range")
+            errors.add(node, path, "out of range" + self._range())
             return None
         value = _scalar(node)
         if self.py is str and isinstance(value, (int, float)) and not isinstance(value, bool) and not self.enum:
             value = node.value  # '8080' or 1.5 written bare is still usable as text where text is wanted
         ok = isinstance(value, self.py) and not (self.py is int and isinstance(value, bool))
         if not ok:
-            errors.add(node, path, f"{show(value)} is not {self._what()}")
+            errors.add(node, path, f"expected {self._what()}, got {_value_kind(value)}")
             return None
         if self.enum and value not in self.enum:
-            errors.add(node, path, f"{show(value)} is not one of: {', '.join(map(str, self.enum))}")
+            errors.add(node, path, f"must be one of: {', '.join(map(str, self.enum))}")
             return None
         if self.pattern and not re.fullmatch(self.pattern, value):
-            errors.add(node, path, f"{show(value)} is not {self.what or 'valid'}")
+            errors.add(node, path, f"must be {self.what or 'valid'}")
             return None
         if self.minimum is not None and value < self.minimum:
-            errors.add(node, path, f"{show(value)} is below the minimum {self.minimum}")
+            errors.add(node, path, f"must be at least {self.minimum}")
             return None
         if self.maximum is not None and value > self.maximum:
-            errors.add(node, path, f"{show(value)} is above the maximum {self.maximum}")
+            errors.add(node, path, f"must be at most {self.maximum}")
             return None
         if self.validate:
             message = self.validate(value)
@@ -176,7 +184,12 @@ class Scalar(Type):
         return value
 
     def _what(self) -> str:
-        return self.what or {str: "a string", int: "an integer", bool: "true or false"}.get(self.py, "a value")
+        return self.what or {str: "text", int: "an integer", bool: "true or false"}.get(self.py, "a value")
+
+    def _range(self) -> str:
+        low, high = self.minimum, self.maximum
+        return f" ({low} to {high})" if low is not None and high is not None else \
+            f" (at most {high})" if high is not None else ""
 
     def json_schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": {str: "string", int: "integer", bool: "boolean"}[self.py]}
@@ -206,25 +219,25 @@ class Quantity(Type):
         if not isinstance(node, yaml.ScalarNode):
             errors.add(node, path, f"expected a {self.kind} quantity, got {_kind(node)}")
             return None
-        text = show(node.value)
         value = parse_quantity(str(node.value))
         if value is None or value <= 0:
-            errors.add(node, path, f"{text} is not a {'CPU' if self.kind == 'cpu' else 'memory'} quantity"
-                       + (" (e.g. 500m, 2)" if self.kind == "cpu" else " (e.g. 256Mi, 2Gi)"))
+            errors.add(node, path, f"not a valid {'CPU' if self.kind == 'cpu' else 'memory'} quantity: a positive "
+                       + ("number of cores such as 500m or 2" if self.kind == "cpu" else "size such as 256Mi or 2Gi"))
             return None
         units = value * 1000 if self.kind == "cpu" else value
         if units > MAX_QUANTITY_UNITS:
-            errors.add(node, path, f"{text} is out of range")
+            errors.add(node, path, "out of range (Kubernetes keeps a quantity in 64 bits of "
+                       + ("millicores)" if self.kind == "cpu" else "bytes)"))
             return None
         if self.kind == "memory" and value != value.to_integral_value():
-            errors.add(node, path, f"{text} is not a whole number of bytes")
+            errors.add(node, path, "must be a whole number of bytes")
             return None
         if self.kind == "cpu" and units != units.to_integral_value():
-            errors.add(node, path, f"{text} is finer than 1m (one millicore)")
+            errors.add(node, path, "must not be finer than 1m (one millicore)")
             return None
         least = parse_quantity(self.minimum) if self.minimum else None
         if least is not None and value < least:
-            errors.add(node, path, f"{text} is below the minimum {self.minimum}")
+            errors.add(node, path, f"must be at least {self.minimum}")
             return None
         return str(node.value)
 
@@ -264,8 +277,11 @@ class MapOf(Type):
     value: Type
     description: str = ""
     key_pattern: str = ""
+    key_what: str = ""  # the key syntax in words, for the message when a key does not match key_pattern
 
     def check(self, node: yaml.Node, path: str, errors: Errors, lines: dict[str, int]) -> Any:
+        """The keys are the user's, not the schema's: a problem names the map's path and the entry's line, never
+        the key (it may be a secret, or text that forges output)."""
         lines[path] = line_of(node)
         if not isinstance(node, yaml.MappingNode):
             errors.add(node, path, f"expected a mapping, got {_kind(node)}")
@@ -276,14 +292,14 @@ class MapOf(Type):
                 errors.add(key_node, path, f"a key must be text, not {_kind(key_node)}")
                 continue
             key = str(key_node.value)
-            sub = f"{path}.{key_text(key)}"
             if key in out:
-                errors.add(key_node, sub, "duplicate key")
+                errors.add(key_node, path, "duplicate key")
                 continue
             if self.key_pattern and not re.fullmatch(self.key_pattern, key):
-                errors.add(key_node, sub, f"{show(key)} is not a valid key")
+                errors.add(key_node, path, "invalid key" + (f": a key must be {self.key_what}" if self.key_what
+                                                            else ""))
                 continue
-            out[key] = self.value.check(value_node, sub, errors, lines)
+            out[key] = self.value.check(value_node, path, errors, {})  # {}: the map's own line stays
         return out
 
     def json_schema(self) -> dict[str, Any]:
@@ -328,14 +344,15 @@ class Obj(Type):
                 errors.add(key_node, path, f"a key must be text, not {_kind(key_node)}")
                 continue
             key = str(key_node.value)
-            sub = f"{path}.{key_text(key)}" if path else key_text(key)
+            # an unknown key is the user's text, so a problem about it names the parent path and the line only
+            known = key in self.fields
+            sub = (f"{path}.{key}" if path else key) if known else path
             if key in seen:
                 errors.add(key_node, sub, "duplicate key")
                 continue
             seen.add(key)
-            if key not in self.fields:
-                hint = _close_match(key, self.fields)
-                errors.add(key_node, sub, "unknown field" + (f" (did you mean {hint!r}?)" if hint else ""))
+            if not known:
+                errors.add(key_node, path, self._unknown(key))
                 continue
             if isinstance(value_node, yaml.ScalarNode) and value_node.tag == "tag:yaml.org,2002:null" \
                     and not self.fields[key].required:
@@ -346,6 +363,11 @@ class Obj(Type):
             if f.required and name not in seen:
                 errors.add(node, f"{path}.{name}" if path else name, "required field is missing")
         return self._defaults(out)
+
+    def _unknown(self, key: str) -> str:
+        hint = _close_match(key, self.fields)
+        allowed = ", ".join(self.fields)
+        return "unknown field (" + (f"did you mean {hint}? " if hint else "") + f"allowed: {allowed})"
 
     def _defaults(self, out: dict[str, Any]) -> dict[str, Any]:
         for name, f in self.fields.items():
@@ -381,6 +403,8 @@ def _close_match(key: str, names: dict[str, Any]) -> str | None:
 
 
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+DNS_LABEL_WHAT = "a DNS-1123 label (lowercase letters, digits and '-', at most 63)"
+HYBRIDORCH_KINDS = ("Stack", "Hosts", "Policy", "SocTest")  # the kinds of our own documents
 
 
 @dataclass
@@ -415,8 +439,9 @@ def _envelope_problem(node: yaml.Node, root: Obj) -> tuple[int, str] | None:
     if not isinstance(got_api, yaml.ScalarNode) or got_api.value != want_api:
         return (line_of(got_api) if got_api is not None else line_of(node)), what
     if not isinstance(got_kind, yaml.ScalarNode) or got_kind.value != want_kind:
-        # the apiVersion is ours, so this is a hybridorch document: naming its kind discloses nothing
-        other = f": it is a {show(got_kind.value)}" if isinstance(got_kind, yaml.ScalarNode) else ""
+        # naming a kind of ours discloses nothing; any other kind is the file's text and is not shown
+        known = isinstance(got_kind, yaml.ScalarNode) and got_kind.value in HYBRIDORCH_KINDS
+        other = f": it is a {got_kind.value!r}" if known else ""
         return (line_of(got_kind) if got_kind is not None else line_of(node)), what + other
     return None
 

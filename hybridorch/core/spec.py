@@ -13,13 +13,13 @@ import yaml
 
 from hybridorch.errors import Problem, SpecError
 from hybridorch.core.durations import POSITIVE as POSITIVE_DURATION
-from hybridorch.core.durations import POSITIVE_WHAT
+from hybridorch.core.durations import POSITIVE_WHAT, duration_problem
 from hybridorch.core.labels import lifecycle_labels, replica_name
 from hybridorch.core.runtime import ARCHES as ARCH_TABLE
 from hybridorch.core.runtime import AUTO, CONTAINER_RUNTIMES, RUNTIMES, VM_RUNTIMES, Runtime, requested_runtime
 from hybridorch.core.safeload import compose_yaml
-from hybridorch.core.schema import (DNS_LABEL, Document, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document,
-                     parse_quantity, show)
+from hybridorch.core.schema import (DNS_LABEL, DNS_LABEL_WHAT, Document, Errors, Field, ListOf, MapOf, Obj, Quantity,
+                                    Scalar, check_document, parse_quantity, show)
 
 API_VERSION = "hybridorch.dev/v1alpha1"
 OSES = ("linux", "windows")
@@ -27,7 +27,7 @@ ARCHES = tuple(ARCH_TABLE)
 TRUST = ("trusted", "internal", "untrusted")
 REQUIREMENTS = ("privileged", "kernel-modules", "custom-kernel", "host-devices", "host-network")
 
-_name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+_name = Scalar(str, pattern=DNS_LABEL, what=DNS_LABEL_WHAT)
 _text = Scalar(str)
 # Kubernetes' label syntax: a value (63 at most, may be empty) and a key with an optional DNS-subdomain prefix;
 # the patterns also keep newlines out, which could otherwise forge the file headers of `render --out -`
@@ -35,38 +35,55 @@ LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?"
 LABEL_KEY = (r"((?=[^/]{1,253}/)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
              r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _labels = MapOf(Scalar(str, pattern=LABEL_VALUE, what="a label value (letters, digits, '-', '_', '.'; at most 63)"),
-                key_pattern=LABEL_KEY)
+                key_pattern=LABEL_KEY, key_what="a label key: [DNS-subdomain prefix/]name, the name letters, digits, "
+                                                "'-', '_', '.' (at most 63)")
 # IANA service name: at most 15 of lowercase letters, digits and single '-', at least one letter
 PORT_NAME = r"(?=.{1,15}$)(?=[0-9-]*[a-z])[a-z0-9]+(-[a-z0-9]+)*"
 # a Service name (DNS-1035): a DNS label that starts with a letter
 DNS_1035 = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
 MAX_USER_DATA = 64 * 2**10
-LOCAL_IMAGES = "hybridorch.local/"  # images.LOCAL_REGISTRY: built from images/<name>/, so <name> is a path
-_IMAGE_PATH = r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+ENV_WHAT = "an environment variable name (letters, digits and '_', not starting with a digit)"
+# The Docker/OCI image reference grammar (github.com/distribution/reference, regexp.go): [HOST[:PORT]/]PATH[:TAG]
+# [@DIGEST]. A path component is lowercase letters and digits joined by '.', '_', '__' or dashes, so it can never
+# be '..' (a hybridorch.local/<name> image is built from images/<name>/) nor start with '-' (an engine option).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
+        r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}"
+IMAGE_REFERENCE = re.compile(rf"(?:(?P<host>{_HOST})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
+                             rf"(?::{_TAG})?(?:@(?:{_DIGEST}))?")
+MAX_IMAGE_NAME = 255  # Docker's NameTotalLengthMax: host and path together
+IMAGE_WHAT = ("an image reference [host[:port]/]path[:tag][@sha256:digest], the path in lowercase letters, digits "
+              "and single '.', '_' or '-', no spaces")
 
 
 def image_problem(value: str) -> str | None:
-    """An image reference that cannot be mistaken for an engine option or point outside the recipes directory."""
-    if value.startswith("-"):
-        return f"{show(value)} is not an image reference: it starts with '-'"
-    if value.startswith(LOCAL_IMAGES):
-        name = value[len(LOCAL_IMAGES):].split(":", 1)[0].split("@", 1)[0]
-        if not re.fullmatch(_IMAGE_PATH, name):
-            return f"{show(value)}: a {LOCAL_IMAGES} image name is lowercase path components (no '..')"
+    """An image reference by the Docker/OCI grammar: it cannot be mistaken for an engine option, point outside the
+    recipes directory, or carry whitespace or control characters into a command line or a manifest."""
+    m = IMAGE_REFERENCE.fullmatch(value) if len(value) <= 1024 else None
+    if m is None:
+        return f"must be {IMAGE_WHAT}"
+    if m.group("host") and "." not in m.group("host") and ":" not in m.group("host") \
+            and m.group("host") != "localhost" and m.group("host") != m.group("host").lower():
+        return f"must be {IMAGE_WHAT} (upper case only in a registry host, which has a '.' or a ':port')"
+    if len(m.group("host") or "") + len(m.group("path")) + bool(m.group("host")) > MAX_IMAGE_NAME:
+        return f"the image name (registry host and path) is longer than {MAX_IMAGE_NAME} characters"
     return None
 
 
 def _argv0_problem(value: str) -> str | None:
-    return f"{show(value)} starts with '-': it would be read as an option" if value.startswith("-") else None
+    return "starts with '-': it would be read as an option" if value.startswith("-") else None
 
 
-_image = Scalar(str, validate=image_problem)
+_image = Scalar(str, validate=image_problem, what="an image reference")
 _command = ListOf(_text)
 _port_number = Scalar(int, minimum=1, maximum=65535, what="a port number")
 # owner and ttl become label values on every object, so they follow the label-value syntax
 _owner = Scalar(str, pattern=r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?",
                 what="an owner usable as a label value (letters, digits, '-', '_', '.'; at most 63), e.g. team-shop")
-_duration = Scalar(str, pattern=r"(?=.{1,63}$)" + POSITIVE_DURATION, what=POSITIVE_WHAT)
+_duration = Scalar(str, pattern=r"(?=.{1,63}$)" + POSITIVE_DURATION, what=POSITIVE_WHAT, validate=duration_problem)
 
 
 PORT = Obj({
@@ -132,7 +149,7 @@ WORKLOAD = Obj({
     "image": Field(_image, doc="Container image (container, sandboxed) or containerDisk image (vm)."),
     "command": Field(_command, doc="Entrypoint override."),
     "args": Field(ListOf(_text)),
-    "env": Field(MapOf(_text, key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"), default=dict),
+    "env": Field(MapOf(_text, key_pattern=ENV_NAME, key_what=ENV_WHAT), default=dict),
     "ports": Field(ListOf(PORT), default=list),
     "replicas": Field(Scalar(int, minimum=0, maximum=1000), default=1),
     "resources": Field(RESOURCES, default=lambda: {"cpu": "250m", "memory": "256Mi"}),
@@ -403,14 +420,14 @@ def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors)
     runtime = requested_runtime(w["runtime"])
     if w.get("containers") and runtime not in (None, Runtime.NESTED):
         errors.add(doc.line(f"{path}.containers"), f"{path}.containers",
-                   f"inner containers need runtime nested, not {runtime}")
+                   "inner containers need runtime nested (or auto)")
     if runtime is Runtime.NESTED and not w.get("containers"):
         errors.add(doc.line(f"{path}.runtime"), f"{path}.runtime", "runtime nested needs a `containers` list")
     if runtime in CONTAINER_RUNTIMES and w.get("snapshots"):
         errors.add(doc.line(f"{path}.snapshots"), f"{path}.snapshots",
-                   f"snapshots need a VM (runtime vm or nested), not {runtime}")
+                   "snapshots need a VM: runtime vm or nested")
     if runtime in CONTAINER_RUNTIMES and not w.get("image"):
-        errors.add(doc.line(path), f"{path}.image", f"runtime {runtime} needs an image")
+        errors.add(doc.line(path), f"{path}.image", "a container or sandboxed runtime needs an image")
     if runtime is Runtime.VM and w.get("writableRoot"):
         errors.add(doc.line(f"{path}.writableRoot"), f"{path}.writableRoot",
                    "writableRoot is about a container's root filesystem; a VM's disk is its own")
@@ -428,20 +445,16 @@ def _check_workload(w: dict[str, Any], path: str, doc: Document, errors: Errors)
         key = (p["port"], p["protocol"])
         if key in seen:
             errors.add(doc.line(f"{path}.ports[{i}]"), f"{path}.ports[{i}]",
-                       f"port {p['port']}/{p['protocol']} is listed twice")
-        seen[key] = i
-    vols = [x["name"] for x in w["volumes"] if x]
-    for i, name in enumerate(vols):
-        if name in vols[:i]:
-            errors.add(doc.line(f"{path}.volumes[{i}].name"), f"{path}.volumes[{i}].name",
-                       f"volume {name!r} is listed twice")
+                       f"the same port and protocol as {path}.ports[{seen[key]}]")
+        seen.setdefault(key, i)
+    _check_unique_names(w["volumes"], f"{path}.volumes", "volume name", doc, errors)
     disk = ((w.get("vm") or {}).get("disk") or {})
     if disk.get("image") and disk.get("pvc"):
         errors.add(doc.line(f"{path}.vm.disk"), f"{path}.vm.disk", "give either image or pvc, not both")
     ready = w.get("ready") or {}
     if ready.get("port") and ready["port"] not in {p["port"] for p in w["ports"] if p}:
         errors.add(doc.line(f"{path}.ready.port"), f"{path}.ready.port",
-                   f"port {ready['port']} is not one of the workload's ports")
+                   "must be one of the workload's ports")
     _check_rendered_names(w, path, doc, errors)
     _check_argv0(w.get("command"), f"{path}.command", doc, errors)
     for i, c in enumerate(w.get("containers") or ()):
@@ -470,7 +483,7 @@ def _check_rendered_names(w: dict[str, Any], path: str, doc: Document, errors: E
              for p in c["ports"] if p]
     if (ports or inner) and w["name"] and not re.fullmatch(DNS_1035, w["name"]):
         errors.add(doc.line(f"{path}.name"), f"{path}.name",
-                   f"{show(w['name'])} gets a Service (it has ports), whose name must start with a letter (DNS-1035)")
+                   "the workload gets a Service (it has ports), whose name must start with a letter (DNS-1035)")
     # the ports a VM exposes: its own, then its containers', the first of each port/protocol wins (render._vm_ports)
     named: dict[str, str] = {}
     seen: set[tuple[int, str]] = set()
@@ -480,7 +493,7 @@ def _check_rendered_names(w: dict[str, Any], path: str, doc: Document, errors: E
         seen.add((p["port"], p["protocol"]))
         name = p.get("name") or f"{p['protocol'].lower()}-{p['port']}"
         if name in named:
-            errors.add(doc.line(where), f"{where}.name", f"port name {name!r} is already used by {named[name]}")
+            errors.add(doc.line(where), f"{where}.name", f"the port name is already used by {named[name]}")
         named.setdefault(name, where)
 
 
@@ -527,7 +540,8 @@ def _check_allow_from(workloads: list[tuple[int, dict[str, Any]]], stack_name: s
             for k, name in enumerate(names):
                 if name not in tenants:
                     errors.add(doc.line(f"{path}[{k}]") or doc.line(path), f"{path}[{k}]",
-                               f"{name!r} is not a tenant of this stack (tenants: {', '.join(sorted(tenants))})")
+                               "not a tenant of this stack (a workload's tenant, or the stack's name where a "
+                               "workload sets none)")
 
 
 def _check_unique_names(items: list[Any], prefix: str, what: str, doc: Document, errors: Errors) -> None:
@@ -539,8 +553,18 @@ def _check_unique_names(items: list[Any], prefix: str, what: str, doc: Document,
             continue
         if name in first:
             errors.add(doc.line(f"{prefix}[{i}].name"), f"{prefix}[{i}].name",
-                       f"duplicate {what} {name!r} (first at {prefix}[{first[name]}])")
+                       f"duplicate {what} (first at {prefix}[{first[name]}])")
         first.setdefault(name, i)
+
+
+def _check_pools(pools: list[Any], prefix: str, doc: Document, errors: Errors) -> None:
+    """Host pools: unique names, and an idle power no higher than the peak (capacity's figures need both)."""
+    _check_unique_names(pools, prefix, "host pool", doc, errors)
+    for i, pool in enumerate(pools):
+        idle, peak = (pool or {}).get("idleWatts"), (pool or {}).get("peakWatts")
+        if idle is not None and peak is not None and idle > peak:
+            errors.add(doc.line(f"{prefix}[{i}].idleWatts"), f"{prefix}[{i}].idleWatts",
+                       "must not be above peakWatts (an idle host draws less power than a busy one)")
 
 
 _ITEM = re.compile(r"(spec\.workloads|spec\.hosts)\[(\d+)\]")
@@ -587,21 +611,21 @@ def load_stack(path: str, text: str | None = None) -> Stack:
                  if w and ("spec.workloads", i) not in failed]
     # only explicit hostPorts can collide: the local target picks a free host port for a port without one
     # (runtime.assign_host_ports), and a cluster gives every workload its own Service
-    host_ports: dict[tuple[int, str], str] = {}
+    host_ports: dict[tuple[int, str], str] = {}   # (hostPort, protocol) -> path of the port that has it
     _check_unique_names(spec.get("workloads") or [], "spec.workloads", "workload name", doc, errors)
     for i, w in workloads:
         p = f"spec.workloads[{i}]"
         _check_workload(w, p, doc, errors)
         for j, port in enumerate(w["ports"]):
             explicit = port and port.get("hostPort")
-            owner = host_ports.setdefault((explicit, port["protocol"]), w["name"]) if explicit else None
-            if owner not in (None, w["name"]):
+            owner = host_ports.setdefault((explicit, port["protocol"]), p) if explicit else None
+            if owner not in (None, p):
                 errors.add(doc.line(f"{p}.ports[{j}].hostPort"), f"{p}.ports[{j}].hostPort",
-                           f"hostPort {port['hostPort']} is already published by workload {owner!r} (set another "
-                           "hostPort, or none: the local target then picks a free one)")
+                           f"the hostPort is already published by {owner} (set another hostPort, or none: the local "
+                           "target then picks a free one)")
     _check_allow_from(workloads, meta.get("name"), doc, errors)
     pools = [h for i, h in enumerate(spec.get("hosts") or []) if h and ("spec.hosts", i) not in failed]
-    _check_unique_names(spec.get("hosts") or [], "spec.hosts", "host pool", doc, errors)
+    _check_pools(spec.get("hosts") or [], "spec.hosts", doc, errors)
     errors.raise_if_any()
 
     lines = _workload_lines(doc.lines)
@@ -618,15 +642,18 @@ def load_hosts(path: str) -> tuple[HostPool, ...]:
     """A `kind: Hosts` file (the cluster or machines a stack is planned for), replacing a stack's spec.hosts."""
     doc = check_document(path, HOSTS_FILE)
     errors = Errors(path)
-    _check_unique_names(doc.values["spec"]["pools"], "spec.pools", "host pool", doc, errors)
+    _check_pools(doc.values["spec"]["pools"], "spec.pools", doc, errors)
     errors.raise_if_any()
     return tuple(HostPool(**p) for p in doc.values["spec"]["pools"])
 
 
+def _index(stack: Stack, workload: Workload) -> int:
+    return workload.index if workload.index >= 0 else stack.workloads.index(workload)
+
+
 def problem(stack: Stack, workload: Workload, fld: str, message: str) -> Problem:
     """A Problem located at a workload's field, for checks made after loading (policy contradictions)."""
-    index = workload.index if workload.index >= 0 else stack.workloads.index(workload)
-    path = f"spec.workloads[{index}]" + (f".{fld}" if fld else "")
+    path = f"spec.workloads[{_index(stack, workload)}]" + (f".{fld}" if fld else "")
     return Problem(stack.file, workload.line(fld), path, message)
 
 
@@ -643,8 +670,8 @@ def placement_problems(stack: Stack, runtimes: Mapping[str, Runtime]) -> list[Pr
             replicated[w.name] = w
             last = replica_name(w.name, w.replicas - 1)
             if len(last) > 63:
-                problems.append(problem(stack, w, "replicas", f"its VMs are named {replica_name(w.name, 0)}..{last}, "
-                                                              "longer than 63 characters: shorten the name"))
+                problems.append(problem(stack, w, "replicas", f"its VMs are named after it with -0..-{w.replicas - 1}"
+                                                              " appended, longer than 63 characters: shorten the name"))
         if w.os == "windows" and not (w.vm.disk_image or w.vm.disk_pvc or (w.runtime is Runtime.VM and w.image)):
             problems.append(problem(stack, w, "vm.disk", "a windows VM needs vm.disk.image or vm.disk.pvc (its boot"
                                                          " disk); there is no default Windows image"))
@@ -654,8 +681,9 @@ def placement_problems(stack: Stack, runtimes: Mapping[str, Runtime]) -> list[Pr
         owner = replicated.get(base)
         if owner is not None and number.isdigit() and int(number) < owner.replicas \
                 and replica_name(base, int(number)) == w.name:
-            problems.append(problem(stack, w, "name", f"{w.name!r} is also the name of a VM of workload {owner.name!r}"
-                                                      f" ({owner.replicas} replicas: {owner.name}-0..)"))
+            problems.append(problem(stack, w, "name", f"also the name of a VM of spec.workloads[{_index(stack, owner)}]"
+                                                      f" (its {owner.replicas} replicas' VMs are named after it with "
+                                                      f"-0..-{owner.replicas - 1} appended)"))
     return problems
 
 
@@ -667,7 +695,7 @@ def namespace_prefix_problem(stack: Stack, prefix: str) -> Problem | None:
     if not re.fullmatch(r"[a-z0-9][-a-z0-9]*", prefix):
         why = "must be lowercase letters, digits and '-', starting with a letter or digit"
     elif len(prefix) + len(longest) > 63:
-        why = f"with tenant {longest!r} it makes a namespace name longer than 63 characters"
+        why = f"with the longest tenant ({len(longest)} characters) it makes a namespace name longer than 63 characters"
     else:
         return None
     return Problem("--namespace-prefix", 0, "", f"{show(prefix)} {why}")

@@ -24,9 +24,10 @@ from hybridorch.backends.events import Event, EventKind, EventSink, ignore
 from hybridorch.core.runtime import ARCHES, guest_refusal
 from hybridorch.vm import console
 from hybridorch.vm.initramfs import ContainerRun, GuestProgram
-from hybridorch.core.schema import DNS_LABEL, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar, check_document, parse_quantity
+from hybridorch.core.schema import (DNS_LABEL, DNS_LABEL_WHAT, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar,
+                                    check_document, parse_quantity)
 from hybridorch.core.safeload import path_inside
-from hybridorch.core.spec import API_VERSION, image_problem
+from hybridorch.core.spec import API_VERSION, ENV_NAME, ENV_WHAT, image_problem
 from hybridorch.core.text import printable, table
 
 if TYPE_CHECKING:
@@ -38,21 +39,22 @@ SOC_ARCHES = tuple(a for a, info in ARCHES.items() if info.local)
 def _regex(value: str) -> str | None:
     try:
         re.compile(value)
-    except re.error as err:
-        return f"{value!r} is not a regular expression: {err}"
+    except re.error as err:  # err.msg and err.pos describe the mistake without quoting the pattern
+        at = f" at position {err.pos}" if err.pos is not None else ""
+        return f"not a regular expression: {err.msg}{at}"
     return None
 
 
-_name = Scalar(str, pattern=DNS_LABEL, what="a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+_name = Scalar(str, pattern=DNS_LABEL, what=DNS_LABEL_WHAT)
 
 SOC_CONTAINER = Obj({
     "name": Field(_name, required=True, doc="Test name, unique in the plan."),
-    "image": Field(Scalar(str, validate=image_problem),
+    "image": Field(Scalar(str, validate=image_problem, what="an image reference"),
                    doc="`busybox` (busybox-static of the target arch) or a local Docker image "
                        "built for the target arch (exported with docker export)."),
     "rootfs": Field(Scalar(str), doc="A directory holding the container's root filesystem (relative to the plan)."),
     "command": Field(ListOf(Scalar(str), min_items=1), required=True),
-    "env": Field(MapOf(Scalar(str), key_pattern=r"[A-Za-z_][A-Za-z0-9_]*"), default=dict),
+    "env": Field(MapOf(Scalar(str), key_pattern=ENV_NAME, key_what=ENV_WHAT), default=dict),
     "expect": Field(Obj({
         "exitCode": Field(Scalar(int, minimum=0, maximum=255), default=0),
         "output": Field(Scalar(str, validate=_regex), doc="A regular expression the output must match (search)."),
@@ -134,31 +136,32 @@ def load_soc_plan(path: str, text: str | None = None) -> SocPlan:
     machines = ARCHES[arch].machines if arch in ARCHES else ()
     if machines and machine and machine not in machines:
         errors.add(doc.line("spec.target.machine"), "spec.target.machine",
-                   f"{machine!r} is not a {arch} machine: use {' or '.join(machines)}")
+                   f"not a machine of this arch: use {' or '.join(machines)}")
     memory = parse_quantity(target["memory"]) if target.get("memory") else None
     if memory is not None and memory < 128 * 2**20:
         errors.add(doc.line("spec.target.memory"), "spec.target.memory",
                    "at least 128Mi: the guest's initramfs (runc, container roots) lives in RAM")
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, c in enumerate(spec.get("containers") or []):
         if not c:
             continue
         where = f"spec.containers[{i}]"
         if c.get("name") in seen:
-            errors.add(doc.line(f"{where}.name"), f"{where}.name", f"test {c['name']!r} is listed twice")
-        seen.add(c.get("name"))
+            errors.add(doc.line(f"{where}.name"), f"{where}.name",
+                       f"duplicate test name (first at spec.containers[{seen[c['name']]}])")
+        seen.setdefault(c.get("name"), i)
         if c.get("image") and c.get("rootfs"):
             errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", "give either image or rootfs, not both")
-        if not c.get("image") and not c.get("rootfs"):
+        if not c.get("image") and not c.get("rootfs") and f"{where}.image" not in doc.lines:  # else: told above
             errors.add(doc.line(where), f"{where}.image", "an image (e.g. busybox) or a rootfs directory is required")
         if c.get("rootfs"):
             # its files are copied into the guest and may be printed by the test: it stays in the plan's directory
             root = path_inside(path, c["rootfs"])
             if root is None:
-                errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", f"{c['rootfs']!r} is outside the plan's "
-                           "directory (an absolute path, '..' or a symlink out of it)")
+                errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", "outside the plan's directory (an "
+                           "absolute path, '..' or a symlink out of it)")
             elif not os.path.isdir(root):
-                errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", f"{c['rootfs']} is not a directory")
+                errors.add(doc.line(f"{where}.rootfs"), f"{where}.rootfs", "not a directory")
             c["rootfs"] = root
     errors.raise_if_any()
     assert isinstance(arch, str)  # required and checked above
@@ -345,10 +348,11 @@ def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int | None =
             problems.extend(err.problems)
     if problems:
         raise SpecError(problems)
-    names = [p.name for p in plans]
+    first: dict[str, str] = {}
     for p in plans:
-        if names.count(p.name) > 1:
-            raise SpecError([Problem(p.file, 0, "metadata.name", f"plan name {p.name!r} is used by several files")])
+        if p.name in first:  # the other file's path was typed on the command line: naming it discloses nothing
+            raise SpecError([Problem(p.file, 0, "metadata.name", f"the plan name is also used by {first[p.name]}")])
+        first[p.name] = p.file
     if target not in ("local", "kubernetes"):
         raise SpecError([Problem("--target", 0, "target", f"soc-test runs on local or kubernetes, not {target!r}")])
     from hybridorch.vm.guestimage import load_guest
