@@ -88,6 +88,11 @@ CASES = [
          2, "spec.template: expected a pod template"),
     Case("types: Deployment without a template", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
          "spec: {replicas: 1}\n", 2, "spec.template: is missing"),
+    Case("types: VMI domain as text", "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n"
+         f"metadata: {{name: v}}\nspec: {{domain: {SECRET}}}\n", 2, ":4: spec.domain: expected a mapping, found text"),
+    Case("types: limits cpu 1.2.3 at its key",
+         pod(spec="{containers: [{name: c, resources: {limits: {cpu: '1.2.3'}}}]}"), 2,
+         "spec.containers[0].resources.limits.cpu: expected a quantity"),
     Case("types: privileged as text", pod(spec="{containers: [{name: c, securityContext: {privileged: 'yes'}}]}"), 2,
          "privileged: expected true or false, found text"),
     # missed findings
@@ -96,6 +101,11 @@ CASES = [
     Case("findings: typed FooList items", "apiVersion: v1\nkind: PodList\nitems:\n- " + pod(
         spec="{containers: [{name: c, securityContext: {privileged: true}}]}").replace("\n", "\n  ") + "\n", 1,
          "HYB005"),
+    Case("findings: ephemeral containers", pod(spec="{ephemeralContainers: [{name: e, securityContext: {privileged: "
+         "true}}], containers: [{name: c, resources: {limits: {cpu: 1, memory: 1Gi}}}]}"), 1, "HYB005"),
+    Case("findings: VirtualMachinePool", "apiVersion: pool.kubevirt.io/v1alpha1\nkind: VirtualMachinePool\nmetadata: "
+         "{name: p}\nspec: {virtualMachineTemplate: {spec: {template: {spec: {domain: {cpu: {cores: 64}}}}}}}\n", 1,
+         "HYB002"),
     Case("findings: unquoted timestamp runs the TTL rule", pod(
         meta="{name: p, creationTimestamp: 2020-01-01T00:00:00Z, labels: {hybridorch.dev/ttl: 1h}}",
         spec="{containers: [{name: c, resources: {limits: {cpu: 1, memory: 1Gi}}}]}"), 1, "HYB014"),

@@ -91,9 +91,42 @@ class Made(Named):
     VM = "vm"
 
 
+# what runs may carry anything: a state record edited by hand or written by another version, a label someone else
+# set. These read one field or say it is unknown (None), never raise; LATEST_TIME (the year 2242) bounds a start time
+LATEST_TIME = 2.0**33
+
+
+def record_time(value: object) -> float | None:
+    """A start time (epoch seconds) as recorded, or None when it is not a plausible one (text, NaN, 1e400, < 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 <= value < LATEST_TIME else None   # NaN fails both comparisons
+
+
+def record_ttl(value: object) -> int | None:
+    """A ttl's seconds, or None when it is not a duration this version reads (a number, 5,000 digits...)."""
+    from hybridorch.core.durations import is_duration, parse_duration
+    from hybridorch.errors import HybridorchError
+
+    if not isinstance(value, str) or len(value) > 63 or not is_duration(value):   # a ttl is a label value: <= 63
+        return None
+    try:
+        return parse_duration(value)
+    except (ValueError, HybridorchError):
+        return None
+
+
+def record_count(value: object, high: int = 2**31 - 1) -> int | None:
+    """A whole number in [0, high] as recorded (a replica index, a CPU count, a port), or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high else None
+
+
 @dataclass(frozen=True)
 class Managed:
-    """One thing hybridorch made that runs a workload: a container, a local VM or a cluster workload object."""
+    """One thing hybridorch made that runs a workload: a container, a local VM or a cluster workload object.
+
+    Fields read from what runs are checked on construction: a start time, ttl or owner that is not what it should
+    be becomes unknown and is named in `unreadable` (shown as "?"); an unknown ttl or start never expires."""
 
     target: str                 # local | kubernetes
     kind: str                   # a Made, or the cluster object's kind: Deployment | StatefulSet | VirtualMachine
@@ -105,15 +138,29 @@ class Managed:
     owner: str | None
     ttl: str | None
     created: float | None       # start time (containers, VMs) or creationTimestamp
+    unreadable: tuple[str, ...] = ()   # "started", "ttl", "owner": present but not readable as written
+
+    def __post_init__(self) -> None:
+        checks = (("started", "created", self.created is None or record_time(self.created) is not None),
+                  ("ttl", "ttl", self.ttl is None or self.ttl == "" or record_ttl(self.ttl) is not None),
+                  ("owner", "owner", self.owner is None or isinstance(self.owner, str)))
+        bad = [(what, attr) for what, attr, ok in checks if not ok]
+        for _, attr in bad:
+            object.__setattr__(self, attr, None)   # frozen: set once, here, before anyone reads it
+        if bad:
+            object.__setattr__(self, "unreadable", tuple(dict.fromkeys(self.unreadable + tuple(w for w, _ in bad))))
 
     def age(self, now: float) -> float | None:
         return None if self.created is None else max(0.0, now - self.created)
 
     def expired(self, now: float) -> bool:
-        from hybridorch.core.durations import is_duration, parse_duration
+        """Past its ttl; never when the ttl or the start time is unknown (gc must not remove what it cannot read)."""
+        age, ttl = self.age(now), record_ttl(self.ttl)
+        return ttl is not None and age is not None and age > ttl
 
-        age = self.age(now)
-        return bool(self.ttl and age is not None and is_duration(self.ttl) and age > parse_duration(self.ttl))
+    def shown(self, what: str, value: str | None) -> str:
+        """A field as `ps` shows it: "?" when unreadable, "-" when absent."""
+        return "?" if what in self.unreadable else value or "-"
 
     def to_dict(self, now: float) -> dict[str, Any]:
         age = self.age(now)
@@ -121,7 +168,7 @@ class Managed:
                 "stack": self.stack, "workload": self.workload,
                 "runtime": "" if self.runtime is None else str(self.runtime), "owner": self.owner,
                 "ttl": self.ttl, "ageSeconds": None if age is None else round(age, 1),
-                "expired": self.expired(now)}
+                "expired": self.expired(now), "unreadable": list(self.unreadable)}
 
 
 # --- what `live_facts` reports: what runs of one stack, as plain data the live audit rules read ---------------

@@ -37,7 +37,8 @@ from hybridorch.vm.image_export import DOCKER_PREFIX, materialize
 from hybridorch.vm.programs import program_for
 from hybridorch.backends import qemu_inventory, qemu_snapshots
 from hybridorch.backends.qemu_status import replicas_status, sandbox_reason, wait_vm_ready
-from hybridorch.backends.base import Backend, LiveFacts, Managed, Removal, Snapshot, WorkloadStatus
+from hybridorch.backends.base import (Backend, LiveFacts, Managed, Removal, Snapshot, WorkloadStatus,
+                                      record_count)
 from hybridorch.backends.events import Event, EventKind
 
 if TYPE_CHECKING:
@@ -114,6 +115,21 @@ def _forwards_of(forwards: tuple[Forward, ...]) -> list[list[Any]]:
     return [[f.host_addr, f.host_port, f.guest_port] for f in forwards]
 
 
+def _forwards_read(value: Any) -> tuple[Forward, ...] | None:
+    """The forwards a record names ([[address, host port, guest port], ...]), or None when they are not that."""
+    if not isinstance(value, list):
+        return None
+    out = []
+    for f in value:
+        if not (isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)):
+            return None
+        host, guest = record_count(f[1], 65535), record_count(f[2], 65535)
+        if host is None or guest is None:
+            return None
+        out.append(Forward(f[0], host, guest))
+    return tuple(out)
+
+
 def _boots_disk(d: _Desired) -> bool:
     """The rendered domain decides: a disk boot, or the busybox guest (no disk named)."""
     return "/disk.qcow2" in d.xml
@@ -171,13 +187,17 @@ class QemuBackend(Backend):
 
     @staticmethod
     def _load(workdir: Path) -> tuple[GuestVM | None, dict[str, Any]]:
+        """A replica's running VM and its complete record; (None, {}) when either is missing or is not what this
+        version writes (a record edited by hand: its VM is then found by its domain's labels, as without one)."""
         try:
             state = json.loads((workdir / "state.json").read_text())
-            pid = int((workdir / "qemu.pid").read_text().strip())
+            pid = record_count(int((workdir / "qemu.pid").read_text().strip()))
         except (OSError, ValueError):
             return None, {}
-        return GuestVM(state["domain"], workdir / "console.log", tuple(Forward(*f) for f in state["forwards"]),
-                       pid), state
+        forwards = _forwards_read(state.get("forwards")) if isinstance(state, dict) else None
+        if forwards is None or pid is None or not isinstance(state.get("domain"), str) or not state["domain"]:
+            return None, {}
+        return GuestVM(state["domain"], workdir / "console.log", forwards, pid), state
 
     def _mine(self, plan: Plan) -> list[Placement]:
         return [p for p in plan.placements if p.runtime in self.RUNTIMES and p.workload.replicas > 0]

@@ -5,18 +5,23 @@ returns Findings. Reading files, rendering and talking to runtimes happen in api
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from hybridorch.backends.base import record_count, record_time, record_ttl
 from hybridorch.errors import AuditFailed, OutputError
 from hybridorch.core.labels import LABEL_OWNER, LABEL_RUNTIME, LABEL_STACK, LABEL_TTL, LABEL_WORKLOAD, replica_dir
 from hybridorch.core.plan import Plan
 from hybridorch.core.policy import Profile
 from hybridorch.core.runtime import CONTAINER_RUNTIMES, VM_RUNTIMES, Runtime, runtime_of
-from hybridorch.core.durations import human_age, is_duration, parse_duration, parse_time
+from hybridorch.core.durations import human_age, parse_duration, parse_time
 from hybridorch.core.spec import Stack, Workload, cpu_millis
-from hybridorch.core.safeload import compose_documents
+from hybridorch.core.safeload import _kind_of as kind_of, compose_documents
 from hybridorch.core.schema import parse_quantity
 from hybridorch.core.safexml import parse_xml
 from hybridorch.ops import foreign
@@ -255,10 +260,11 @@ def _labels(doc: dict[str, Any]) -> dict[str, str]:
 def check_ttl(labels: Mapping[str, str], created: float | None, ctx: Context, where: tuple[str, int], obj: str,
               workload: str = "") -> list[Finding]:
     ttl = labels.get(LABEL_TTL)
-    if not ttl or created is None or not is_duration(ttl):
+    seconds = record_ttl(ttl)   # a label anybody may have set: a ttl this version cannot read never expires
+    if seconds is None or created is None:
         return []
     age = ctx.now - created
-    if age <= parse_duration(ttl):
+    if age <= seconds:
         return []
     return [ctx.finding("HYB014", f"{obj} has run {human_age(age)}, past its ttl {ttl}", where, obj, workload)]
 
@@ -318,8 +324,8 @@ def scan_objects(docs: list[dict[str, Any]], ctx: Context, locate: Callable[[int
             _check_pod(doc, POD_KINDS[kind], labels, add)
         elif kind == "Service":
             _check_service(doc, add)
-        elif kind == "VirtualMachine":
-            _check_kubevirt(doc, labels, ctx, add)
+        elif kind in foreign.VMI_SPEC_AT:
+            _check_kubevirt(doc, foreign.VMI_SPEC_AT[kind], labels, ctx, add)
         elif kind == "VirtualMachineSnapshot":
             _check_snapshot(doc, ctx, add)
     return scan
@@ -350,7 +356,7 @@ def _check_pod(doc: dict[str, Any], prefix: str, labels: dict[str, str], add: Ca
             if runtime_socket(path):
                 add("HYB010", f"hostPath volume {vol.get('name')} mounts the runtime socket {path}",
                     f"{prefix}.volumes[{v_i}]")
-    for group in ("initContainers", "containers"):
+    for group in foreign.CONTAINER_GROUPS:
         for c_i, c in enumerate(spec.get(group) or []):
             c = c or {}
             at = f"{prefix}.{group}[{c_i}]"
@@ -388,8 +394,9 @@ def _check_service(doc: dict[str, Any], add: Callable[..., None]) -> None:
                 break
 
 
-def _check_kubevirt(doc: dict[str, Any], labels: dict[str, str], ctx: Context, add: Callable[..., None]) -> None:
-    prefix = "spec.template.spec"
+def _check_kubevirt(doc: dict[str, Any], prefix: str, labels: dict[str, str], ctx: Context,
+                    add: Callable[..., None]) -> None:
+    """The VM rules over the VirtualMachineInstance spec at `prefix` (a VM's template, a pool's, a VMI's own)."""
     spec = _get(doc, prefix) or {}
     domain = spec.get("domain") or {}
     name = (doc.get("metadata") or {}).get("name")
@@ -584,21 +591,27 @@ def check_container(attrs: Mapping[str, Any], image_created: float | None, ctx: 
 def check_local_vm(state: Mapping[str, Any], w: Workload | None, ctx: Context, where: tuple[str, int]
                    ) -> list[Finding]:
     """Rules over one local QEMU VM's state record (cpus, forwards, start time); owner/ttl come from the spec."""
+    # the record may hold anything (edited by hand, another version): a field that is not what it should be is
+    # unknown and no rule fires on it (base.record_*), never an exception
     workload = str(state.get("workload", ""))
-    replica = int(state.get("replica", 0) or 0)
+    replica = record_count(state.get("replica")) or 0
     obj = f"vm {state.get('stack')}/{replica_dir(workload, replica)}"
     out: list[Finding] = []
-    cpus = int(state.get("cpus") or 0)
+    cpus = record_count(state.get("cpus")) or 0
     if cpus > ctx.profile.max_vm_cpus:
         out.append(ctx.finding("HYB002", f"{obj} runs with {cpus} vCPUs; policy {ctx.profile.name} allows at most "
                                          f"{ctx.profile.max_vm_cpus}", where, obj, workload))
-    for addr, host_port, guest_port in state.get("forwards") or []:
-        what = management_port(int(guest_port)) or management_port(int(host_port))
+    forwards = state.get("forwards")
+    for fwd in forwards if isinstance(forwards, list) else []:
+        if not (isinstance(fwd, list) and len(fwd) == 3 and isinstance(fwd[0], str)):
+            continue
+        addr, host_port, guest_port = fwd[0], record_count(fwd[1], 65535), record_count(fwd[2], 65535)
+        what = management_port(guest_port or 0) or management_port(host_port or 0)
         if what and public_address(addr):
             out.append(ctx.finding("HYB009", f"{what} port {guest_port} of {obj} is forwarded from "
                                              f"{addr}:{host_port}", where, obj, workload))
     labels = dict(w.labels) if w else {}
-    out += check_ttl(labels, state.get("started"), ctx, where, obj, workload)
+    out += check_ttl(labels, record_time(state.get("started")), ctx, where, obj, workload)
     return out
 
 
@@ -703,11 +716,10 @@ class AuditReport:
         return at_or_above(self.findings, self.fail_on)
 
     def write(self, path: str) -> None:
-        """The report into `path` (--output); a full device or an unwritable path is an OutputError (exit 2),
-        never mistaken for findings (exit 1)."""
+        """The report into `path` (--output), whole or not at all (write_whole); any failure is an OutputError
+        (exit 2), never mistaken for findings (exit 1)."""
         try:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(self.text + "\n")
+            write_whole(path, self.text + "\n")
         except (OSError, ValueError) as err:   # ValueError: a NUL byte in the path
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise OutputError(f"cannot write the report to {path}: {reason}") from None
@@ -716,3 +728,37 @@ class AuditReport:
         """Raise AuditFailed (exit code 1) when a finding is at or above --fail-on."""
         if self.failing:
             raise AuditFailed(f"{len(self.failing)} finding(s) at or above severity {self.fail_on}")
+
+
+def write_whole(path: str, text: str) -> None:
+    """`text` into a temporary file beside `path`, renamed over it once complete: a full disk or a killed run
+    leaves the previous file as it was, never half a report. `path` may be missing or a regular file (through a
+    symlink: the file it names is replaced, the link kept); anything else is refused before it is opened (opening
+    a FIFO for writing blocks until a reader comes; /dev/full is a device)."""
+    target = os.path.realpath(path)
+    try:
+        st: os.stat_result | None = os.stat(target)   # stat never blocks, whatever the path is
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"cannot write the report to {path}: it is {kind_of(st.st_mode)}, not a regular file")
+    # a missing or unwritable directory: mkstemp's OSError says which
+    fd, part = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            # mkstemp makes the file 0600: an existing report keeps its mode, a new one gets the umask's
+            os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) if st else 0o666 & ~_umask())
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())   # a full disk may only say so here
+        os.replace(part, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)   # the only way to read it is to set it: set it back at once
+    os.umask(mask)
+    return mask

@@ -182,6 +182,33 @@ class Quantity(Shape):
         return None
 
 
+QUANTITY = Quantity()
+
+# Kubernetes' own resource names: a problem under limits/requests is shown at such a key (cpu, memory...); a key of
+# anybody else's (an extended resource) is never quoted, its entry is counted instead
+RESOURCE_NAME = re.compile(r"cpu|memory|ephemeral-storage|storage|hugepages-[0-9]{1,6}[KMGT]i?", re.ASCII)
+
+
+class Resources(Shape):
+    """resources.limits or .requests: a mapping whose every value is a quantity, each problem at its own key."""
+
+    what = "a mapping"
+
+    def read(self, node: yaml.Node, path: str, problems: Problems) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            if not _null(node):
+                self.wrong(node, path, problems)
+            return None
+        out = {}
+        for i, (k, v) in enumerate(pairs(node)):
+            if not (isinstance(k, yaml.ScalarNode) and k.tag == STR):
+                problems.add(k, f"{path} (entry {i + 1})", f"a key must be text, found {found(k)}")
+                continue
+            at = f"{path}.{k.value}" if RESOURCE_NAME.fullmatch(k.value) else f"{path} (entry {i + 1})"
+            out[k.value] = QUANTITY.read(v, at, problems)
+        return out
+
+
 class Keys(Shape):
     """Only whether something is there: a mapping as {key: True}, a list as [True...], a scalar as its text. Enough
     for rules such as "podSelector is empty" or "qemuGuestAgent is among the propagation methods"."""
@@ -291,35 +318,55 @@ class Either(Shape):
 
 # --- Kubernetes and KubeVirt objects: the fields the audit rules read --------------------------------------
 
-TEXT, TIME, FLAG, SCALAR, KEYS, QUANTITY = Text(), Time(), Flag(), Scalar(), Keys(), Quantity()
+TEXT, TIME, FLAG, SCALAR, KEYS = Text(), Time(), Flag(), Scalar(), Keys()
 COUNT = Whole(0, 2**32 - 1, "a whole number of CPUs")
 META = Obj({"name": TEXT, "namespace": TEXT, "labels": MapOf(TEXT), "creationTimestamp": TIME})
+RESOURCES = Obj({"limits": Resources(), "requests": Resources()})
 CONTAINER = Obj({
     "name": TEXT,
-    "resources": Obj({"limits": MapOf(QUANTITY)}),
+    "resources": RESOURCES,
     "securityContext": Obj({"privileged": FLAG, "capabilities": Obj({"add": ListOf(TEXT)})}),
     "ports": ListOf(Obj({"containerPort": PORT, "hostPort": PORT})),
 })
+CONTAINER_GROUPS = ("initContainers", "containers", "ephemeralContainers")   # every list of a pod that runs code
 POD_SPEC = Obj({
     "runtimeClassName": TEXT, "hostNetwork": FLAG, "hostPID": FLAG, "hostIPC": FLAG,
     "volumes": ListOf(Obj({"name": TEXT, "hostPath": Obj({"path": TEXT})})),
-    "initContainers": ListOf(CONTAINER), "containers": ListOf(CONTAINER),
+    **{group: ListOf(CONTAINER) for group in CONTAINER_GROUPS},
 })
 TEMPLATE = Obj({"metadata": META, "spec": POD_SPEC}, required=("spec",), what="a pod template (a mapping)")
 CONTROLLER = Obj({"template": TEMPLATE}, required=("template",))
 VM_DOMAIN = Obj({
     "cpu": Obj({"cores": COUNT, "sockets": COUNT, "threads": COUNT}),
-    "resources": Obj({"limits": MapOf(QUANTITY)}),
+    "resources": RESOURCES,
     "memory": Obj({"guest": QUANTITY}),
     "devices": Obj({"filesystems": ListOf(Obj({"name": TEXT})), "hostDevices": ListOf(Obj({"deviceName": TEXT})),
                     "gpus": ListOf(Obj({"deviceName": TEXT}))}),
 })
 _PROPAGATION = Obj({"propagationMethod": KEYS})
-VM_SPEC = Obj({"template": Obj({"metadata": META, "spec": Obj({
+VMI_SPEC = Obj({   # what a VirtualMachineInstance runs; every KubeVirt kind that makes VMs holds one
     "domain": VM_DOMAIN,
     "volumes": ListOf(Obj({"hostDisk": Obj({"path": TEXT})})),
     "accessCredentials": ListOf(Obj({"sshPublicKey": _PROPAGATION, "userPassword": _PROPAGATION})),
-})})})
+})
+# where each KubeVirt kind keeps the VirtualMachineInstance spec it runs: the audit's VM rules read it there
+VMI_SPEC_AT = {
+    "VirtualMachineInstance": "spec",
+    "VirtualMachine": "spec.template.spec",
+    "VirtualMachineInstanceReplicaSet": "spec.template.spec",
+    "VirtualMachinePool": "spec.virtualMachineTemplate.spec.template.spec",
+}
+
+
+def _holding(path: str, inner: Shape) -> Shape:
+    """The shape of an object's `spec` that holds `inner` at `path`: each template's spec sits beside its
+    metadata (read for its labels), every other step is a mapping of that one field."""
+    shape = inner
+    for name in reversed(path.split(".")[1:]):
+        shape = Obj({"metadata": META, "spec": shape}) if name == "spec" else Obj({name: shape})
+    return shape
+
+
 SPEC_OF_KIND: dict[str, Shape] = {
     "Pod": POD_SPEC,
     **{k: CONTROLLER for k in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")},
@@ -327,7 +374,7 @@ SPEC_OF_KIND: dict[str, Shape] = {
     "Service": Obj({"type": TEXT, "externalIPs": ListOf(TEXT),
                     "ports": ListOf(Obj({"port": PORT, "targetPort": PortOrName()}))}),
     "NetworkPolicy": Obj({"podSelector": KEYS, "policyTypes": ListOf(TEXT), "ingress": KEYS}),
-    "VirtualMachine": VM_SPEC,
+    **{kind: _holding(at, VMI_SPEC) for kind, at in VMI_SPEC_AT.items()},
     "VirtualMachineSnapshot": Obj({"source": Obj({"name": TEXT})}),
 }
 HEAD = Obj({"apiVersion": TEXT, "kind": TEXT, "metadata": META})

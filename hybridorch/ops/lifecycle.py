@@ -15,6 +15,7 @@ from hybridorch.core.text import table
 __all__ = ["Managed", "TARGETS", "inventory", "gc", "ps_table"]   # Managed: the engine interface's record
 
 TARGETS = ("local", "kubernetes", "all")
+_FIELD_WORDS = {"started": "start time"}   # Managed.unreadable's names, in words
 
 
 def _targets(target: str) -> tuple[str, ...]:
@@ -37,7 +38,16 @@ def inventory(target: str = "local", *, context: str | None = None,
             if target != "all" or skipped is None:
                 raise
             skipped.append(f"{t}: {err}")
+    if skipped is not None:   # said once: the item is listed with "?" (and never expires when its age is unknown)
+        skipped += [_unreadable(m) for m in out if m.unreadable]
     return sorted(out, key=lambda m: (m.target, m.stack, m.workload, m.name))
+
+
+def _unreadable(m: Managed) -> str:
+    fields = " and ".join(_FIELD_WORDS.get(f, f) for f in m.unreadable)
+    kept = "; gc leaves it alone" if {"started", "ttl"} & set(m.unreadable) else ""
+    return (f"{m.target}: reading the {fields} of {m.kind} {(m.namespace + '/') if m.namespace else ''}{m.name} of "
+            f"stack {m.stack} (not readable as recorded: shown as ?{kept})")
 
 
 def _backend(target: str, context: str | None) -> Backend:
@@ -52,9 +62,10 @@ def ps_table(items: list[Managed], now: float | None = None) -> str:
     rows = [("TARGET", "STACK", "WORKLOAD", "KIND", "NAME", "RUNTIME", "AGE", "OWNER", "TTL")]
     for m in items:
         age = m.age(now)
-        ttl = (m.ttl or "-") + (" (expired)" if m.expired(now) else "")
+        ttl = m.shown("ttl", m.ttl) + (" (expired)" if m.expired(now) else "")
         rows.append((m.target, m.stack, m.workload, m.kind, (f"{m.namespace}/" if m.namespace else "") + m.name,
-                     str(m.runtime or "-"), "-" if age is None else human_age(age), m.owner or "-", ttl))
+                     str(m.runtime or "-"), m.shown("started", None if age is None else human_age(age)),
+                     m.shown("owner", m.owner), ttl))
     return "\n".join(table(rows))   # labels and names come from what runs: escaped, one row per item
 
 

@@ -151,6 +151,28 @@ def _workload_context(plan: Plan, p: Placement, namespace: str, image_dirs: list
 
 
 def _cloud_config(tpl: Templates, plan: Plan, p: Placement) -> str:
+    """The #cloud-config user data of a VM (_cloud_config_text), checked by cloud-init."""
+    text = _cloud_config_text(tpl, plan, p)
+    problem = validate.cloud_init_problem(text)   # a lookup after _check_user_data
+    if problem:
+        raise RenderError(f"workload {p.workload.name}: cloud-init user data is invalid: {problem}")
+    return text
+
+
+def _check_user_data(tpl: Templates, plan: Plan) -> None:
+    """Every VM's user data checked in one cloud-init run; the verdicts are kept (by SHA-256 of the text), so
+    _cloud_config's own check is then a lookup. A text that cannot be made is left to _cloud_config to refuse."""
+    texts = []
+    for p in plan.placements:
+        if p.runtime in VM_RUNTIMES or p.runtime is Runtime.SANDBOXED:
+            try:
+                texts.append(_cloud_config_text(tpl, plan, p))
+            except RenderError:
+                pass
+    validate.cloud_init_problems(texts)
+
+
+def _cloud_config_text(tpl: Templates, plan: Plan, p: Placement) -> str:
     """The #cloud-config user data of a VM: ours (hostname; for nested, podman + one unit per container),
     merged with the spec's vm.userData (lists appended, other keys from the spec win)."""
     w = p.workload
@@ -179,12 +201,8 @@ def _cloud_config(tpl: Templates, plan: Plan, p: Placement) -> str:
                 config[key] = config[key] + value
             else:
                 config[key] = value
-    text = "#cloud-config\n" + yaml.dump(config, Dumper=BlockDumper, sort_keys=False, default_flow_style=False,
-                                         width=120)
-    problem = validate.cloud_init_problem(text)
-    if problem:
-        raise RenderError(f"workload {w.name}: cloud-init user data is invalid: {problem}")
-    return text
+    return "#cloud-config\n" + yaml.dump(config, Dumper=BlockDumper, sort_keys=False, default_flow_style=False,
+                                           width=120)
 
 
 def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str,
@@ -473,6 +491,7 @@ def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
     files: list[RenderedFile] = []
     sandbox_vms = sandbox_in_vm(plan.profile.local_sandbox, facts.sandbox_runtime)
     assigned = assign_host_ports(plan.stack.workloads)   # the stack's host ports, containers' and VMs' alike
+    domains: list[tuple[str, str]] = []   # (workload, domain XML) of every replica, checked at once below
     for p in plan.placements:
         if p.runtime not in VM_RUNTIMES and not (p.runtime is Runtime.SANDBOXED and sandbox_vms):
             continue   # containers run from the plan directly (docker backend); nothing to write
@@ -488,10 +507,7 @@ def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
             xml = tpl.text("libvirt/domain.xml.j2", d=d, domain=d["name"], vm=ctx, stack=plan.stack.name,
                            vm_dir=vm_dir(facts, plan.stack.name, w.name, i), guest_dir=f"{facts.guests_dir}/{w.arch}",
                            has_disk=has_disk)
-            problem = validate.libvirt_problem(xml)
-            if problem:
-                raise RenderError(f"{tpl.filename('libvirt/domain.xml.j2')}: domain XML of {w.name} is invalid: "
-                                  f"{problem}")
+            domains.append((w.name, xml))
             where = replica_path(w.name, i)
             files.append(RenderedFile(f"{where}/domain.xml", xml))
             if ctx["user_data"] is not None:
@@ -499,6 +515,9 @@ def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
                                      instance_id=f"hybridorch-{plan.stack.name}-{where}")
                 files.append(RenderedFile(f"{where}/user-data", ctx["user_data"]))
                 files.append(RenderedFile(f"{where}/meta-data", dump_yaml(meta).removeprefix("---\n")))
+    for (name, _), problem in zip(domains, validate.libvirt_problems([xml for _, xml in domains])):
+        if problem:
+            raise RenderError(f"{tpl.filename('libvirt/domain.xml.j2')}: domain XML of {name} is invalid: {problem}")
     return Rendered("local", plan.stack.name, (), tuple(files))
 
 
@@ -521,6 +540,7 @@ def render_plan(plan: Plan, target: str = "kubernetes", templates_dir: str | Non
     if target not in TARGETS:
         raise RenderError(f"unknown render target {target!r}: use {' or '.join(TARGETS)}")
     tpl = _templates(str(Path(templates_dir).resolve()) if templates_dir else None)
+    _check_user_data(tpl, plan)   # before any forked worker: they inherit the verdicts
     if target == "kubernetes":
         return _render_kubernetes(tpl, plan, namespace_prefix)
     return _render_local(tpl, plan, local or LocalFacts.placeholder(cache_dir or default_cache_dir()))

@@ -6,13 +6,16 @@ their sources and versions); validation never touches the network.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from referencing import Registry
@@ -147,26 +150,160 @@ def _run_checker(argv: Callable[[str], list[str]], text: str, suffix: str) -> st
     return "; ".join(ln.replace(path, "<file>") for ln in lines) or f"exit status {done.returncode}"
 
 
+# --- the external checkers, many texts at a time -------------------------------------------------------------
+# A checker's verdict on a text is kept by the SHA-256 of that exact text: the same domain or user data seen again
+# (both renderings of `audit`, replicas with one user data, a second render) is not checked again. Many texts are
+# checked in one run where the tool takes several files; one run only says which are valid: any other is checked
+# again alone by the tool itself, so every complaint reads as before and a batch can never pass what the tool fails.
+
+_VERDICTS: dict[tuple[str, bytes], str | None] = {}
+_MAX_VERDICTS = 200_000   # ~100 bytes each
+BATCH_FILES = 500         # files per run: far below any argv limit with names of ~25 characters
+
+
+def _checked(checker: str, texts: Sequence[str], check: Callable[[list[str]], list[str | None]]
+             ) -> list[str | None]:
+    """Each text's verdict: from _VERDICTS, else from one `check` of every distinct text not seen before."""
+    keys = [(checker, hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest()) for t in texts]
+    known = {k: _VERDICTS[k] for k in keys if k in _VERDICTS}
+    todo = {k: t for k, t in zip(keys, texts) if k not in known}
+    if todo:
+        known.update(zip(todo, check(list(todo.values()))))
+        if len(_VERDICTS) + len(todo) > _MAX_VERDICTS:
+            _VERDICTS.clear()
+        _VERDICTS.update((k, known[k]) for k in todo)
+    return [known[k] for k in keys]
+
+
+def _valid_in_one_run(argv: Callable[[list[str]], list[str]], texts: list[str], suffix: str,
+                      valid_line: Callable[[str], str]) -> set[int]:
+    """The indexes of the texts one run of a checker over all their files says are valid (in chunks of
+    BATCH_FILES). Files are named with a random token, so nothing a text makes the tool echo can pass for another
+    file's verdict line."""
+    token = secrets.token_hex(8)
+    valid: set[int] = set()
+    with tempfile.TemporaryDirectory(prefix="hybridorch-check-") as folder:
+        names = [f"{token}-{i}{suffix}" for i in range(len(texts))]
+        for name, text in zip(names, texts):
+            with open(os.path.join(folder, name), "w") as fh:
+                fh.write(text)
+        for first in range(0, len(names), BATCH_FILES):
+            chunk = names[first:first + BATCH_FILES]
+            args = argv(chunk)
+            done = proc.run(args, what=f"validating with {os.path.basename(args[0])}", timeout=60 + len(chunk),
+                            check=False, error=RenderError, cwd=folder)
+            said = set((done.stdout + "\n" + done.stderr).splitlines())
+            valid.update(first + i for i, name in enumerate(chunk) if valid_line(name) in said)
+    return valid
+
+
+def _each_alone_unless_valid(texts: list[str], valid: set[int], alone: Callable[[str], str | None]
+                             ) -> list[str | None]:
+    return [None if i in valid else alone(t) for i, t in enumerate(texts)]
+
+
 def libvirt_available() -> bool:
     # virt-xml-validate is a shell script around xmllint (libxml2-utils)
     return shutil.which("virt-xml-validate") is not None and shutil.which("xmllint") is not None
+
+
+@lru_cache(maxsize=1)
+def _domain_schema() -> str | None:
+    """libvirt's domain.rng where virt-xml-validate finds it (the script runs `xmllint --relaxng $SCHEMA`, SCHEMA
+    being DIR/${TYPE}.rng); None when the script does not say so (then each file goes through the script)."""
+    script = shutil.which("virt-xml-validate")
+    try:
+        with open(script or "", "rb") as fh:
+            text = fh.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = re.search(r'^\s*SCHEMA="([^"$`]+)/\$\{?TYPE\}?\.rng"', text, re.M)
+    schema = os.path.join(found.group(1), "domain.rng") if found else ""
+    return schema if os.path.isfile(schema) else None
+
+
+def _libvirt_alone(xml: str) -> str | None:
+    return _run_checker(lambda p: ["virt-xml-validate", p, "domain"], xml, ".xml")
+
+
+def _libvirt_many(xmls: list[str]) -> list[str | None]:
+    schema = _domain_schema()
+    if len(xmls) == 1 or schema is None:
+        return [_libvirt_alone(x) for x in xmls]
+    # what virt-xml-validate runs for each file, once for all of them: xmllint says "<file> validates" per file
+    valid = _valid_in_one_run(lambda names: ["xmllint", "--noout", "--relaxng", schema, *names], xmls, ".xml",
+                              lambda name: f"{name} validates")
+    return _each_alone_unless_valid(xmls, valid, _libvirt_alone)
+
+
+def libvirt_problems(xmls: Sequence[str]) -> list[str | None]:
+    """virt-xml-validate's complaint about each domain XML (None when valid or when the tool is missing), the
+    valid ones found by one xmllint run over all of them."""
+    if not libvirt_available():
+        return [None] * len(xmls)
+    return _checked("libvirt", xmls, _libvirt_many)
+
+
+def libvirt_problem(xml: str) -> str | None:
+    """virt-xml-validate's complaint about a domain XML (None when valid or when the tool is missing)."""
+    return libvirt_problems([xml])[0]
 
 
 def cloud_init_available() -> bool:
     return shutil.which("cloud-init") is not None
 
 
-@lru_cache(maxsize=256)  # the checkers take ~0.3 s each; identical text gets the same verdict
-def libvirt_problem(xml: str) -> str | None:
-    """virt-xml-validate's complaint about a domain XML (None when valid or when the tool is missing)."""
-    if not libvirt_available():
+# `cloud-init schema --config-file F` for each file named, in one interpreter: prints "<file> valid" for each one
+# its own command-line handler passed without complaint (nothing on stderr, no error exit)
+_CLOUD_INIT_MANY = """
+import contextlib, io, sys
+from cloudinit.config import schema
+for name in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            failed = schema.handle_schema_args("schema", schema.get_parser().parse_args(["--config-file", name]))
+    except BaseException as exc:
+        failed = not isinstance(exc, SystemExit) or exc.code not in (None, 0)
+    if not failed and not err.getvalue():
+        print(name, "valid", flush=True)
+"""
+
+
+@lru_cache(maxsize=1)
+def _cloud_init_python() -> str | None:
+    """The interpreter the cloud-init command runs on (its #! line), which can import its schema module."""
+    script = shutil.which("cloud-init")
+    try:
+        with open(script or "", "rb") as fh:
+            first = fh.readline(256).decode("utf-8", "replace").strip()
+    except OSError:
         return None
-    return _run_checker(lambda p: ["virt-xml-validate", p, "domain"], xml, ".xml")
+    found = re.fullmatch(r"#!\s*(/\S*python[0-9.]*)(\s+-[sEI]+)?", first)
+    return found.group(1) if found and os.access(found.group(1), os.X_OK) else None
 
 
-@lru_cache(maxsize=256)
+def _cloud_init_alone(user_data: str) -> str | None:
+    return _run_checker(lambda p: ["cloud-init", "schema", "--config-file", p], user_data, ".yaml")
+
+
+def _cloud_init_many(texts: list[str]) -> list[str | None]:
+    python = _cloud_init_python()
+    if len(texts) == 1 or python is None:
+        return [_cloud_init_alone(t) for t in texts]
+    valid = _valid_in_one_run(lambda names: [python, "-c", _CLOUD_INIT_MANY, *names], texts, ".yaml",
+                              lambda name: f"{name} valid")
+    return _each_alone_unless_valid(texts, valid, _cloud_init_alone)
+
+
+def cloud_init_problems(user_data: Sequence[str]) -> list[str | None]:
+    """`cloud-init schema`'s complaint about each #cloud-config user data (None when valid or the tool is
+    missing), the valid ones found by one run of cloud-init's own schema handler over all of them."""
+    if not cloud_init_available():
+        return [None] * len(user_data)
+    return _checked("cloud-init", user_data, _cloud_init_many)
+
+
 def cloud_init_problem(user_data: str) -> str | None:
     """`cloud-init schema`'s complaint about #cloud-config user data (None when valid or the tool is missing)."""
-    if not cloud_init_available():
-        return None
-    return _run_checker(lambda p: ["cloud-init", "schema", "--config-file", p], user_data, ".yaml")
+    return cloud_init_problems([user_data])[0]
