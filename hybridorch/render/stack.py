@@ -150,26 +150,13 @@ def _workload_context(plan: Plan, p: Placement, namespace: str, image_dirs: list
     }
 
 
-def _cloud_config(tpl: Templates, plan: Plan, p: Placement) -> str:
-    """The #cloud-config user data of a VM (_cloud_config_text), checked by cloud-init."""
-    text = _cloud_config_text(tpl, plan, p)
-    problem = validate.cloud_init_problem(text)   # a lookup after _check_user_data
-    if problem:
-        raise RenderError(f"workload {p.workload.name}: cloud-init user data is invalid: {problem}")
-    return text
-
-
-def _check_user_data(tpl: Templates, plan: Plan) -> None:
-    """Every VM's user data checked in one cloud-init run; the verdicts are kept (by SHA-256 of the text), so
-    _cloud_config's own check is then a lookup. A text that cannot be made is left to _cloud_config to refuse."""
-    texts = []
-    for p in plan.placements:
-        if p.runtime in VM_RUNTIMES or p.runtime is Runtime.SANDBOXED:
-            try:
-                texts.append(_cloud_config_text(tpl, plan, p))
-            except RenderError:
-                pass
-    validate.cloud_init_problems(texts)
+def _check_user_data(user_data: list[tuple[str, str]]) -> None:
+    """(workload, #cloud-config text) of the VMs a render wrote, checked by cloud-init in one run (verdicts kept
+    by the text's SHA-256); the first invalid one fails the render."""
+    problems = validate.cloud_init_problems([text for _, text in user_data])
+    for (name, _), problem in zip(user_data, problems):
+        if problem:
+            raise RenderError(f"workload {name}: cloud-init user data is invalid: {problem}")
 
 
 def _cloud_config_text(tpl: Templates, plan: Plan, p: Placement) -> str:
@@ -252,7 +239,7 @@ def _vm_context(tpl: Templates, plan: Plan, p: Placement, namespace: str,
         "ready_port": ready_port if any(x.port == ready_port and x.protocol == "TCP" for x in _vm_port_list(w))
         else None,
         "windows": windows, "accelerated": p.needs_virtualization and not p.emulated, "guest": guest,
-        "user_data": None if windows or guest else _cloud_config(tpl, plan, p),
+        "user_data": None if windows or guest else _cloud_config_text(tpl, plan, p),
     }
 
 
@@ -377,6 +364,7 @@ class _Documents:
 
     def __init__(self, tpl: Templates):
         self.tpl, self.origins = tpl, {}
+        self.user_data: list[tuple[str, str]] = []   # (workload, cloud-config) of each VM, checked at once
 
     def __call__(self, template: str, /, **context: Any) -> list[dict[str, Any]]:
         parsed = self.tpl.documents_with_origin(template, **context)
@@ -394,6 +382,8 @@ def _workload_documents(documents: _Documents, plan: Plan, prefix: str,
         if p.runtime in VM_RUNTIMES:
             ctx = _vm_context(documents.tpl, plan, p, ns, image_dirs)
             docs = documents("kubevirt/virtualmachine.yaml.j2", vm=ctx)
+            if ctx["user_data"] is not None:
+                documents.user_data.append((p.workload.name, ctx["user_data"]))
         else:
             ctx = _workload_context(plan, p, ns, image_dirs)
             docs = documents("kubernetes/workload.yaml.j2", w=ctx)
@@ -420,6 +410,7 @@ def _render_part(start: int, stop: int) -> tuple[Packed | None, list[str], Hybri
     documents = _Documents(tpl)
     try:
         workloads = _workload_documents(documents, plan, prefix, plan.placements[start:stop])
+        _check_user_data(documents.user_data)
     except HybridorchError as err:
         return None, [], err
     paths = tuple(f"workloads/{name}.yaml" for name in workloads)
@@ -472,6 +463,7 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     else:
         render_head()
         workloads = _workload_documents(documents, plan, prefix, plan.placements)
+        _check_user_data(documents.user_data)
         files = [(f"workloads/{name}.yaml", docs) for name, docs in workloads.items()]
         more = [m for path, docs in files for m in _problems(docs, path, documents.origins)]
         groups, ordered = head["groups"] + files, head["ordered"] + [d for _, docs in files for d in docs]
@@ -492,11 +484,14 @@ def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
     sandbox_vms = sandbox_in_vm(plan.profile.local_sandbox, facts.sandbox_runtime)
     assigned = assign_host_ports(plan.stack.workloads)   # the stack's host ports, containers' and VMs' alike
     domains: list[tuple[str, str]] = []   # (workload, domain XML) of every replica, checked at once below
+    user_data: list[tuple[str, str]] = []
     for p in plan.placements:
         if p.runtime not in VM_RUNTIMES and not (p.runtime is Runtime.SANDBOXED and sandbox_vms):
             continue   # containers run from the plan directly (docker backend); nothing to write
         w = p.workload
         ctx = _vm_context(tpl, plan, p, namespace="")
+        if ctx["user_data"] is not None:
+            user_data.append((w.name, ctx["user_data"]))
         has_disk = _disk_image(w) not in (None, DEFAULT_DISK_IMAGE)
         forwards = workload_forwards(w, assigned)
         for i in range(max(w.replicas, 1)):
@@ -515,6 +510,7 @@ def _render_local(tpl: Templates, plan: Plan, facts: LocalFacts) -> Rendered:
                                      instance_id=f"hybridorch-{plan.stack.name}-{where}")
                 files.append(RenderedFile(f"{where}/user-data", ctx["user_data"]))
                 files.append(RenderedFile(f"{where}/meta-data", dump_yaml(meta).removeprefix("---\n")))
+    _check_user_data(user_data)
     for (name, _), problem in zip(domains, validate.libvirt_problems([xml for _, xml in domains])):
         if problem:
             raise RenderError(f"{tpl.filename('libvirt/domain.xml.j2')}: domain XML of {name} is invalid: {problem}")
@@ -540,7 +536,6 @@ def render_plan(plan: Plan, target: str = "kubernetes", templates_dir: str | Non
     if target not in TARGETS:
         raise RenderError(f"unknown render target {target!r}: use {' or '.join(TARGETS)}")
     tpl = _templates(str(Path(templates_dir).resolve()) if templates_dir else None)
-    _check_user_data(tpl, plan)   # before any forked worker: they inherit the verdicts
     if target == "kubernetes":
         return _render_kubernetes(tpl, plan, namespace_prefix)
     return _render_local(tpl, plan, local or LocalFacts.placeholder(cache_dir or default_cache_dir()))
