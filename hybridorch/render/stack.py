@@ -459,7 +459,7 @@ def _render_kubernetes(tpl: Templates, plan: Plan, prefix: str) -> Rendered:
     packed: tuple[Packed, ...] = ()
     if len(plan.placements) >= PARALLEL_FROM and proc.workers() > 1:
         packed, more = _render_parts(tpl, plan, prefix, render_head)
-        groups, ordered, files = head["groups"], head["ordered"], []
+        groups, ordered = head["groups"], head["ordered"]
     else:
         render_head()
         workloads = _workload_documents(documents, plan, prefix, plan.placements)
