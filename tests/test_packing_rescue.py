@@ -46,6 +46,9 @@ FITS = [
     # one 4, one 3 and one 2 per 9-CPU host on 30 hosts: too many hosts for CP-SAT's default budget, and every
     # greedy order crowds the 4s; worst fit over every host spreads them first
     ("thirty hosts, 4+3+2 each", ["4", "3", "2"] * 30, 30, "9", 2.0),
+    # 5+4 thrice, 4+3+2 seventeen times, 3+3+3 and 3+2+2+2: worst fit strands the 4s, CP-SAT needs ~15x the
+    # default budget; filling each host at once behind its largest replica (minimum slack) finds it
+    ("22 hosts, mixed", ["5", "5", "5", "3"] + ["4", "3", "2"] * 20, 22, "9", 2.0),
 ]
 
 
@@ -115,3 +118,22 @@ def test_a_refusal_names_a_few_pools_not_thousands():
         pack(ps, pools, PROFILE)
     assert "p0, p1, p2, p3, p4 and 45 more" in str(err.value) and "p49" not in str(err.value)
     assert "proven:" in str(err.value)
+
+
+@pytest.mark.parametrize("profile", ["efficient", "balanced", "secure"])
+def test_the_rescue_heuristics_never_break_a_hard_rule(profile):
+    """Worst fit and minimum slack, run alone on random stacks under each profile's rules (spread replicas,
+    tenants apart, headroom): whatever they call complete has every replica once, on an eligible host within
+    capacity and the pools' counts."""
+    from hybridorch.core.packing import _min_slack, _violations, _worst_fit
+
+    rng = random.Random(profile)
+    for trial in range(40):
+        cpus = [f"{rng.choice([250, 500, 750, 1000, 1500, 2000])}m" for _ in range(rng.randint(3, 12))]
+        ps, pools = stack(cpus, rng.randint(2, 8), cpu=str(rng.choice([2, 3, 4])), replicas=rng.randint(1, 3),
+                          tenants=rng.randint(1, 3), profile=profile)
+        inst = _instance(items_of(ps), pools, PROFILES[profile])
+        for run in (_worst_fit, _min_slack):
+            bins, complete, _ = run(inst, _sort_keys(inst)[0], 10**7)
+            if complete:
+                assert _violations(inst, bins) == [], (profile, trial, run.__name__)

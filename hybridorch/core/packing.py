@@ -549,6 +549,92 @@ def _worst_fit(inst: _Instance, sort_key: Callable[[_Group], Any], allowance: in
     return _renumber(used), True, work
 
 
+# --- a host at a time: minimum slack ------------------------------------------------------------------------
+
+_SLACK_MAX_CELLS = 4096   # CPU steps per host the subset-sum may take (a finer grid is left to CP-SAT)
+
+
+def _min_slack(inst: _Instance, sort_key: Callable[[_Group], Any], allowance: int
+               ) -> tuple[list[_Bin], bool, int]:
+    """Fill one host at a time with the subset of what is left that uses most of its CPU, memory kept within the
+    host (a subset-sum over CPU steps tracking the least memory for each sum): minimum bin slack (Gupta and Ho,
+    "A new heuristic algorithm for the one-dimensional bin-packing problem", 1999). Where every host must end
+    full, choosing each host's whole content at once finds the fits that replica-by-replica orders miss. Stops
+    past `allowance` work units; returns the hosts, whether every replica got one, and the work."""
+    groups = sorted(inst.groups, key=sort_key)
+    left = {g.workload: g.count for g in groups}
+    opened = {p: 0 for p in inst.order}
+    bins: list[_Bin] = []
+    work = 0
+    while work <= allowance:
+        first = next((g for g in groups if left[g.workload]), None)
+        if first is None:
+            return bins, True, work
+        pool = next((p for p in first.pools if inst.fits(first, p) and opened[p] < inst.counts[p]), None)
+        if pool is None:
+            return bins, False, work
+        b = _Bin(pool, opened[pool], inst.caps[pool], first.tenant, len(bins))
+        b.put(first, 1)   # the largest replica left always opens its host (MBS'), the rest fill what it leaves
+        left[first.workload] -= 1
+        chosen = _fullest_subset(inst, b, [g for g in groups if left[g.workload] and pool in g.rank
+                                           and g.cpu <= b.rem_c and g.mem <= b.rem_m
+                                           and not (inst.spread and g.workload in b.counts)
+                                           and (not inst.separate or g.tenant == first.tenant)], left)
+        if chosen is None:
+            return bins, False, work
+        pieces, cost = chosen
+        work += cost
+        for g, k in pieces:
+            b.put(g, k)
+            left[g.workload] -= k
+        opened[pool] += 1
+        bins.append(b)
+    return bins, False, work
+
+
+def _fullest_subset(inst: _Instance, b: _Bin, groups: list[_Group], left: dict[str, int]
+                    ) -> tuple[list[tuple[_Group, int]], int] | None:
+    """The (group, replicas) that fill most of b's remaining CPU within its remaining memory, and the work; None
+    when the CPU grid is too fine for the table."""
+    step = 0
+    for g in groups:
+        step = math.gcd(step, g.cpu)
+    if not groups:
+        return [], 1
+    if not step or b.rem_c // step > _SLACK_MAX_CELLS:
+        return None
+    size = b.rem_c // step
+    pieces: list[tuple[_Group, int]] = []   # each group's replicas in binary pieces: 1, 2, 4, ... (0/1 knapsack)
+    for g in groups:
+        k = 1 if inst.spread else min(left[g.workload], size // (g.cpu // step))
+        bit = 1
+        while k > 0:
+            take = min(bit, k)
+            pieces.append((g, take))
+            k -= take
+            bit *= 2
+    inf = b.rem_m + 1
+    memory = [0] + [inf] * size           # the least memory that reaches each CPU sum
+    took = []
+    for g, k in pieces:
+        c, m = g.cpu // step * k, g.mem * k
+        row = bytearray(size + 1)
+        for s in range(size, c - 1, -1):
+            if memory[s - c] + m < memory[s]:
+                memory[s] = memory[s - c] + m
+                row[s] = 1
+        took.append(row)
+    best = max(s for s in range(size + 1) if memory[s] <= b.rem_m)
+    chosen: dict[str, list[Any]] = {}
+    s = best
+    for i in range(len(pieces) - 1, -1, -1):   # walk the choices back from the best sum
+        if took[i][s]:
+            g, k = pieces[i]
+            chosen.setdefault(g.workload, [g, 0])[1] += k
+            s -= g.cpu // step * k
+    return [(g, k) for g, k in chosen.values()], len(pieces) * (size + 1)
+
+
 # --- improvement: empty the least-loaded hosts ------------------------------------------------------------
 
 def _empty_hosts(inst: _Instance, bins: list[_Bin], ops_budget: int) -> tuple[list[_Bin], int]:
@@ -863,7 +949,7 @@ def _when_out_of_hosts(inst: _Instance, keys: list[Callable[[_Group], Any]], bin
     # 0 means "no improvement"; finding a packing that fits is not an improvement, so it gets the default
     budget = solver_budget if solver_budget > 0 else DEFAULT_SOLVER_BUDGET
     found, method, why = _fit_within_counts(inst, keys, budget)
-    if found is not None:
+    if found is not None and not _violations(inst, found):   # belt and braces, as for every rescue
         return found, [], f"{method} (best-fit decreasing ran out of hosts)"
     return bins, [Unplaced(u.workload, u.replicas, f"{u.reason}; {why}") for u in unplaced], "best-fit decreasing"
 
@@ -895,6 +981,10 @@ def _fit_within_counts(inst: _Instance, keys: list[Callable[[_Group], Any]], bud
         spent += cost
         if complete:
             return spread, "worst fit over every host", ""
+    slack, complete, cost = _min_slack(inst, keys[0], allowance - spent)
+    spent += cost
+    if complete:
+        return slack, "minimum slack, a host at a time", ""
     size = _model_size(inst, max(inst.counts.values()))
     if size > EXACT_MAX_VARIABLES:
         return None, "", (f"not proven: no packing found, and the pools' hosts are too many for the exact solver "
