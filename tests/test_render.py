@@ -744,3 +744,16 @@ def test_render_time_of_shop_is_small():
     assert elapsed < 5, elapsed
 
 
+
+
+def test_characters_past_the_basic_plane_render_and_read_back(tmp_path: Path):
+    """JSON writes an emoji as a surrogate pair, which YAML refuses; the render writes YAML's \\U escape instead."""
+    path = tmp_path / "astral.yaml"
+    path.write_text('apiVersion: hybridorch.dev/v1alpha1\nkind: Stack\nmetadata: {name: astral}\nspec:\n'
+                    '  workloads:\n    - name: web\n      image: local/web:1\n'
+                    '      env: {K: "\\u00e9\\u2028\\e\\x85\\U0001f984\\t"}\n      command: [echo, "\\U0001d400"]\n')
+    rendered = render(str(path))
+    deployment = next(d for d in yaml.safe_load_all(rendered.stream()) if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["env"][0]["value"] == "\u00e9\u2028\x1b\x85\U0001f984\t"
+    assert container["command"] == ["echo", "\U0001d400"]

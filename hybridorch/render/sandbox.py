@@ -54,7 +54,23 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot render a {type(value).__name__} into YAML")
 
 
-_json_string = json.encoder.encode_basestring_ascii   # what json.dumps(ensure_ascii=True) writes for a str
+_ascii_json = json.encoder.encode_basestring_ascii   # what json.dumps(ensure_ascii=True) writes for a str
+# JSON writes a character past U+FFFF as a UTF-16 surrogate pair, which YAML refuses ("invalid Unicode character
+# escape code"); YAML's own 8-digit escape says the same character
+_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _astral(m: re.Match[str]) -> str:
+    return "\\U%08x" % (0x10000 + ((int(m.group(1), 16) - 0xD800) << 10) + int(m.group(2), 16) - 0xDC00)
+
+
+def _yaml_json(text: str) -> str:
+    """JSON text as YAML reads it: surrogate pairs (an emoji, say) as YAML's \\U escape."""
+    return _PAIR.sub(_astral, text) if "\\ud" in text else text
+
+
+def _json_string(value: str) -> str:
+    return _yaml_json(_ascii_json(value))
 
 
 def yaml_value(value: Any) -> YamlText:
@@ -71,10 +87,10 @@ def yaml_value(value: Any) -> YamlText:
     if kind is bool:
         return YamlText("true" if value else "false")
     if kind is dict and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):   # labels
-        return YamlText(json.dumps(value, ensure_ascii=True))
+        return YamlText(_yaml_json(json.dumps(value, ensure_ascii=True)))
     if isinstance(value, YamlText):
         return value
-    return YamlText(json.dumps(_plain(value), ensure_ascii=True))
+    return YamlText(_yaml_json(json.dumps(_plain(value), ensure_ascii=True)))
 
 
 def _finalize_yaml(value: Any) -> Any:
