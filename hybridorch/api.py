@@ -9,7 +9,7 @@ from hybridorch.core.plan import Plan, plan_stack
 from hybridorch.core.policyfile import load_policy, resolve_policy
 from hybridorch.core.runtime import VM_RUNTIMES, Runtime
 from hybridorch.core.spec import namespace_prefix_problem
-from hybridorch.errors import Problem, SpecError
+from hybridorch.errors import OutputError, Problem, SpecError
 
 __all__ = ["plan_stack", "load_policy", "resolve_policy"]   # re-exported: part of the library API
 
@@ -36,19 +36,19 @@ def capacity(path: str, policy: str | None = None, hosts: str | None = None,
     from hybridorch.ops.capacity import Assumptions, capacity_report
 
     fmt = os.path.splitext(plot)[1].lower().lstrip(".") if plot else ""
-    if plot and fmt not in ("png", "svg"):
+    if plot is not None and fmt not in ("png", "svg"):
         raise SpecError([Problem(plot, 0, "", "--plot needs a file name ending in .png or .svg")])
     report = capacity_report(plan_stack(path, policy, hosts, solver_budget, strict=False),
                              assumptions or Assumptions())
-    if plot:
+    if plot is not None:
         from hybridorch.ops.report import capacity_figure
 
-        data = capacity_figure(report, fmt)
-        try:
-            with open(plot, "wb") as out:
-                out.write(data)
+        from hybridorch.ops.audit import write_whole
+
+        try:   # whole or not at all; a FIFO, a device or the stack itself is refused before anything is opened
+            write_whole(plot, capacity_figure(report, fmt), "the plot", inputs=[path])
         except OSError as err:
-            raise SpecError([Problem(plot, 0, "", f"cannot write the plot: {err.strerror}")]) from err
+            raise OutputError(f"cannot write the plot to {plot}: {err.strerror}") from None
     return report
 
 
@@ -169,9 +169,9 @@ def audit(paths: list[str], *, policy: str | None = None, hosts: str | None = No
 
     age = None
     if max_image_age is not None:
-        if not is_duration(max_image_age):
-            raise SpecError([Problem("--max-image-age", 0, "", f"{show(max_image_age)} is not a duration such as 30d "
-                                                              "(a positive number of at most 12 digits and a unit)")])
+        if not is_duration(max_image_age) or not parse_duration(max_image_age):   # 0s: every image too old
+            raise SpecError([Problem("--max-image-age", 0, "", f"{show(max_image_age)} is not a positive duration "
+                                                              "such as 30d (at most 12 digits per number)")])
         age = parse_duration(max_image_age)
     findings = audit_files(paths, policy=policy, hosts=hosts, templates=templates, live=live, target=target,
                            context=context, namespace_prefix=namespace_prefix, max_image_age=age, now=now)

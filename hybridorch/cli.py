@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc as collector
 import math
+import os
 import re
 import sys
 from typing import Any
@@ -51,6 +52,9 @@ class HybridorchGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        var = complete_var or f"_{(prog_name or 'hybridorch').replace('-', '_').upper()}_COMPLETE"
+        if os.environ.get(var):
+            self._complete(args, prog_name, complete_var, extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.exceptions.ClickException as err:
@@ -62,6 +66,17 @@ class HybridorchGroup(click.Group):
             _say("error: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+    def _complete(self, args: Any, prog_name: str | None, complete_var: str | None, extra: dict[str, Any]) -> None:
+        """Shell completion, which the shell drives through COMP_WORDS/COMP_CWORD: a broken environment (no words,
+        a word index that is no number) is one line and exit 2, not Click's traceback."""
+        try:
+            super().main(args, prog_name, complete_var, True, **extra)
+        except (KeyError, ValueError, IndexError) as err:
+            _say(f"error: shell completion: the shell's completion variables are missing or malformed "
+                 f"({type(err).__name__})", err=True)
+            sys.exit(EXIT_BAD_INPUT)
 
 
 def _traceback_if(ctx: click.Context) -> None:
@@ -446,8 +461,8 @@ def audit(files: tuple[str, ...], live: bool, target: str, context: str | None, 
     report = api.audit(list(files), policy=policy, hosts=_hosts(), templates=templates, live=live, target=target,
                        context=context, namespace_prefix=namespace_prefix, max_image_age=max_image_age,
                        fmt=fmt, fail_on=fail_on)
-    if out:
-        report.write(out)   # OutputError (one line, exit 2) on a full device or an unwritable path
+    if out is not None and out not in ("-", "/dev/stdout"):
+        report.write(out, files)   # OutputError (one line, exit 2): a full device, an unwritable path, an input
         _say(f"wrote {out} ({len(report.findings)} findings)", err=True)
     else:
         _show(report.text)

@@ -280,3 +280,49 @@ def test_a_huge_name_is_shortened_in_the_audit_table_and_kept_whole_in_json(tmp_
     assert "more)…" in rows[0] and "-end" in rows[0]            # its start and end, and how much is left out
     whole = CliRunner().invoke(cli, ["audit", "--format", "json", str(path)])
     assert f"Pod {name}" in {f["object"] for f in json.loads(whole.stdout)["findings"]}
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hybridorch", *args], cwd=ROOT, text=True, capture_output=True,
+                          timeout=60, env={**os.environ, **(env or {})}, check=False)
+
+
+def test_a_report_is_never_written_over_an_input_and_dash_is_stdout(tmp_path: Path) -> None:
+    stack = tmp_path / "s.yaml"
+    stack.write_text((ROOT / "examples" / "shop.yaml").read_text())
+    before = stack.read_text()
+    (tmp_path / "link").symlink_to(stack)
+    for out in (str(stack), str(tmp_path / "link")):
+        done = _cli("audit", str(stack), "--output", out)
+        assert done.returncode == EXIT_BAD_INPUT and "it is one of the files read" in done.stderr, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and stack.read_text() == before
+    done = _cli("audit", str(stack), "--output", "")
+    assert done.returncode == EXIT_BAD_INPUT and "the file name is empty" in done.stderr
+    done = _cli("audit", "--fail-on", "never", str(stack), "--output", "-")
+    assert done.returncode == 0 and "finding(s)" in done.stdout
+
+
+def test_a_plot_into_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "p.svg")
+    done = _cli("capacity", "examples/shop.yaml", "--plot", str(tmp_path / "p.svg"))
+    assert done.returncode == EXIT_BAD_INPUT and "not a regular file" in done.stderr, done.stderr
+    done = _cli("capacity", "examples/shop.yaml", "--plot", "")
+    assert done.returncode == EXIT_BAD_INPUT and "--plot needs a file name" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["render", "examples/shop.yaml", "--out", "/tmp/" + "a" * 300], "File name too long"),
+    (["audit", "--max-image-age", "0s", "examples/shop.yaml"], "is not a positive duration"),
+    (["plan", "--policy", "", "examples/shop.yaml"], "--policy: is empty"),
+])
+def test_unusable_arguments_are_one_line_exit_2(args: list[str], says: str) -> None:
+    done = _cli(*args)
+    assert done.returncode == EXIT_BAD_INPUT and says in done.stderr and len(done.stderr.splitlines()) == 1, \
+        done.stderr
+
+
+def test_broken_completion_variables_are_one_line_exit_2() -> None:
+    done = _cli(env={"_HYBRIDORCH_COMPLETE": "bash_complete", "COMP_WORDS": "hybridorch ", "COMP_CWORD": "junk"})
+    assert done.returncode == EXIT_BAD_INPUT and done.stderr.startswith("error: shell completion"), done.stderr
+    done = _cli(env={"_HYBRIDORCH_COMPLETE": "bash_complete", "COMP_WORDS": "hybridorch pl", "COMP_CWORD": "1"})
+    assert done.returncode == 0 and "plan" in done.stdout

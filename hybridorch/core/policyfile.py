@@ -90,6 +90,8 @@ def resolve_policy(stack: Stack, override: str | None = None) -> Profile:
 
     A policy path in a stack file is relative to the stack file and must stay in its directory: a stack file
     must not make us read files beside it. The user can still name any file with --policy."""
+    if override is not None and not override:
+        raise SpecError([Problem("--policy", 0, "", f"is empty: name a policy ({', '.join(PROFILES)}) or a file")])
     ref = override or stack.policy
     if ref in PROFILES:
         return PROFILES[ref]

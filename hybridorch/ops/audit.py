@@ -11,7 +11,7 @@ import os
 import stat
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from hybridorch.backends.base import record_count, record_time, record_ttl
 from hybridorch.errors import AuditFailed, OutputError
@@ -715,11 +715,11 @@ class AuditReport:
     def failing(self) -> list[Finding]:
         return at_or_above(self.findings, self.fail_on)
 
-    def write(self, path: str) -> None:
-        """The report into `path` (--output), whole or not at all (write_whole); any failure is an OutputError
-        (exit 2), never mistaken for findings (exit 1)."""
+    def write(self, path: str, inputs: Sequence[str] = ()) -> None:
+        """The report into `path` (--output), whole or not at all (write_whole), never over one of `inputs`; any
+        failure is an OutputError (exit 2), never mistaken for findings (exit 1)."""
         try:
-            write_whole(path, self.text + "\n")
+            write_whole(path, self.text + "\n", inputs=inputs)
         except (OSError, ValueError) as err:   # ValueError: a NUL byte in the path
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise OutputError(f"cannot write the report to {path}: {reason}") from None
@@ -730,25 +730,32 @@ class AuditReport:
             raise AuditFailed(f"{len(self.failing)} finding(s) at or above severity {self.fail_on}")
 
 
-def write_whole(path: str, text: str) -> None:
-    """`text` into a temporary file beside `path`, renamed over it once complete: a full disk or a killed run
-    leaves the previous file as it was, never half a report. `path` may be missing or a regular file (through a
+def write_whole(path: str, data: str | bytes, what: str = "the report", inputs: Sequence[str] = ()) -> None:
+    """`data` into a temporary file beside `path`, renamed over it once complete: a full disk or a killed run
+    leaves the previous file as it was, never half a file. `path` may be missing or a regular file (through a
     symlink: the file it names is replaced, the link kept); anything else is refused before it is opened (opening
-    a FIFO for writing blocks until a reader comes; /dev/full is a device)."""
+    a FIFO for writing blocks until a reader comes; /dev/full is a device), and so are an empty path and one of
+    `inputs` (a report written over the stack it audits)."""
+    if not path:
+        raise OutputError(f"cannot write {what}: the file name is empty")
     target = os.path.realpath(path)
+    if any(os.path.realpath(i) == target for i in inputs):
+        raise OutputError(f"cannot write {what} to {path}: it is one of the files read; choose another name")
     try:
         st: os.stat_result | None = os.stat(target)   # stat never blocks, whatever the path is
     except FileNotFoundError:
         st = None
+    except OSError as err:
+        raise OutputError(f"cannot write {what} to {path}: {err.strerror}") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"cannot write the report to {path}: it is {kind_of(st.st_mode)}, not a regular file")
+        raise OutputError(f"cannot write {what} to {path}: it is {kind_of(st.st_mode)}, not a regular file")
     # a missing or unwritable directory: mkstemp's OSError says which
     fd, part = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".part")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            # mkstemp makes the file 0600: an existing report keeps its mode, a new one gets the umask's
+        with os.fdopen(fd, "wb") as fh:
+            # mkstemp makes the file 0600: an existing file keeps its mode, a new one gets the umask's
             os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) if st else 0o666 & ~_umask())
-            fh.write(text)
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())   # a full disk may only say so here
         os.replace(part, target)

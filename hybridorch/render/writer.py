@@ -168,10 +168,15 @@ class Rendered:
         content is untouched and no temporary directory is left. An existing out_dir must hold only files a
         render writes, so `--out .` or a directory of other things is refused rather than replaced."""
         out = Path(os.path.abspath(out_dir))
-        if out.exists() or out.is_symlink():
+        try:   # a name too long, a directory one may not read (`--out /` meets /proc): nothing written yet
+            present = out.exists() or out.is_symlink()
+            foreign = [p for p in _files_under(out) if not _rendered_path(p)] \
+                if present and out.is_dir() and not out.is_symlink() else []
+        except OSError as err:
+            raise OutputError(f"cannot write to {out_dir}: {err.strerror or err}; nothing was changed") from None
+        if present:
             if out.is_symlink() or not out.is_dir():
                 raise OutputError(f"cannot write to {out_dir}: it exists and is not a directory")
-            foreign = [p for p in _files_under(out) if not _rendered_path(p)]
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
                 raise OutputError(f"cannot write to {out_dir}: it holds files a render does not write ({shown}); "
