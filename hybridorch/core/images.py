@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridorch.core.safeload import read_input
-from hybridorch.errors import BackendError
+from hybridorch.errors import BackendError, InputError
 
 LOCAL_REGISTRY = "hybridorch.local"
 # Debian's busybox-static installs here; the dynamically linked `busybox` package uses the same path
@@ -119,10 +119,17 @@ def image_dirs(stack_file: str | None = None) -> list[Path]:
     return list(dict.fromkeys(d for d in dirs if d.is_dir()))
 
 
+MAX_FROM_DEPTH = 32                # local images built FROM local images: deeper is a generated loop, not a stack
+MAX_CONTEXT_BYTES = 8 * 2**30      # a recipe directory is a build context docker sends whole
+
+
 def find_recipe(ref: str, dirs: list[Path], _chain: tuple[str, ...] = ()) -> Recipe | None:
     """The recipe of a hybridorch.local image, or None when the image is not one hybridorch can build."""
     if not is_local(ref):
         return None
+    if len(_chain) >= MAX_FROM_DEPTH:
+        raise InputError(f"image {_chain[0]}: its recipes are built FROM local images more than {MAX_FROM_DEPTH} "
+                         "levels deep")
     name = ref[len(LOCAL_REGISTRY) + 1:].split(":", 1)[0].split("@", 1)[0]
     for base in dirs:
         directory = base / name
@@ -153,13 +160,22 @@ def _pinned(ref: str, digest: str) -> str:
 def _recipe_digest(directory: Path, parents: tuple[str, ...], dirs: list[Path], chain: tuple[str, ...]) -> str:
     # the static busybox some recipes COPY is added at build time from the host and is not part of the key
     h = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    # a symlink is part of the context as a link (docker sends it as one): its target, never what it points to
+    files = sorted(p for p in directory.rglob("*") if p.is_symlink() or p.is_file())
+    if sum(p.lstat().st_size for p in files) > MAX_CONTEXT_BYTES:
+        raise InputError(f"image recipe {directory}: the build context is larger than "
+                         f"{MAX_CONTEXT_BYTES // 2**30} GiB (docker would send all of it)")
+    for path in files:
+        rel = path.relative_to(directory).as_posix().encode()
+        if path.is_symlink():
+            h.update(rel + b"\0l" + os.readlink(path).encode(errors="surrogateescape"))
+            continue
         executable = b"x" if path.stat().st_mode & 0o111 else b"-"
         content = hashlib.sha256()
         with open(path, "rb") as fh:   # in chunks: a build context may hold large files
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 content.update(chunk)
-        h.update(path.relative_to(directory).as_posix().encode() + b"\0" + executable + content.digest())
+        h.update(rel + b"\0" + executable + content.digest())
     for parent in parents:
         recipe = None if parent in chain else find_recipe(parent, dirs, chain)   # a cycle: build_order reports it
         h.update(parent.encode() + b"\0" + (recipe.content_ref.encode() if recipe else b"-"))
