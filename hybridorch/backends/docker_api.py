@@ -49,7 +49,16 @@ def connect(timeout: int) -> Sdk:
         client.ping()
     except docker.errors.DockerException as err:
         raise BackendError(engine_down_message(host, err)) from err
+    except ValueError as err:   # the SDK parses DOCKER_HOST with urllib: "tcp://[::" is "Invalid IPv6 URL"
+        raise BackendError(bad_host_message(host, err)) from err
     return Sdk(client, docker.errors)
+
+
+def bad_host_message(host: str, err: BaseException) -> str:
+    shown = host if len(host) <= 60 else host[:57] + "..."   # the user typed it: shown, but not at any length
+    reason = " ".join(str(err).split())[:120]
+    return (f"DOCKER_HOST={shown} is not a Docker engine address ({reason}): set it to unix:///PATH or "
+            "tcp://HOST:PORT, or unset it for the local engine")
 
 
 def explain(err: Any) -> str:

@@ -6,22 +6,33 @@ on release, under the lock; a run that waited on the old file notices (another i
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import re
 import socket
+import stat
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from hybridorch.errors import BackendError
+from hybridorch.errors import BackendError, InputError
 from hybridorch.vm.host import state_root
-from hybridorch.backends.base import LockHeld, LockHolder, LockNotice, takeover_message, waiting_message
+from hybridorch.backends.base import (LockHeld, LockHolder, LockNotice, record_time, takeover_message,
+                                      waiting_message)
 
 LOCK_DIR = ".locks"      # a dot name: no stack (a DNS label) can have it as its state directory
 RECORD_LIMIT = 4096      # a record is a few dozen bytes; anything longer is not ours
+PID_LIMIT = 2 ** 22      # the kernel's largest pid_max: a larger pid is not a process
+# the command and host a record may name: anything else in a foreign record is shown as unknown, never echoed
+_COMMAND = re.compile(r"hybridorch( [a-z][a-z-]{0,30}){1,3}")
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+# open errors that mean the configured state directory is unusable (bad input, exit 2), not a runtime failure
+_INPUT_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EEXIST, errno.ENAMETOOLONG, errno.EACCES,
+                 errno.EPERM, errno.EROFS}
 
 # locks this process holds, per thread: a nested run of the same stack (a library caller inside a `with`) does not
 # wait on itself; another thread of this process waits like another process
@@ -49,11 +60,10 @@ def parse_record(text: str) -> LockHolder | None:
     if not isinstance(data, dict):
         return None
     pid, command, started, host = data.get("pid"), data.get("command"), data.get("started"), data.get("host")
-    return LockHolder(pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
-                      command=command if isinstance(command, str) else "",
-                      started=float(started) if isinstance(started, (int, float)) and not isinstance(started, bool)
-                      else None,
-                      host=host if isinstance(host, str) else "")
+    return LockHolder(pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < PID_LIMIT else None,
+                      command=command if isinstance(command, str) and _COMMAND.fullmatch(command) else "",
+                      started=record_time(started),
+                      host=host if isinstance(host, str) and _HOST.fullmatch(host) else "")
 
 
 def _read_holder(fd: int) -> LockHolder:
@@ -62,12 +72,34 @@ def _read_holder(fd: int) -> LockHolder:
     return found or LockHolder(pid=None, command="", started=None)
 
 
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _open(path: Path) -> int:
+    """The lock file, opened read-write: only a regular file, never through a symlink (the run truncates and
+    writes it, so a link would clobber its target) and never blocking (a FIFO planted at the path)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as err:
-        raise BackendError(f"cannot open the lock file {path}: {err.strerror}") from err
+        why = err.strerror or str(err)
+        if err.errno == errno.ELOOP and _is_link(path):
+            why = "it is a symbolic link; remove it"
+        kind = InputError if err.errno in _INPUT_ERRNOS else BackendError
+        raise kind(f"cannot open the lock file {path}: {why}") from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"cannot use the lock file {path}: it is not a regular file; remove it")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _still_there(fd: int, path: Path) -> bool:

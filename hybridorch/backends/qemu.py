@@ -32,7 +32,7 @@ from hybridorch.core.labels import LABEL_REPLICA, LABEL_STACK, LABEL_WORKLOAD, r
 from hybridorch.vm import disks, libvirt
 from hybridorch.vm.boot import GuestVM, check_port_free, run_guest
 from hybridorch.render.domain import AUTO_PORT, MACHINES, Forward, forwards_in, workload_forwards
-from hybridorch.vm.host import accelerator_for, local_facts, qemu_binary, state_root
+from hybridorch.vm.host import accelerator_for, local_facts, qemu_binary, read_pid, read_state, state_root
 from hybridorch.vm.image_export import DOCKER_PREFIX, materialize
 from hybridorch.vm.programs import program_for
 from hybridorch.backends import qemu_inventory, qemu_snapshots
@@ -85,11 +85,7 @@ def _of_replica(replica: int) -> str:
 
 def _record(workdir: Path) -> dict[str, Any]:
     """A replica's state record, complete or only the one written before its domain was defined."""
-    try:
-        state = json.loads((workdir / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
+    return read_state(workdir) or {}
 
 
 def _write_record(workdir: Path, state: dict[str, Any]) -> None:
@@ -189,13 +185,10 @@ class QemuBackend(Backend):
     def _load(workdir: Path) -> tuple[GuestVM | None, dict[str, Any]]:
         """A replica's running VM and its complete record; (None, {}) when either is missing or is not what this
         version writes (a record edited by hand: its VM is then found by its domain's labels, as without one)."""
-        try:
-            state = json.loads((workdir / "state.json").read_text())
-            pid = record_count(int((workdir / "qemu.pid").read_text().strip()))
-        except (OSError, ValueError):
-            return None, {}
-        forwards = _forwards_read(state.get("forwards")) if isinstance(state, dict) else None
-        if forwards is None or pid is None or not isinstance(state.get("domain"), str) or not state["domain"]:
+        state, pid = read_state(workdir), read_pid(workdir)
+        forwards = _forwards_read(state.get("forwards")) if state is not None else None
+        if state is None or forwards is None or pid is None or not isinstance(state.get("domain"), str) \
+                or not state["domain"]:
             return None, {}
         return GuestVM(state["domain"], workdir / "console.log", forwards, pid), state
 

@@ -3,7 +3,6 @@ the labels of the libvirt domains (a run killed before it recorded its VM leaves
 `ps` lists and `gc` removes, and what the live audit reads of one stack's VMs (the QEMU backend's inventory side)."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from hybridorch.core.labels import (LABEL_MANAGED, LABEL_OWNER, LABEL_REPLICA, L
 from hybridorch.core.runtime import Runtime, runtime_of
 from hybridorch.errors import BackendError
 from hybridorch.vm import libvirt
-from hybridorch.vm.host import running_vm_states, state_root
+from hybridorch.vm.host import read_state, running_vm_states, state_root
 
 
 def managed_vms() -> list[Managed]:
@@ -66,10 +65,10 @@ def remove_vm(workdir: Path) -> bool:
     """One replica's VM, by its state dir: the domain is destroyed and undefined and the state dir goes, as
     `down` does for the whole stack; without a record, the domains whose labels name this stack and replica.
     False when no such VM was found."""
-    try:
-        state = json.loads((workdir / "state.json").read_text())
-        names = [str(state["domain"])]
-    except (OSError, ValueError, TypeError, KeyError):
+    state = read_state(workdir)   # bounded and never blocking: a FIFO there must not stall gc
+    if state is not None and isinstance(state.get("domain"), str) and state["domain"]:
+        names = [state["domain"]]
+    else:
         names = [d.name for d in _stack_domains(workdir.parent.name) if _replica_dir(d) == workdir.name]
     if not names:
         return False

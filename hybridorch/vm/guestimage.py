@@ -13,11 +13,12 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from hybridorch import proc
-from hybridorch.errors import BackendError
+from hybridorch.errors import BackendError, InputError
 from hybridorch.core.runtime import LOCAL_ARCHES, Arch, cache_root, guest_refusal, local_arch
+from hybridorch.vm.host import read_json
 from hybridorch.vm.initramfs import write_base_initramfs
 
 DEBIAN_ARCHES = LOCAL_ARCHES
@@ -64,19 +65,37 @@ class Guest:
 
 
 def load_guest(arch: str) -> Guest:
-    """The cached guest of `arch`; a missing one is a one-line error naming the command that fetches it."""
+    """The cached guest of `arch`; a missing or damaged one is a one-line error naming the command that fetches it."""
     check_arch(arch)
     root = guest_dir(arch)
-    try:
-        meta = json.loads((root / "guest.json").read_text())
-    except (OSError, ValueError):
-        raise BackendError(f"no {arch} guest in {root}: fetch it with `python3 -m hybridorch.vm.guest fetch {arch}`"
-                           " (or run e2e/setup.sh)") from None
-    guest = Guest(arch, root, meta["kernelVersion"], meta["packages"], tuple(meta["modules"]))
+    fetch = f"`python3 -m hybridorch.vm.guest fetch {arch}`"
+    if not os.path.lexists(root / "guest.json"):   # False too when the guest dir is a file or unreadable
+        raise BackendError(f"no {arch} guest in {root}: fetch it with {fetch} (or run e2e/setup.sh)")
+    guest = _guest_of(arch, root, read_json(root / "guest.json"))
+    if guest is None:
+        # a directory the user pointed HYBRIDORCH_GUEST_DIR at is their input; the default cache is ours
+        kind = InputError if os.environ.get("HYBRIDORCH_GUEST_DIR") else BackendError
+        raise kind(f"the {arch} guest image at {root} is damaged (guest.json is not a guest record): "
+                   f"rebuild it with {fetch}")
     if not guest.kernel.exists() or not guest.base_initramfs.exists():
-        raise BackendError(f"the {arch} guest in {root} is incomplete: re-fetch it with "
-                           f"`python3 -m hybridorch.vm.guest fetch {arch}`")
+        raise BackendError(f"the {arch} guest in {root} is incomplete: re-fetch it with {fetch}")
     return guest
+
+
+def _guest_of(arch: str, root: Path, meta: Any) -> Guest | None:
+    """The guest a guest.json describes, or None when it is not the record fetch_guest writes (read_json gives
+    None for a FIFO, a huge or deeply nested file, or one that is not JSON)."""
+    if not isinstance(meta, dict):
+        return None
+    kver, packages, modules = meta.get("kernelVersion"), meta.get("packages"), meta.get("modules")
+    if not isinstance(kver, str) or not kver or not isinstance(packages, dict) or not isinstance(modules, list):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in packages.items()):
+        return None
+    # module names become paths under <root>/modules: a plain file name, nothing that climbs out
+    if not all(isinstance(m, str) and m and "/" not in m and m not in (".", "..") for m in modules):
+        return None
+    return Guest(arch, root, kver, packages, tuple(modules))
 
 
 # --- fetching (setup time only) --------------------------------------------------------------------

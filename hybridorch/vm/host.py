@@ -6,8 +6,10 @@ import json
 import os
 import platform
 import shutil
+import stat
 import time
 from pathlib import Path
+from typing import Any
 
 from hybridorch.errors import BackendError
 from hybridorch.core.runtime import HOST_ARCHES, cache_root
@@ -22,18 +24,66 @@ def state_root() -> Path:
     return Path(override) if override else cache_root() / "state"
 
 
+# the files a run keeps beside each VM are small; one that is larger, or not a regular file (a FIFO, /dev/zero
+# behind a symlink), is not a record this version wrote: it reads as unreadable, never blocks or fills memory
+STATE_LIMIT = 1 << 20
+PID_LIMIT = 64
+
+
+def read_small(path: Path, limit: int) -> str | None:
+    """The text of the regular file at `path` if it holds at most `limit` bytes; None for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)   # a FIFO opens without a writer
+    except (OSError, ValueError):   # ValueError: a NUL in the path
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        data = os.read(fd, limit + 1)
+        return data.decode("utf-8", errors="replace") if len(data) <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, limit: int = STATE_LIMIT) -> Any:
+    """The JSON document in a small regular file; None when it is missing, too large, not a file or not JSON
+    (nested deeper than the parser recurses included)."""
+    text = read_small(path, limit)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def read_state(workdir: Path) -> dict[str, Any] | None:
+    """A VM's state record (state.json), or None when it is unreadable or not an object."""
+    state = read_json(workdir / "state.json")
+    return state if isinstance(state, dict) else None
+
+
+def read_pid(workdir: Path) -> int | None:
+    """The QEMU pid recorded beside a VM (qemu.pid), or None when it is unreadable or not a plausible pid."""
+    text = read_small(workdir / "qemu.pid", PID_LIMIT)
+    try:
+        pid = int(text.strip()) if text is not None else 0
+    except ValueError:
+        return None
+    return pid if 0 < pid < 2**31 else None
+
+
 def running_vm_states(stack: str = "*") -> list[tuple[Path, dict]]:
     """(workdir, state record) of every local VM whose QEMU process is alive, for one stack or all ("*"): what
     the backend records beside each VM it starts, read by `ps`, `gc` and the live audit."""
     root = state_root()
     out: list[tuple[Path, dict]] = []
     for state_file in sorted(root.glob(f"{stack}/*/state.json")) if root.is_dir() else []:
-        try:
-            state = json.loads(state_file.read_text())
-            pid = int((state_file.parent / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if isinstance(state, dict) and os.path.exists(f"/proc/{pid}"):
+        state, pid = read_state(state_file.parent), read_pid(state_file.parent)
+        if state is not None and pid is not None and os.path.exists(f"/proc/{pid}"):
             out.append((state_file.parent, state))
     return out
 
