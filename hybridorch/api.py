@@ -43,7 +43,7 @@ def capacity(path: str, policy: str | None = None, hosts: str | None = None,
     if plot is not None:
         from hybridorch.ops.report import capacity_figure
 
-        from hybridorch.ops.audit import write_whole
+        from hybridorch.ops.files import write_whole
 
         try:   # whole or not at all; a FIFO, a device or the stack itself is refused before anything is opened
             write_whole(plot, capacity_figure(report, fmt), "the plot", inputs=[path])

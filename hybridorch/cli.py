@@ -20,6 +20,10 @@ from hybridorch.errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL, 
                                OutputError, SpecError)
 
 
+# Click 8.2+ raises this for a group called with nothing; older versions print the help themselves
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class HybridorchGroup(click.Group):
     """The one place errors become messages and exit codes (errors.py lists them): a HybridorchError is its
     lines and its code, any other exception is a bug (one line, EXIT_INTERNAL), Click's usage errors are one
@@ -57,6 +61,9 @@ class HybridorchGroup(click.Group):
             self._complete(args, prog_name, complete_var, extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as err:   # no command at all: the help, as --help shows it
+            click.echo(err.ctx.get_help(), err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except click.exceptions.ClickException as err:
             # one line instead of Click's usage block; a bad argument or option is bad input (2)
             where = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) else ""
@@ -568,10 +575,11 @@ def snapshot(action: str, file: str, workload: str, name: str | None, target: st
 
 
 def _positive_duration(value: str) -> str:
-    from hybridorch.core.durations import POSITIVE, POSITIVE_WHAT
+    from hybridorch.core.durations import POSITIVE, POSITIVE_WHAT, is_duration
 
-    if len(value) > 63 or not re.fullmatch(POSITIVE, value):   # it is also a label value
-        raise click.BadParameter(f"{value!r} is not {POSITIVE_WHAT}")
+    # it is also a label value (63 characters) and a Job's ttlSecondsAfterFinished: the century cap applies
+    if len(value) > 63 or not re.fullmatch(POSITIVE, value) or not is_duration(value):
+        raise click.BadParameter(f"{printable(value)[:70]!r} is not {POSITIVE_WHAT}, of at most 100 years")
     return value
 
 

@@ -326,3 +326,29 @@ def test_broken_completion_variables_are_one_line_exit_2() -> None:
     assert done.returncode == EXIT_BAD_INPUT and done.stderr.startswith("error: shell completion"), done.stderr
     done = _cli(env={"_HYBRIDORCH_COMPLETE": "bash_complete", "COMP_WORDS": "hybridorch pl", "COMP_CWORD": "1"})
     assert done.returncode == 0 and "plan" in done.stdout
+
+
+def test_junit_output_is_checked_before_any_board_boots(tmp_path: Path) -> None:
+    """A FIFO (it would block after the tests), a device or the plan itself as --junit is refused at once."""
+    plan = ROOT / "examples" / "soc-amd64.yaml"
+    os.mkfifo(tmp_path / "j.fifo")
+    env = {"HYBRIDORCH_QEMU_BINARY": "/nonexistent/qemu"}   # nothing could boot: the refusal must come first
+    for junit, says in [(str(tmp_path / "j.fifo"), "not a regular file"), ("/dev/full", "not a regular file"),
+                        (str(plan), "one of the files read"), (str(tmp_path / "no" / "j.xml"), "No such file")]:
+        done = _cli("soc-test", "--junit", junit, str(plan), env=env)
+        assert done.returncode == EXIT_BAD_INPUT and says in done.stderr, (junit, done.stderr)
+        assert len(done.stderr.splitlines()) == 1
+
+
+def test_no_command_prints_the_help_and_exits_2() -> None:
+    done = _cli()
+    assert done.returncode == EXIT_BAD_INPUT and done.stderr.startswith("Usage: hybridorch") and "Commands:" in done.stderr
+
+
+def test_a_workload_template_that_renders_nothing_fails_the_render(tmp_path: Path) -> None:
+    (tmp_path / "t" / "kubernetes").mkdir(parents=True)
+    (tmp_path / "t" / "kubernetes" / "workload.yaml.j2").write_text("{# nothing #}\n")
+    done = _cli("render", "--templates", str(tmp_path / "t"), "examples/shop.yaml")
+    assert done.returncode == 3 and "rendered no object for workload" in done.stderr, done.stderr
+    done = _cli("render", "--templates", "/dev/null", "examples/shop.yaml")
+    assert done.returncode == EXIT_BAD_INPUT and "is not a directory" in done.stderr, done.stderr

@@ -5,11 +5,8 @@ returns Findings. Reading files, rendering and talking to runtimes happen in api
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -21,7 +18,8 @@ from hybridorch.core.policy import Profile
 from hybridorch.core.runtime import CONTAINER_RUNTIMES, VM_RUNTIMES, Runtime, runtime_of
 from hybridorch.core.durations import human_age, parse_duration, parse_time
 from hybridorch.core.spec import Stack, Workload, cpu_millis
-from hybridorch.core.safeload import _kind_of as kind_of, compose_documents
+from hybridorch.core.safeload import compose_documents
+from hybridorch.ops.files import write_whole
 from hybridorch.core.schema import parse_quantity
 from hybridorch.core.safexml import parse_xml
 from hybridorch.ops import foreign
@@ -730,42 +728,3 @@ class AuditReport:
             raise AuditFailed(f"{len(self.failing)} finding(s) at or above severity {self.fail_on}")
 
 
-def write_whole(path: str, data: str | bytes, what: str = "the report", inputs: Sequence[str] = ()) -> None:
-    """`data` into a temporary file beside `path`, renamed over it once complete: a full disk or a killed run
-    leaves the previous file as it was, never half a file. `path` may be missing or a regular file (through a
-    symlink: the file it names is replaced, the link kept); anything else is refused before it is opened (opening
-    a FIFO for writing blocks until a reader comes; /dev/full is a device), and so are an empty path and one of
-    `inputs` (a report written over the stack it audits)."""
-    if not path:
-        raise OutputError(f"cannot write {what}: the file name is empty")
-    target = os.path.realpath(path)
-    if any(os.path.realpath(i) == target for i in inputs):
-        raise OutputError(f"cannot write {what} to {path}: it is one of the files read; choose another name")
-    try:
-        st: os.stat_result | None = os.stat(target)   # stat never blocks, whatever the path is
-    except FileNotFoundError:
-        st = None
-    except OSError as err:
-        raise OutputError(f"cannot write {what} to {path}: {err.strerror}") from None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"cannot write {what} to {path}: it is {kind_of(st.st_mode)}, not a regular file")
-    # a missing or unwritable directory: mkstemp's OSError says which
-    fd, part = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # mkstemp makes the file 0600: an existing file keeps its mode, a new one gets the umask's
-            os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) if st else 0o666 & ~_umask())
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())   # a full disk may only say so here
-        os.replace(part, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(part)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)   # the only way to read it is to set it: set it back at once
-    os.umask(mask)
-    return mask

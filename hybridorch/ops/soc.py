@@ -5,6 +5,7 @@ one QEMU guest that runs every container with runc and reports exit codes and ou
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -16,12 +17,13 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from hybridorch.errors import BackendError, OutputError, Problem, SpecError, TestFailure
 from hybridorch.backends.base import Board, BoardRun
 from hybridorch.backends.events import Event, EventKind, EventSink, ignore
 from hybridorch.core.runtime import ARCHES, guest_refusal
+from hybridorch.ops.files import check_writable, write_whole
 from hybridorch.vm import console
 from hybridorch.vm.initramfs import ContainerRun, GuestProgram
 from hybridorch.core.schema import (DNS_LABEL, DNS_LABEL_WHAT, Errors, Field, ListOf, MapOf, Obj, Quantity, Scalar,
@@ -355,6 +357,8 @@ def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int | None =
         first[p.name] = p.file
     if target not in ("local", "kubernetes"):
         raise SpecError([Problem("--target", 0, "target", f"soc-test runs on local or kubernetes, not {target!r}")])
+    if junit is not None:   # before any board boots: a FIFO or a plan there is refused now, not after the tests
+        check_writable(junit, "JUnit XML (--junit)", paths)
     from hybridorch.vm.guestimage import load_guest
 
     for arch in dict.fromkeys(p.arch for p in plans):  # fail fast, before any VM starts
@@ -368,8 +372,8 @@ def run_soc_tests(paths: list[str], junit: str | None = None, jobs: int | None =
     else:
         results = _run_here(plans, jobs or 1, events)
     report = SocReport(tuple(results), time.monotonic() - started)
-    if junit:
-        write_junit(report, junit)
+    if junit is not None:
+        write_junit(report, junit, paths)
     return report
 
 
@@ -472,11 +476,14 @@ def junit_xml(report: SocReport) -> ET.Element:
     return suites
 
 
-def write_junit(report: SocReport, path: str) -> None:
+def write_junit(report: SocReport, path: str, plans: Sequence[str] = ()) -> None:
+    """JUnit XML into `path`, whole or not at all, never over a plan (ops.files.write_whole)."""
     tree = ET.ElementTree(junit_xml(report))
     ET.indent(tree)
+    out = io.BytesIO()
+    tree.write(out, encoding="utf-8", xml_declaration=True)
     try:
-        tree.write(path, encoding="utf-8", xml_declaration=True)
+        write_whole(path, out.getvalue(), "JUnit XML (--junit)", plans)
     except OSError as err:
         raise OutputError(f"cannot write JUnit XML to {path}: {err.strerror}") from err
 

@@ -24,7 +24,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import _PassArg
 
-from hybridorch.errors import HybridorchError, RenderError
+from hybridorch.errors import HybridorchError, InputError, RenderError
 from hybridorch.render import fastyaml
 from hybridorch.render.fastyaml import Origin
 
@@ -455,7 +455,7 @@ class Templates:
     def __init__(self, user_dir: str | None = None):
         dirs = ([str(Path(user_dir))] if user_dir else []) + [str(builtin_templates())]
         if user_dir and not Path(user_dir).is_dir():
-            raise RenderError(f"templates directory {user_dir} does not exist")
+            raise InputError(f"templates directory {user_dir} does not exist or is not a directory")
         self.dirs = dirs
         loader = _ContainedLoader(dirs)
         common: dict[str, Any] = dict(loader=loader, undefined=StrictUndefined, trim_blocks=True,

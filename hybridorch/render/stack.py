@@ -390,6 +390,9 @@ def _workload_documents(documents: _Documents, plan: Plan, prefix: str,
             if p.workload.replicas >= 2:
                 docs += documents("kubernetes/poddisruptionbudget.yaml.j2", name=p.workload.name, namespace=ns,
                                   labels=ctx["labels"], selector=ctx["selector"])
+        if not docs:   # a user template that renders nothing would make apply prune the running workload
+            name = "kubevirt/virtualmachine.yaml.j2" if p.runtime in VM_RUNTIMES else "kubernetes/workload.yaml.j2"
+            raise RenderError(f"{documents.tpl.filename(name)}: rendered no object for workload {p.workload.name}")
         if ctx["ports"]:
             docs += documents("kubernetes/service.yaml.j2", name=p.workload.name, namespace=ns,
                               labels=ctx["labels"], selector=ctx["selector"], ports=ctx["ports"])
