@@ -97,8 +97,9 @@ def _finalize_yaml(value: Any) -> Any:
     # Every {{ expression }} goes through here: a value a template forgot to filter is still quoted. Its result
     # is output, not a value another filter reads, so the common scalars need not be marked as YamlText.
     kind = type(value)
-    if kind is str:
-        return _json_string(value)
+    if kind is str:   # _json_string inlined: the most frequent call of a large render
+        text = _ascii_json(value)
+        return _PAIR.sub(_astral, text) if "\\ud" in text else text
     if kind is int:
         return int.__repr__(value)
     return yaml_value(value)
