@@ -15,7 +15,7 @@ from hybridorch.backends import local_lock
 from hybridorch.backends.base import LockHeld, waiting_message
 from hybridorch.errors import EXIT_BAD_INPUT, BackendError, InputError
 from hybridorch.vm import guestimage
-from hybridorch.vm.host import PID_LIMIT, STATE_LIMIT, read_pid, read_state, running_vm_states
+from hybridorch.vm.host import PID_FILE_LIMIT, STATE_LIMIT, read_pid, read_state, running_vm_states
 
 T0 = 1_780_000_000.0
 
@@ -150,7 +150,7 @@ def test_state_record_size_and_shape_limits(state: Path) -> None:
     assert read_state(d) is None
     (d / "state.json").write_text('{"stack": "shop"}')
     assert read_state(d) == {"stack": "shop"}
-    (d / "qemu.pid").write_text("1" + " " * PID_LIMIT)
+    (d / "qemu.pid").write_text("1" + " " * PID_FILE_LIMIT)
     assert read_pid(d) is None
     for text, pid in (("1\n", 1), ("0\n", None), ("-5", None), ("x", None), ("9" * 30, None)):
         (d / "qemu.pid").write_text(text)

@@ -149,6 +149,7 @@ def test_the_render_in_forked_workers_is_the_render_in_one_process(tmp_path, mon
     assert [f.path for f in parallel.files] == [f.path for f in sequential.files]
     assert parallel.files == sequential.files
     assert parallel.documents == sequential.documents and parallel.groups == sequential.groups
+    assert parallel.documents[-1] is parallel.groups[-1][1][-1]   # unpacked once: the same objects
     assert parallel.documents_by_workload() == sequential.documents_by_workload()
     out = tmp_path / "out"
     parallel.write(str(out))

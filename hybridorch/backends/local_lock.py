@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hybridorch.errors import BackendError, InputError
-from hybridorch.vm.host import state_root
+from hybridorch.vm.host import plausible_pid, state_root
 from hybridorch.backends.base import (LockHeld, LockHolder, LockNotice, record_time, takeover_message,
                                       waiting_message)
 
 LOCK_DIR = ".locks"      # a dot name: no stack (a DNS label) can have it as its state directory
 RECORD_LIMIT = 4096      # a record is a few dozen bytes; anything longer is not ours
-PID_LIMIT = 2 ** 22      # the kernel's largest pid_max: a larger pid is not a process
 # the command and host a record may name: anything else in a foreign record is shown as unknown, never echoed
 _COMMAND = re.compile(r"hybridorch( [a-z][a-z-]{0,30}){1,3}")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
@@ -60,7 +59,7 @@ def parse_record(text: str) -> LockHolder | None:
     if not isinstance(data, dict):
         return None
     pid, command, started, host = data.get("pid"), data.get("command"), data.get("started"), data.get("host")
-    return LockHolder(pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < PID_LIMIT else None,
+    return LockHolder(pid=plausible_pid(pid),
                       command=command if isinstance(command, str) and _COMMAND.fullmatch(command) else "",
                       started=record_time(started),
                       host=host if isinstance(host, str) and _HOST.fullmatch(host) else "")

@@ -114,14 +114,19 @@ class Rendered:
         self.texts: dict[int, str] = {}
 
     @cached_property
+    def _unpacked(self) -> tuple[tuple[str, tuple[dict[str, Any], ...]], ...]:
+        # once: documents and groups hold the same objects
+        return tuple(g for part in self._packed for g in part.groups())
+
+    @cached_property
     def documents(self) -> tuple[dict[str, Any], ...]:
         """Every Kubernetes/KubeVirt object, in apply order."""
-        return self._documents + tuple(d for part in self._packed for _, docs in part.groups() for d in docs)
+        return self._documents + tuple(d for _, docs in self._unpacked for d in docs)
 
     @cached_property
     def groups(self) -> tuple[tuple[str, tuple[dict[str, Any], ...]], ...]:
         """Files of objects as (path, objects)."""
-        return self._groups + tuple(g for part in self._packed for g in part.groups())
+        return self._groups + self._unpacked
 
     @cached_property
     def files(self) -> tuple[RenderedFile, ...]:

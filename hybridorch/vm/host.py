@@ -27,7 +27,8 @@ def state_root() -> Path:
 # the files a run keeps beside each VM are small; one that is larger, or not a regular file (a FIFO, /dev/zero
 # behind a symlink), is not a record this version wrote: it reads as unreadable, never blocks or fills memory
 STATE_LIMIT = 1 << 20
-PID_LIMIT = 64
+PID_FILE_LIMIT = 64
+MAX_PID = 2 ** 22        # the kernel's largest pid_max: a larger pid is not a process
 
 
 def read_small(path: Path, limit: int) -> str | None:
@@ -66,14 +67,18 @@ def read_state(workdir: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+def plausible_pid(value: object) -> int | None:
+    """A recorded pid (qemu.pid, a stack lock's holder) that could name a process, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_PID else None
+
+
 def read_pid(workdir: Path) -> int | None:
     """The QEMU pid recorded beside a VM (qemu.pid), or None when it is unreadable or not a plausible pid."""
-    text = read_small(workdir / "qemu.pid", PID_LIMIT)
+    text = read_small(workdir / "qemu.pid", PID_FILE_LIMIT)
     try:
-        pid = int(text.strip()) if text is not None else 0
+        return plausible_pid(int(text.strip())) if text is not None else None
     except ValueError:
         return None
-    return pid if 0 < pid < 2**31 else None
 
 
 def running_vm_states(stack: str = "*") -> list[tuple[Path, dict]]:
